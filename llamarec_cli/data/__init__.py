@@ -1,0 +1,1 @@
+"""Datasets: raw readers, the preprocessing pipeline and the dataset artifact."""

@@ -1,0 +1,57 @@
+"""The paper's three datasets (METHOD.md §2), registered by the built-in plugin like any other dataset."""
+
+from __future__ import annotations
+
+from .readers import read_amazon_ratings, read_amazon_titles, read_movielens_ratings, read_movielens_titles
+from .spec import DatasetSpec, RawFile
+
+GROUPLENS = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
+SNAP_2014 = "snap.stanford.edu/data/amazon/productGraph/categoryFiles"
+UCSD_2018 = (
+    "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/metaFiles2",
+    "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_v2/metaFiles2",
+    "http://deepyeti.ucsd.edu/jianmo/amazon/metaFiles2",
+)
+AMAZON_LICENCE = "Amazon review data (McAuley lab, UCSD): for research use; cite the dataset papers."
+
+
+def _snap(name: str) -> tuple[str, ...]:
+    return (f"https://{SNAP_2014}/{name}", f"http://{SNAP_2014}/{name}")
+
+
+def _amazon(name: str, category: str, description: str, *, meta_2018: bool) -> DatasetSpec:
+    ratings, meta = f"ratings_{category}.csv", f"meta_{category}.json.gz"
+    meta_urls = tuple(f"{base}/{meta}" for base in UCSD_2018) if meta_2018 else _snap(meta)
+    return DatasetSpec(
+        name=name,
+        description=description,
+        raw_files=(
+            RawFile(ratings, urls=_snap(ratings)),
+            RawFile(meta, urls=meta_urls, aliases=(meta.removesuffix(".gz"),)),
+        ),
+        read_interactions=lambda files: read_amazon_ratings(files[ratings]),
+        read_titles=lambda files, needed: read_amazon_titles(files[meta], needed, python_literals=not meta_2018),
+        source=f"{ratings} (Amazon 2014) + {meta} (Amazon {'2018' if meta_2018 else '2014'})",
+        licence=AMAZON_LICENCE,
+    )
+
+
+ML_100K = DatasetSpec(
+    name="ml-100k",
+    description="MovieLens ml-latest-small (the paper's 'ML-100k')",
+    raw_files=(
+        RawFile("ratings.csv", urls=(GROUPLENS,), archive="ml-latest-small.zip",
+                sha256="aa289ca83157595d0df6aea1be6a4ded676ddc4385472e8313a8ed9805352646"),
+        RawFile("movies.csv", urls=(GROUPLENS,), archive="ml-latest-small.zip",
+                sha256="5a5f32dd9bb3797b8e728a1b98958789d2b13f294a69fdfbc5727f8a9611aa07"),
+    ),
+    read_interactions=lambda files: read_movielens_ratings(files["ratings.csv"]),
+    read_titles=lambda files, needed: read_movielens_titles(files["movies.csv"]),
+    source="ml-latest-small.zip (GroupLens, release of 2018-09-26)",
+    licence="MovieLens (GroupLens): research use; redistribution under the same terms (see its README.txt).",
+)
+
+BEAUTY = _amazon("beauty", "Beauty", "Amazon 2014 Beauty", meta_2018=False)
+GAMES = _amazon("games", "Video_Games", "Amazon 2014 Video Games, titles from the 2018 metadata", meta_2018=True)
+
+BUILTIN_DATASETS = (ML_100K, BEAUTY, GAMES)

@@ -1,0 +1,52 @@
+"""Errors a user can act on. The CLI prints each as one red line and exits non-zero."""
+
+from __future__ import annotations
+
+
+class LlamarecError(Exception):
+    """Base class: an expected failure with an actionable message."""
+
+    exit_code = 1
+
+
+class UnknownNameError(LlamarecError, KeyError):
+    """A dataset, retriever or template name that nothing registered."""
+
+    exit_code = 2
+
+    def __init__(self, kind: str, name: str, known: list[str]):
+        self.kind, self.name, self.known = kind, name, sorted(known)
+        known_text = ", ".join(self.known) if self.known else "none"
+        super().__init__(f"Unknown {kind} '{name}'. Known {kind}s: {known_text}.")
+
+    def __str__(self) -> str:  # KeyError would add quotes around the message
+        return self.args[0]
+
+
+class DuplicateNameError(LlamarecError):
+    """Two plugins registered the same name."""
+
+
+class PluginError(LlamarecError):
+    """A plugin failed to load or registered something invalid."""
+
+
+class RawDataMissingError(LlamarecError):
+    """Raw input files are neither given, cached nor downloadable."""
+
+
+class DataFormatError(LlamarecError):
+    """A raw or imported file does not have the expected content."""
+
+    def __init__(self, path, message: str, line: int | None = None):
+        self.path, self.line = path, line
+        where = f"{path}" if line is None else f"{path}, line {line}"
+        super().__init__(f"{where}: {message}")
+
+
+class ArtifactError(LlamarecError):
+    """An artifact in the work directory is missing, stale or does not match."""
+
+
+class WorkdirError(LlamarecError):
+    """The work directory cannot be used."""

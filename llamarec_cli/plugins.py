@@ -1,0 +1,140 @@
+"""The plugin manager: built-ins first, then external plugins from entry points in group ``llamarec``.
+
+``LLAMAREC_PLUGINS`` limits which external plugins load: a comma-separated list of entry-point or distribution
+names (empty: none). Built-ins always load, so they are registered here in code rather than through entry points.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+from .registry import Registry
+
+GROUP = "llamarec"
+ENV_FILTER = "LLAMAREC_PLUGINS"
+BUILTIN_MODULES = ("llamarec_cli.builtins",)
+
+pm = pluggy.PluginManager(GROUP)
+pm.add_hookspecs(hookspecs)
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    distribution: str
+    version: str
+    builtin: bool
+    commands: list[str] = field(default_factory=list)
+
+
+_infos: dict[str, PluginInfo] = {}
+_registries: dict[str, Registry] = {}
+_loaded = False
+
+
+def load_plugins() -> None:
+    """Register the built-ins and the allowed external plugins (once)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from importlib import import_module
+
+    from . import __version__
+
+    for module_name in BUILTIN_MODULES:
+        pm.register(import_module(module_name), name=module_name)
+        _infos[module_name] = PluginInfo(module_name, "llamarec", __version__, builtin=True)
+
+    allowed = os.environ.get(ENV_FILTER)
+    allowed_names = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
+    for ep in entry_points(group=GROUP):
+        dist_name = ep.dist.name if ep.dist else "?"
+        if allowed_names is not None and ep.name not in allowed_names and dist_name not in allowed_names:
+            continue
+        if pm.has_plugin(ep.name):
+            raise PluginError(f"Two plugins are named '{ep.name}' (entry point of {dist_name}); rename one.")
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken third-party plugin must not look like a llamarec bug
+            raise PluginError(
+                f"Plugin '{ep.name}' from {dist_name} failed to load: {exc!r}. "
+                f"Reinstall or uninstall it, or exclude it with {ENV_FILTER}."
+            ) from exc
+        pm.register(plugin, name=ep.name)
+        version = ep.dist.version if ep.dist else "?"
+        _infos[ep.name] = PluginInfo(ep.name, dist_name, version, builtin=False)
+    pm.check_pending()
+
+
+def register_plugin(plugin: object, name: str) -> None:
+    """Register an in-process plugin (tests, notebooks)."""
+    load_plugins()
+    pm.register(plugin, name=name)
+    _infos[name] = PluginInfo(name, "(in-process)", "", builtin=False)
+    _registries.clear()
+
+
+def unregister_plugin(name: str) -> None:
+    pm.unregister(name=name)
+    _infos.pop(name, None)
+    _registries.clear()
+
+
+def _registry(kind: str, hook_name: str, make_register) -> Registry:
+    load_plugins()
+    if kind not in _registries:
+        registry: Registry = Registry(kind)
+        hook = getattr(pm.hook, hook_name)
+        # Call each implementation on its own so that every component is attributed to its plugin.
+        for impl in reversed(hook.get_hookimpls()):
+            impl.function(register=make_register(registry, impl.plugin_name))
+        _registries[kind] = registry
+    return _registries[kind]
+
+
+def datasets() -> Registry:
+    def make_register(registry, plugin):
+        def register(spec):
+            registry.add(getattr(spec, "name", None), spec, plugin)
+
+        return register
+
+    return _registry("dataset", "register_datasets", make_register)
+
+
+def retrievers() -> Registry:
+    def make_register(registry, plugin):
+        return lambda name, retriever: registry.add(name, retriever, plugin)
+
+    return _registry("retriever", "register_retrievers", make_register)
+
+
+def prompt_templates() -> Registry:
+    def make_register(registry, plugin):
+        return lambda name, path: registry.add(name, path, plugin)
+
+    return _registry("prompt template", "register_prompt_templates", make_register)
+
+
+def install_commands(cli) -> None:
+    """Let every plugin add its subcommands to the Typer app, recording which plugin added which."""
+    load_plugins()
+    for impl in reversed(pm.hook.register_commands.get_hookimpls()):
+        before = len(cli.registered_commands)
+        impl.function(cli=cli)
+        added = cli.registered_commands[before:]
+        info = _infos.get(impl.plugin_name)
+        if info is not None:
+            info.commands = [c.name or c.callback.__name__.replace("_", "-") for c in added]
+
+
+def plugin_infos() -> list[PluginInfo]:
+    load_plugins()
+    return list(_infos.values())

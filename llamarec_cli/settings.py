@@ -1,0 +1,42 @@
+"""Where llamarec reads and writes: one place for the environment variables and their defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_WORKDIR = "LLAMAREC_WORKDIR"
+ENV_RAW_DIR = "LLAMAREC_RAW_DIR"
+ENV_CACHE_DIR = "LLAMAREC_CACHE_DIR"
+ENV_OFFLINE = "LLAMAREC_OFFLINE"
+ENV_DEBUG = "LLAMAREC_DEBUG"
+
+DEFAULT_WORKDIR = "llamarec-runs"
+
+
+def workdir(option: Path | None = None) -> Path:
+    """--workdir, else $LLAMAREC_WORKDIR, else ./llamarec-runs."""
+    return Path(option or os.environ.get(ENV_WORKDIR) or DEFAULT_WORKDIR)
+
+
+def raw_dir(option: Path | None = None) -> Path | None:
+    """--raw-dir, else $LLAMAREC_RAW_DIR, else none."""
+    value = option or os.environ.get(ENV_RAW_DIR)
+    return Path(value) if value else None
+
+
+def cache_dir() -> Path:
+    """$LLAMAREC_CACHE_DIR, else $XDG_CACHE_HOME/llamarec, else ~/.cache/llamarec."""
+    if os.environ.get(ENV_CACHE_DIR):
+        return Path(os.environ[ENV_CACHE_DIR])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "llamarec"
+
+
+def offline() -> bool:
+    """$LLAMAREC_OFFLINE=1 (or HF_HUB_OFFLINE=1): never try the network."""
+    return any(os.environ.get(v, "") not in ("", "0") for v in (ENV_OFFLINE, "HF_HUB_OFFLINE"))
+
+
+def debug() -> bool:
+    return os.environ.get(ENV_DEBUG, "") not in ("", "0")
