@@ -1,0 +1,65 @@
+"""The command line: discovery, help, version, and how expected errors are shown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from llamarec_cli import __version__
+from llamarec_cli.cli import build_app
+
+runner = CliRunner()
+
+
+def invoke(*args, **kwargs):
+    return runner.invoke(build_app(), list(args), **kwargs)
+
+
+def test_help_lists_each_built_command_with_its_purpose():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    assert "preprocess" in result.output and "Build a dataset artifact" in result.output
+    assert "plugins" in result.output and "List the loaded plugins" in result.output
+    # commands of later stages are absent until they exist
+    for absent in ("retrieve-train", "rank-train", "serve-shell"):
+        assert absent not in result.output
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"llamarec {__version__}"
+
+
+@pytest.mark.parametrize("command", ["preprocess", "plugins"])
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_every_command_has_help_with_an_example(command, flag):
+    result = invoke(command, flag)
+    assert result.exit_code == 0
+    assert "Example" in result.output and f"llamarec {command}" in result.output
+
+
+def run_cli(*args, env_extra=None, tmp_path=None):
+    import os
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "llamarec_cli", *args], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+
+
+def test_expected_error_is_one_red_line_and_nonzero_exit(tmp_path):
+    result = run_cli("preprocess", "no-such-dataset", tmp_path=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["Error: Unknown dataset 'no-such-dataset'. Known datasets: beauty, games, ml-100k."]
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_variable_shows_the_traceback(tmp_path):
+    result = run_cli("preprocess", "no-such-dataset", env_extra={"LLAMAREC_DEBUG": "1"}, tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "UnknownNameError" in result.stderr
