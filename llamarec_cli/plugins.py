@@ -13,12 +13,12 @@ from importlib.metadata import entry_points
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import DuplicateNameError, PluginError
 from .registry import Registry
 
 GROUP = "llamarec"
 ENV_FILTER = "LLAMAREC_PLUGINS"
-BUILTIN_MODULES = ("llamarec_cli.builtins",)
+BUILTIN_PLUGINS = {"llamarec": "llamarec_cli.builtins"}  # plugin name -> module
 
 pm = pluggy.PluginManager(GROUP)
 pm.add_hookspecs(hookspecs)
@@ -48,9 +48,9 @@ def load_plugins() -> None:
 
     from . import __version__
 
-    for module_name in BUILTIN_MODULES:
-        pm.register(import_module(module_name), name=module_name)
-        _infos[module_name] = PluginInfo(module_name, "llamarec", __version__, builtin=True)
+    for name, module in BUILTIN_PLUGINS.items():
+        pm.register(import_module(module), name=name)
+        _infos[name] = PluginInfo(name, "llamarec", __version__, builtin=True)
 
     allowed = os.environ.get(ENV_FILTER)
     allowed_names = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
@@ -93,7 +93,7 @@ def _registry(kind: str, hook_name: str, make_register) -> Registry:
         registry: Registry = Registry(kind)
         hook = getattr(pm.hook, hook_name)
         # Call each implementation on its own so that every component is attributed to its plugin.
-        for impl in reversed(hook.get_hookimpls()):
+        for impl in hook.get_hookimpls():  # registration order: built-ins first
             impl.function(register=make_register(registry, impl.plugin_name))
         _registries[kind] = registry
     return _registries[kind]
@@ -126,13 +126,20 @@ def prompt_templates() -> Registry:
 def install_commands(cli) -> None:
     """Let every plugin add its subcommands to the Typer app, recording which plugin added which."""
     load_plugins()
-    for impl in reversed(pm.hook.register_commands.get_hookimpls()):
+    owners: dict[str, str] = {}
+    for impl in pm.hook.register_commands.get_hookimpls():
         before = len(cli.registered_commands)
         impl.function(cli=cli)
-        added = cli.registered_commands[before:]
-        info = _infos.get(impl.plugin_name)
-        if info is not None:
-            info.commands = [c.name or c.callback.__name__.replace("_", "-") for c in added]
+        names = [c.name or c.callback.__name__.replace("_", "-") for c in cli.registered_commands[before:]]
+        for name in names:
+            if name in owners:
+                raise DuplicateNameError(
+                    f"Command '{name}' is registered by both plugin '{owners[name]}' and plugin "
+                    f"'{impl.plugin_name}'. Uninstall one of them, or choose plugins with {ENV_FILTER}."
+                )
+            owners[name] = impl.plugin_name
+        if impl.plugin_name in _infos:
+            _infos[impl.plugin_name].commands = names
 
 
 def plugin_infos() -> list[PluginInfo]:

@@ -39,8 +39,10 @@ def amazon_rows():
 
 
 def meta_records(items=None):
-    records = [{"asin": i, "title": f"Item {i} &amp; co", "price": 1.5, "categories": [["Beauty"]]}
-               for i in CORE_ITEMS + ["B0Q", "B0R", "B0S", "B0T"]]
+    records = [
+        {"asin": i, "title": f"Item {i} &amp; co", "price": 1.5, "categories": [["Beauty"]]}
+        for i in CORE_ITEMS + ["B0Q", "B0R", "B0S", "B0T"]
+    ]
     records[1]["title"] = "Burt's Bees Lip Balm"  # repr() writes this one in double quotes
     records.append({"asin": "B0NOTITLE", "price": 2.0})
     records.append({"asin": "B0EMPTY", "title": "  "})
@@ -85,7 +87,13 @@ def test_time_order_ties_broken_by_item_id_and_leave_one_out(beauty_raw, workdir
     dataset = preprocess("beauty", workdir=workdir, raw_dir=beauty_raw)
     seqs = sequences(dataset)
     # AZ5 rated everything on one day: the order is the item id order
-    assert seqs["AZ5"] == [("B0A", "train"), ("B0B", "train"), ("B0C", "train"), ("B0D", "val"), ("B0E", "test")]
+    assert seqs["AZ5"] == [
+        ("B0A", "train"),
+        ("B0B", "train"),
+        ("B0C", "train"),
+        ("B0D", "val"),
+        ("B0E", "test"),
+    ]
     rows = {(u, i): t for u, i, _, t in amazon_rows()}
     for user, seq in seqs.items():
         keys = [(rows[(user, item)], item) for item, _ in seq]
@@ -178,9 +186,15 @@ def test_games_refuses_the_2014_metadata(games_raw, workdir):
 def test_artifact_tables_have_the_documented_schema(beauty_raw, workdir):
     dataset = preprocess("beauty", workdir=workdir, raw_dir=beauty_raw)
     assert dataset.interactions.schema == pl.Schema(
-        {"user": pl.UInt32, "item": pl.UInt32, "timestamp": pl.Int64, "split": pl.Enum(["train", "val", "test"])}
+        {
+            "user": pl.UInt32,
+            "item": pl.UInt32,
+            "timestamp": pl.Int64,
+            "split": pl.Enum(["train", "val", "test"]),
+        }
     )
     assert dataset.items.columns == ["item", "original_id", "title"]
     assert dataset.users.columns == ["user", "original_id"]
-    assert dataset.sequences("test") == {u: [i] for u, i in dataset.interactions.filter(
-        pl.col("split") == "test").select("user", "item").iter_rows()}
+    assert dataset.sequences("test") == {
+        u: [i] for u, i in dataset.interactions.filter(pl.col("split") == "test").select("user", "item").iter_rows()
+    }

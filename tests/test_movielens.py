@@ -30,8 +30,10 @@ def test_real_ml_latest_small_gives_the_papers_statistics(workdir):
 
     dataset = json.loads((workdir / "ml-100k" / "dataset" / "manifest.json").read_text())
     assert dataset["statistics"] == {k: stats[k] for k in dataset["statistics"]}
-    assert {i["name"]: i["sha256"][:8] for i in dataset["inputs"]} == {"ratings.csv": "aa289ca8",
-                                                                      "movies.csv": "5a5f32dd"}
+    assert {i["name"]: i["sha256"][:8] for i in dataset["inputs"]} == {
+        "ratings.csv": "aa289ca8",
+        "movies.csv": "5a5f32dd",
+    }
 
 
 def test_real_titles_are_read_as_utf8_and_rewritten(workdir):
@@ -67,13 +69,18 @@ def test_the_original_zip_archive_is_accepted(tmp_path, workdir):
     ("raw", "expected"),
     [
         ("Matrix, The (1999)", "The Matrix (1999)"),
-        ("Good, the Bad and the Ugly, The (Buono, il brutto, il cattivo, Il) (1966)",
-         "The Good, the Bad and the Ugly (1966)"),
+        (
+            "Good, the Bad and the Ugly, The (Buono, il brutto, il cattivo, Il) (1966)",
+            "The Good, the Bad and the Ugly (1966)",
+        ),
         ("American President, The (1995)", "The American President (1995)"),
         ("Man for All Seasons, A (1966)", "A Man for All Seasons (1966)"),
         ("Ready Player One", "Ready Player One"),  # no year: nothing appended
         ("Heat (1995)", "Heat (1995)"),
-        ("Death Note: Desu nôto (2006–2007)", "Death Note: Desu nôto"),  # not a plain year: dropped like any (…)
+        (
+            "Death Note: Desu nôto (2006–2007)",
+            "Death Note: Desu nôto",
+        ),  # not a plain year: dropped like any (…)
     ],
 )
 def test_movie_title_rule(tmp_path, raw, expected):

@@ -10,7 +10,10 @@ import typer
 Workdir = Annotated[
     Path | None,
     typer.Option(
-        "--workdir", "-w", envvar="LLAMAREC_WORKDIR", show_envvar=True,
+        "--workdir",
+        "-w",
+        envvar="LLAMAREC_WORKDIR",
+        show_envvar=True,
         help="Work directory for every artifact. [default: ./llamarec-runs]",
     ),
 ]

@@ -39,8 +39,11 @@ def list_plugins(json_output: Json = False) -> None:
         table.add_column(column)
     for row in rows:
         dist = f"{row['distribution']} {row['version']}".strip()
-        table.add_row(row["name"], dist, *(", ".join(row[k]) for k in ("datasets", "retrievers", "templates",
-                                                                          "commands")))
+        table.add_row(
+            row["name"],
+            dist,
+            *(", ".join(row[k]) for k in ("datasets", "retrievers", "templates", "commands")),
+        )
     stdout.print(table)
 
 

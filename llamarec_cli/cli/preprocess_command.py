@@ -23,7 +23,9 @@ def preprocess(
     raw_dir: Annotated[
         Path | None,
         typer.Option(
-            "--raw-dir", envvar="LLAMAREC_RAW_DIR", show_envvar=True,
+            "--raw-dir",
+            envvar="LLAMAREC_RAW_DIR",
+            show_envvar=True,
             help="Folder with the raw files (or their original archive). Else the cache, else a download.",
         ),
     ] = None,
@@ -43,7 +45,10 @@ def preprocess(
 
     with stderr.status(f"Preprocessing {dataset}…"):
         dataset_ = run(
-            dataset, workdir=settings.workdir(workdir), raw_dir=settings.raw_dir(raw_dir), from_split=from_split,
+            dataset,
+            workdir=settings.workdir(workdir),
+            raw_dir=settings.raw_dir(raw_dir),
+            from_split=from_split,
             unescape_titles=unescape_titles,
         )
     stats = dataset_.manifest["statistics"]
@@ -54,7 +59,10 @@ def preprocess(
     for column in ("users", "items", "interactions", "avg. length", "density"):
         table.add_column(column, justify="right")
     table.add_row(
-        f"{stats['users']:,}", f"{stats['items']:,}", f"{stats['interactions']:,}", f"{stats['avg_length']:.2f}",
+        f"{stats['users']:,}",
+        f"{stats['items']:,}",
+        f"{stats['interactions']:,}",
+        f"{stats['avg_length']:.2f}",
         f"{stats['density']:.4%}",
     )
     stdout.print(table)

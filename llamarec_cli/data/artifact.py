@@ -95,11 +95,7 @@ class Dataset:
 
     def sequences(self, split: str) -> dict[int, list[int]]:
         """user -> items of one split ("train", "val", "test") in time order."""
-        grouped = (
-            self.interactions.filter(pl.col("split") == split)
-            .group_by("user", maintain_order=True)
-            .agg("item")
-        )
+        grouped = self.interactions.filter(pl.col("split") == split).group_by("user", maintain_order=True).agg("item")
         return dict(zip(grouped["user"].to_list(), grouped["item"].to_list()))
 
 

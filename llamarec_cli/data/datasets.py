@@ -40,10 +40,18 @@ ML_100K = DatasetSpec(
     name="ml-100k",
     description="MovieLens ml-latest-small (the paper's 'ML-100k')",
     raw_files=(
-        RawFile("ratings.csv", urls=(GROUPLENS,), archive="ml-latest-small.zip",
-                sha256="aa289ca83157595d0df6aea1be6a4ded676ddc4385472e8313a8ed9805352646"),
-        RawFile("movies.csv", urls=(GROUPLENS,), archive="ml-latest-small.zip",
-                sha256="5a5f32dd9bb3797b8e728a1b98958789d2b13f294a69fdfbc5727f8a9611aa07"),
+        RawFile(
+            "ratings.csv",
+            urls=(GROUPLENS,),
+            archive="ml-latest-small.zip",
+            sha256="aa289ca83157595d0df6aea1be6a4ded676ddc4385472e8313a8ed9805352646",
+        ),
+        RawFile(
+            "movies.csv",
+            urls=(GROUPLENS,),
+            archive="ml-latest-small.zip",
+            sha256="5a5f32dd9bb3797b8e728a1b98958789d2b13f294a69fdfbc5727f8a9611aa07",
+        ),
     ),
     read_interactions=lambda files: read_movielens_ratings(files["ratings.csv"]),
     read_titles=lambda files, needed: read_movielens_titles(files["movies.csv"]),

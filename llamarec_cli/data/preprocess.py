@@ -55,8 +55,12 @@ def preprocess(
     else:
         files = resolve_raw_files(spec, raw_dir)
         tables = build_tables(spec, files, unescape_titles=unescape_titles)
-        config = {"source": "raw", "min_interactions": spec.min_interactions, "unescape_titles": unescape_titles,
-                  "id_rule": ID_RULE}
+        config = {
+            "source": "raw",
+            "min_interactions": spec.min_interactions,
+            "unescape_titles": unescape_titles,
+            "id_rule": ID_RULE,
+        }
         inputs = [_input(path) for path in files.values()]
     manifest = {
         "dataset": name,

@@ -176,8 +176,13 @@ def _fetch(httpx, url: str, dest: Path) -> None:
         total = offset + int(length) if length else None
         with (
             open(part, "ab" if offset else "wb") as out,
-            Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), transient=True,
-                     console=_stderr_console()) as progress,
+            Progress(
+                *Progress.get_default_columns(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                transient=True,
+                console=_stderr_console(),
+            ) as progress,
         ):
             task = progress.add_task(f"download {dest.name}", total=total, completed=offset)
             for chunk in response.iter_bytes(CHUNK):

@@ -27,8 +27,13 @@ def read_csv(path: Path, schema: dict[str, pl.DataType], *, header: bool, what: 
     """
     try:
         frame = pl.read_csv(
-            path, has_header=header, new_columns=list(schema), schema_overrides=schema, infer_schema=False,
-            raise_if_empty=False, empty_string_is_null=False,
+            path,
+            has_header=header,
+            new_columns=list(schema),
+            schema_overrides=schema,
+            infer_schema=False,
+            raise_if_empty=False,
+            empty_string_is_null=False,
         )
     except pl.exceptions.PolarsError as exc:
         _raise_first_bad_line(path, schema, header, what)
@@ -49,7 +54,8 @@ def _raise_first_bad_line(path: Path, schema: dict, header: bool, what: str) -> 
                 continue
             if len(row) != len(schema):
                 raise DataFormatError(
-                    path, f"expected {len(schema)} fields ({names}) in {what}, found {len(row)}: {','.join(row)!r}",
+                    path,
+                    f"expected {len(schema)} fields ({names}) in {what}, found {len(row)}: {','.join(row)!r}",
                     lineno,
                 )
             for value, (column, dtype) in zip(row, schema.items()):
@@ -64,6 +70,7 @@ def _raise_first_bad_line(path: Path, schema: dict, header: bool, what: str) -> 
 
 
 # --- MovieLens (ml-latest-small) -----------------------------------------------------------------------------
+
 
 def read_movielens_ratings(path: Path) -> pl.DataFrame:
     schema = {"user": pl.Int64, "item": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}
@@ -99,6 +106,7 @@ def read_movielens_titles(path: Path) -> pl.DataFrame:
 
 # --- Amazon ---------------------------------------------------------------------------------------------------
 
+
 def read_amazon_ratings(path: Path) -> pl.DataFrame:
     """2014 ``ratings_<Category>.csv``: no header; user, asin, rating, unix time."""
     schema = {"user": pl.String, "item": pl.String, "rating": pl.Float64, "timestamp": pl.Int64}
@@ -131,15 +139,18 @@ def read_amazon_titles(path: Path, needed: set | None, *, python_literals: bool)
                         continue
                 if not python_literals and line.lstrip().startswith("{'"):
                     raise DataFormatError(
-                        path, "holds Python literals, as the 2014 metadata does; this dataset needs the 2018 "
-                        "metadata (JSON lines) of the same name", lineno,
+                        path,
+                        "holds Python literals, as the 2014 metadata does; this dataset needs the 2018 "
+                        "metadata (JSON lines) of the same name",
+                        lineno,
                     )
                 try:
                     record = parse(line)
                 except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
                     kind = "Python-literal" if python_literals else "JSON"
-                    raise DataFormatError(path, f"not a {kind} record ({exc.__class__.__name__}: {exc})",
-                                          lineno) from None
+                    raise DataFormatError(
+                        path, f"not a {kind} record ({exc.__class__.__name__}: {exc})", lineno
+                    ) from None
                 if not isinstance(record, dict) or not isinstance(record.get("asin"), str):
                     raise DataFormatError(path, "record has no 'asin' string", lineno)
                 title = record.get("title")

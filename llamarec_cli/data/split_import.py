@@ -69,9 +69,13 @@ def read_split(path: Path) -> Tables:
         "user",
         "item",
         pl.lit(None, dtype=pl.Int64).alias("timestamp"),
-        pl.when(position == length - 1).then(pl.lit("test"))
-        .when(position == length - 2).then(pl.lit("val"))
-        .otherwise(pl.lit("train")).cast(SPLITS).alias("split"),
+        pl.when(position == length - 1)
+        .then(pl.lit("test"))
+        .when(position == length - 2)
+        .then(pl.lit("val"))
+        .otherwise(pl.lit("train"))
+        .cast(SPLITS)
+        .alias("split"),
     )
 
     used = set(interactions["item"].unique().to_list())
@@ -83,8 +87,11 @@ def read_split(path: Path) -> Tables:
     smap = {int(v): str(k) for k, v in data["smap"].items()}
     umap = {int(v): str(k) for k, v in data["umap"].items()}
     items = pl.DataFrame(
-        {"item": sorted(used), "original_id": [smap.get(i) for i in sorted(used)],
-         "title": [meta[i] for i in sorted(used)]},
+        {
+            "item": sorted(used),
+            "original_id": [smap.get(i) for i in sorted(used)],
+            "title": [meta[i] for i in sorted(used)],
+        },
         schema={"item": ID, "original_id": pl.String, "title": pl.String},
     )
     user_table = pl.DataFrame(
