@@ -14,7 +14,7 @@ Workdir = Annotated[
         "-w",
         envvar="LLAMAREC_WORKDIR",
         show_envvar=True,
-        help="Work directory for every artifact. [default: ./llamarec-runs]",
+        help="Work directory for every artifact \\[default: ./llamarec-runs].",
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
