@@ -13,7 +13,7 @@ from importlib.metadata import entry_points
 import pluggy
 
 from . import hookspecs
-from .errors import DuplicateNameError, PluginError
+from .errors import DuplicateNameError, LlamarecError, PluginError
 from .registry import Registry
 
 GROUP = "llamarec"
@@ -94,7 +94,12 @@ def _registry(kind: str, hook_name: str, make_register) -> Registry:
         hook = getattr(pm.hook, hook_name)
         # Call each implementation on its own so that every component is attributed to its plugin.
         for impl in hook.get_hookimpls():  # registration order: built-ins first
-            impl.function(register=make_register(registry, impl.plugin_name))
+            try:
+                impl.function(register=make_register(registry, impl.plugin_name))
+            except LlamarecError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"Plugin '{impl.plugin_name}' failed in {hook_name}: {exc!r}") from exc
         _registries[kind] = registry
     return _registries[kind]
 

@@ -176,3 +176,17 @@ def test_broken_plugin_names_itself(installed_plugin):
     result = run_cli(["--help"], installed_plugin)
     assert result.returncode == 1
     assert "Plugin 'toy' from llamarec-toy failed to load" in result.stderr and "LLAMAREC_PLUGINS" in result.stderr
+
+
+def test_plugin_that_fails_while_registering_is_named():
+    class Broken:
+        @hookimpl
+        def register_datasets(self, register):
+            raise RuntimeError("boom")
+
+    plugins.register_plugin(Broken(), name="broken")
+    try:
+        with pytest.raises(plugins.PluginError, match="Plugin 'broken' failed in register_datasets: RuntimeError"):
+            plugins.datasets()
+    finally:
+        plugins.unregister_plugin("broken")

@@ -92,3 +92,10 @@ def test_split_that_is_not_json_names_the_line(tmp_path, workdir):
 def test_split_without_the_six_keys(tmp_path, workdir):
     with pytest.raises(DataFormatError, match="expected an object with keys train, val, test, meta, umap, smap"):
         preprocess("beauty", workdir=workdir, from_split=write(tmp_path, {"train": {}}))
+
+
+def test_unescape_titles_applies_to_imported_splits_too(tmp_path, workdir):
+    split = small_split(meta={**{str(i): f"Item {i}" for i in range(1, 6)}, "3": "Salt &amp; Pepper"})
+    dataset = preprocess("beauty", workdir=workdir, from_split=write(tmp_path, split), unescape_titles=True)
+    assert "Salt & Pepper" in dataset.items["title"].to_list()
+    assert dataset.manifest["config"]["unescape_titles"] is True

@@ -43,14 +43,14 @@ def preprocess(
 
     from ..data.preprocess import preprocess as run
 
-    with stderr.status(f"Preprocessing {dataset}…"):
-        dataset_ = run(
-            dataset,
-            workdir=settings.workdir(workdir),
-            raw_dir=settings.raw_dir(raw_dir),
-            from_split=from_split,
-            unescape_titles=unescape_titles,
-        )
+    dataset_ = run(
+        dataset,
+        workdir=settings.workdir(workdir),
+        raw_dir=settings.raw_dir(raw_dir),
+        from_split=from_split,
+        unescape_titles=unescape_titles,
+        log=lambda message: stderr.print(message, style="dim", highlight=False),
+    )
     stats = dataset_.manifest["statistics"]
     if json_output:
         print_json({"dataset": dataset, "path": str(dataset_.path), **stats})

@@ -50,7 +50,13 @@ def _codes(frame: pl.DataFrame, column: str, code: str) -> tuple[pl.DataFrame, p
     return frame.join(table, on=column, how="left").drop(column), table
 
 
-def build_tables(spec: DatasetSpec, files: RawFiles, *, unescape_titles: bool = False) -> Tables:
+def unescape_titles(tables: Tables) -> Tables:
+    """Turn HTML entities (``&amp;``) into characters: an option, since the paper's prompts kept them."""
+    titles = pl.col("title").map_elements(html.unescape, return_dtype=pl.String)
+    return Tables(tables.interactions, tables.items.with_columns(titles), tables.users)
+
+
+def build_tables(spec: DatasetSpec, files: RawFiles) -> Tables:
     raw = spec.read_interactions(files)
     missing = {"user", "item", "timestamp"} - set(raw.columns)
     if missing:
@@ -99,8 +105,6 @@ def build_tables(spec: DatasetSpec, files: RawFiles, *, unescape_titles: bool = 
         .select(pl.col("item").cast(ID), pl.col("item_right").cast(pl.String).alias("original_id"), "title")
         .sort("item")
     )
-    if unescape_titles:
-        item_table = item_table.with_columns(pl.col("title").map_elements(html.unescape, return_dtype=pl.String))
     user_table = (
         users.join(user_codes, on="u")
         .select(pl.col("user_right").cast(pl.String).alias("original_id"), pl.col("user").cast(ID))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .. import plugins
 from ..errors import WorkdirError
-from .artifact import Dataset, load_dataset, versions, write_dataset
+from .artifact import Dataset, dataset_dir, load_dataset, versions, write_dataset
 from .pipeline import build_tables, statistics
+from .pipeline import unescape_titles as unescape
 from .rawfiles import resolve_raw_files, sha256_of
 from .split_import import read_split
 
@@ -44,17 +46,25 @@ def preprocess(
     raw_dir: Path | None = None,
     from_split: Path | None = None,
     unescape_titles: bool = False,
+    log: Callable[[str], None] = lambda message: None,
 ) -> Dataset:
-    """Build dataset ``name`` from raw files (or import a ready split) and write it into ``workdir``."""
+    """Build dataset ``name`` from raw files (or import a ready split) and write it into ``workdir``.
+
+    ``log`` receives one line per stage (the CLI prints them on stderr).
+    """
     spec = plugins.datasets().get(name)
     ensure_writable(workdir)
     if from_split is not None:
+        log(f"Importing the split {from_split}")
         tables = read_split(from_split)
-        config = {"source": "split", "unescape_titles": False}
+        config = {"source": "split", "unescape_titles": unescape_titles}
         inputs = [_input(from_split)]
     else:
         files = resolve_raw_files(spec, raw_dir)
-        tables = build_tables(spec, files, unescape_titles=unescape_titles)
+        for file, path in files.items():
+            log(f"{file}: {path}")
+        log("Filtering titles and the k-core, mapping ids, splitting")
+        tables = build_tables(spec, files)
         config = {
             "source": "raw",
             "min_interactions": spec.min_interactions,
@@ -62,6 +72,9 @@ def preprocess(
             "id_rule": ID_RULE,
         }
         inputs = [_input(path) for path in files.values()]
+    if unescape_titles:
+        tables = unescape(tables)
+    log(f"Writing {dataset_dir(workdir, name)}")
     manifest = {
         "dataset": name,
         "description": spec.description,
