@@ -134,7 +134,7 @@ def test_missing_raw_files_offline_names_the_files_and_where_to_put_them(tmp_pat
     with pytest.raises(RawDataMissingError) as info:
         preprocess("ml-100k", workdir=workdir, raw_dir=tmp_path / "empty")
     message = str(info.value)
-    assert "ratings.csv, movies.csv" in message and "ml-latest-small.zip" in message
+    assert "ml-latest-small.zip (or its ratings.csv and movies.csv)" in message
     assert str(tmp_path / "empty") in message and "--raw-dir" in message and "LLAMAREC_RAW_DIR" in message
 
 

@@ -107,12 +107,18 @@ def resolve_raw_files(spec: DatasetSpec, raw_dir: Path | None = None) -> RawFile
 
 
 def _download_missing(spec: DatasetSpec, missing: list[RawFile], cache: Path, raw_dir: Path | None):
-    names = ", ".join(r.name for r in missing)
-    where = f"{raw_dir} (--raw-dir / LLAMAREC_RAW_DIR) or {cache}" if raw_dir else str(cache)
+    wanted = []
+    for archive in sorted({r.archive for r in missing if r.archive}):
+        members = " and ".join(r.name for r in missing if r.archive == archive)
+        wanted.append(f"{archive} (or its {members})")
+    wanted += [r.name for r in missing if not r.archive]
+    sources = sorted({r.urls[0] for r in missing if r.urls})
     hint = (
-        f"Raw files for '{spec.name}' are missing: {names}. Place them (or "
-        f"{', '.join(sorted({r.archive for r in missing if r.archive}) or ['their originals'])}) in {where}, "
-        f"or pass --raw-dir DIR / set LLAMAREC_RAW_DIR to the folder that holds them."
+        f"Raw files for '{spec.name}' are missing: {', '.join(wanted)}"
+        + (f" (from {', '.join(sources)})" if sources else "")
+        + f". Put them in {cache}"
+        + (f" or {raw_dir}" if raw_dir else "")
+        + ", or in a folder given with --raw-dir DIR or LLAMAREC_RAW_DIR."
     )
     if settings.offline() or any(not r.urls for r in missing):
         raise RawDataMissingError(hint)
