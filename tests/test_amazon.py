@@ -198,3 +198,14 @@ def test_artifact_tables_have_the_documented_schema(beauty_raw, workdir):
     assert dataset.sequences("test") == {
         u: [i] for u, i in dataset.interactions.filter(pl.col("split") == "test").select("user", "item").iter_rows()
     }
+
+
+def test_hash_collisions_fall_back_to_exact_codes(beauty_raw, tmp_path, monkeypatch):
+    from llamarec_cli.data import pipeline
+
+    expected = preprocess("beauty", workdir=tmp_path / "a", raw_dir=beauty_raw).path
+    # A "hash" with many collisions: the length of the id. Merged codes survive the k-core and must be caught.
+    monkeypatch.setattr(pipeline, "hashed_codes", lambda column: pl.col(column).str.len_bytes().cast(pl.UInt32))
+    colliding = preprocess("beauty", workdir=tmp_path / "b", raw_dir=beauty_raw).path
+    for table in ("interactions", "items", "users"):
+        assert (expected / f"{table}.parquet").read_bytes() == (colliding / f"{table}.parquet").read_bytes()

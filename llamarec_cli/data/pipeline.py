@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from ..errors import LlamarecError
@@ -33,21 +34,45 @@ class Tables:
     users: pl.DataFrame  # user, original_id
 
 
-def k_core(frame: pl.DataFrame, k: int) -> pl.DataFrame:
-    """Drop users and items with fewer than k interactions until none is left (the unique maximal k-core)."""
+def k_core_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the k-core: drop users and items with fewer than k rows until none is left.
+
+    ``users`` and ``items`` are dense integer codes, one per row. The k-core is the unique maximal subset in which
+    every user and item keeps k rows, so the order of removals does not matter; ``np.bincount`` makes each round
+    one pass over the rows.
+    """
+    keep = np.ones(len(users), dtype=bool)
+    n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
     while True:
-        before = frame.height
-        frame = frame.filter(pl.len().over("i") >= k)
-        frame = frame.filter(pl.len().over("u") >= k)
-        if frame.height == before:
-            return frame
+        kept = keep & (np.bincount(items[keep], minlength=n_items) >= k)[items]
+        kept &= (np.bincount(users[kept], minlength=n_users) >= k)[users]
+        if kept.sum() == keep.sum():
+            return kept
+        keep = kept
 
 
-def _codes(frame: pl.DataFrame, column: str, code: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Replace an original id column by its rank in sorted order; return the frame and the code table."""
-    table = frame.select(pl.col(column).unique()).sort(column).with_row_index(code, offset=1)
-    table = table.with_columns(pl.col(code).cast(ID))
-    return frame.join(table, on=column, how="left").drop(column), table
+def hashed_codes(column: str) -> pl.Expr:
+    """Dense codes from 64-bit hashes: far faster than grouping millions of strings. Checked by ``merged``."""
+    return pl.col(column).hash(seed=0).rank("dense").cast(pl.UInt32)
+
+
+def exact_codes(column: str) -> pl.Expr:
+    return pl.col(column).rank("dense").cast(pl.UInt32)
+
+
+def merged(frame: pl.DataFrame) -> bool:
+    """Whether a code stands for two original ids among these rows (a hash collision).
+
+    A collision can only change the k-core if a merged code survives it: otherwise the surviving rows are a k-core
+    of the unmerged data and contain its k-core, and merging only adds rows, so they are equal.
+    """
+    per_code = frame.group_by("u").agg(pl.col("user").n_unique()).get_column("user").max()
+    per_item = frame.group_by("i").agg(pl.col("item").n_unique()).get_column("item").max()
+    return max(per_code, per_item) > 1
+
+
+def _core(frame: pl.DataFrame, k: int) -> pl.DataFrame:
+    return frame.filter(k_core_mask(frame["u"].to_numpy(), frame["i"].to_numpy(), k))
 
 
 def unescape_titles(tables: Tables) -> Tables:
@@ -61,33 +86,33 @@ def build_tables(spec: DatasetSpec, files: RawFiles) -> Tables:
     missing = {"user", "item", "timestamp"} - set(raw.columns)
     if missing:
         raise LlamarecError(f"Dataset '{spec.name}': read_interactions returned no {', '.join(sorted(missing))}.")
-    frame = raw.select("user", "item", pl.col("timestamp").cast(pl.Int64))
-    if frame.height == 0:
+    if raw.height == 0:
         raise LlamarecError(f"Dataset '{spec.name}' has no interactions.")
-    frame, user_codes = _codes(frame, "user", "u")
-    frame, item_codes = _codes(frame, "item", "i")
+    frame = raw.select("user", "item", pl.col("timestamp").cast(pl.Int64))
+    k = spec.min_interactions
 
-    # A k-core can only shrink when items are removed, so the titles of items outside the title-less k-core are
-    # never needed: read only those (the metadata reader is the slow part on large Amazon files).
-    superset = k_core(frame, spec.min_interactions)
-    needed = item_codes.join(superset.select(pl.col("i").unique()), on="i")
-    titles = spec.read_titles(files, set(needed["item"].to_list()))
-    titles = titles.select("item", pl.col("title").str.strip_chars()).filter(pl.col("title") != "")
-    titled = item_codes.join(titles.unique(subset="item", keep="last"), on="item", how="inner")
-    frame = k_core(superset.join(titled.select("i"), on="i", how="semi"), spec.min_interactions)
+    # A k-core can only shrink when items are removed, so the final items lie in the k-core taken without the
+    # title filter: only their titles are needed (reading metadata is the slow part on large Amazon files).
+    superset = _core(frame.with_columns(u=hashed_codes("user"), i=hashed_codes("item")), k)
+    if merged(superset):
+        superset = _core(frame.with_columns(u=exact_codes("user"), i=exact_codes("item")), k)
+    titles = spec.read_titles(files, set(superset["item"].unique().to_list()))
+    titles = (
+        titles.select("item", pl.col("title").str.strip_chars())
+        .filter(pl.col("title") != "")
+        .unique(subset="item", keep="last", maintain_order=True)
+    )
+    titled = superset.join(titles.select("item"), on="item", how="semi")
+    frame = _core(titled, k) if titled.height else titled
     if frame.height == 0:
-        raise LlamarecError(
-            f"Dataset '{spec.name}': no user and item keep {spec.min_interactions} interactions after filtering."
-        )
+        raise LlamarecError(f"Dataset '{spec.name}': no user and item keep {k} interactions after filtering.")
 
-    # Final ids 1..N keep the sorted order of the original ids.
-    users = frame.select(pl.col("u").unique().sort()).with_row_index("user", offset=1)
-    items = frame.select(pl.col("i").unique().sort()).with_row_index("item", offset=1)
-    frame = (
-        frame.join(users, on="u")
-        .join(items, on="i")
-        .select(pl.col("user").cast(ID), pl.col("item").cast(ID), "timestamp")
-        .sort("user", "timestamp", "item")
+    # Final ids 1..N are the ranks of the original ids in sorted order.
+    frame = frame.select(
+        "user", "item", exact_codes("user").alias("user_id"), exact_codes("item").alias("item_id"), "timestamp"
+    )
+    interactions = frame.select(pl.col("user_id").alias("user"), pl.col("item_id").alias("item"), "timestamp").sort(
+        "user", "timestamp", "item"
     )
     position = pl.int_range(pl.len()).over("user")
     length = pl.len().over("user")
@@ -98,20 +123,19 @@ def build_tables(spec: DatasetSpec, files: RawFiles) -> Tables:
         .then(pl.lit("val"))
         .otherwise(pl.lit("train"))
     )
-    interactions = frame.with_columns(split.cast(SPLITS).alias("split"))
-
-    item_table = (
-        items.join(titled, on="i")
-        .select(pl.col("item").cast(ID), pl.col("item_right").cast(pl.String).alias("original_id"), "title")
+    interactions = interactions.with_columns(split.cast(SPLITS).alias("split"))
+    items = (
+        frame.select(pl.col("item_id").alias("item"), pl.col("item").cast(pl.String).alias("original_id"))
+        .unique("item")
+        .join(titles.select(pl.col("item").cast(pl.String).alias("original_id"), "title"), on="original_id")
         .sort("item")
     )
-    user_table = (
-        users.join(user_codes, on="u")
-        .select(pl.col("user_right").cast(pl.String).alias("original_id"), pl.col("user").cast(ID))
-        .select("user", "original_id")
+    users = (
+        frame.select(pl.col("user_id").alias("user"), pl.col("user").cast(pl.String).alias("original_id"))
+        .unique("user")
         .sort("user")
     )
-    return Tables(interactions, item_table, user_table)
+    return Tables(interactions, items, users)
 
 
 def statistics(tables: Tables) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import plugins
@@ -64,14 +65,17 @@ def preprocess(
         for file, path in files.items():
             log(f"{file}: {path}")
         log("Filtering titles and the k-core, mapping ids, splitting")
-        tables = build_tables(spec, files)
+        # Hash the inputs on the other core while the pipeline runs (hashlib releases the GIL).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            hashed = pool.map(_input, files.values())
+            tables = build_tables(spec, files)
+            inputs = list(hashed)
         config = {
             "source": "raw",
             "min_interactions": spec.min_interactions,
             "unescape_titles": unescape_titles,
             "id_rule": ID_RULE,
         }
-        inputs = [_input(path) for path in files.values()]
     if unescape_titles:
         tables = unescape(tables)
     log(f"Writing {dataset_dir(workdir, name)}")
