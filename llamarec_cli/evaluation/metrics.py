@@ -1,0 +1,59 @@
+"""Ranking metrics with one ground-truth item per user (METHOD.md §6), averaged exactly over users.
+
+For the rank r (1-based) of the true item: Recall@k = 1 if r <= k; MRR@k = 1/r if r <= k; NDCG@k = 1/log2(r + 1)
+if r <= k. Ties are counted against the true item (an item with the same score ranks before it), so a model that
+scores everything alike gets the worst rank, never the best.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+KS = (5, 10, 20)
+NAMES = ("MRR", "NDCG", "Recall")
+
+
+def mask_history(scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """Set the padding id 0 and every item of each user's history (B x L, 0-padded) to -inf, in place."""
+    scores[:, 0] = -math.inf
+    return scores.scatter_(1, history.long(), -math.inf)
+
+
+def ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1-based rank of each row's target among its scores (B x N); ties rank before the target."""
+    target_scores = scores.gather(1, targets.long().view(-1, 1))
+    better_or_tied = (scores >= target_scores).sum(dim=1)  # includes the target itself
+    return better_or_tied.to(torch.float64)
+
+
+def metrics_at(rank: torch.Tensor, ks=KS) -> dict[str, torch.Tensor]:
+    """Per-user metric values for each k: {"NDCG@10": tensor(B), ...}."""
+    out = {}
+    for k in ks:
+        hit = rank <= k
+        out[f"MRR@{k}"] = torch.where(hit, 1.0 / rank, 0.0)
+        out[f"NDCG@{k}"] = torch.where(hit, 1.0 / torch.log2(rank + 1), 0.0)
+        out[f"Recall@{k}"] = hit.to(torch.float64)
+    return out
+
+
+@dataclass
+class MetricSums:
+    """Sums per metric across batches; ``result()`` divides by the number of users (not of batches)."""
+
+    ks: tuple[int, ...] = KS
+    users: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+
+    def add(self, rank: torch.Tensor) -> None:
+        self.users += rank.numel()
+        for name, values in metrics_at(rank, self.ks).items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(values.sum())
+
+    def result(self) -> dict[str, float]:
+        if not self.users:
+            return {}
+        return {name: total / self.users for name, total in self.sums.items()}

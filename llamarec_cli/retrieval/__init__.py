@@ -1,0 +1,1 @@
+"""Stage 1: sequential retrievers (LRURec by default), their training and candidate export."""

@@ -1,0 +1,147 @@
+"""LRURec: a linear recurrent unit sequential recommender (Yue et al., arXiv 2310.02367), as METHOD.md §3 gives it.
+
+References: Orvieto et al. 2023, "Resurrecting Recurrent Neural Networks for Long Sequences" (the LRU), and the
+LlamaRec authors' reference code. Read bottom-up: the parallel scan, one LRU layer, the feed-forward net, a block,
+the model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class LRURecConfig:
+    num_items: int
+    hidden: int = 64
+    blocks: int = 2
+    dropout: float = 0.2
+    r_min: float = 0.8  # |lambda| is initialised uniformly on the ring r_min..r_max
+    r_max: float = 0.99
+
+    def __post_init__(self):
+        if self.num_items < 1 or self.hidden < 1 or self.blocks < 1:
+            raise ValueError("num_items, hidden and blocks must be positive")
+        if not 0 <= self.dropout < 1:
+            raise ValueError("dropout must be in [0, 1)")
+        if not 0 < self.r_min < self.r_max < 1:
+            raise ValueError("need 0 < r_min < r_max < 1")
+
+
+def parallel_scan(u: torch.Tensor, lamb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """h_t = lamb * h_(t-1) + u_t along dim 1, in log2(L) steps.
+
+    u: B x L x D (complex), L a power of two; lamb: D; mask: B x L, True on real positions. Inputs are
+    left-padded, so a state never flows out of a padding position (its carry is masked).
+    Step s merges blocks of l = 2^s into blocks of 2l: the second half of each block adds lamb^1..lamb^l times
+    the last state of the first half.
+    """
+    batch, length, dim = u.shape
+    h, powers, half = u, lamb.unsqueeze(0), 1
+    while half < length:
+        blocks = h.reshape(batch, length // (2 * half), 2 * half, dim)
+        keep = mask.reshape(batch, length // (2 * half), 2 * half)[:, :, half - 1 : half, None]
+        first, second = blocks[:, :, :half], blocks[:, :, half:]
+        second = second + powers * (first[:, :, -1:] * keep)
+        h = torch.cat([first, second], dim=2).reshape(batch, length, dim)
+        powers = torch.cat([powers, powers * powers[-1]], dim=0)
+        half *= 2
+    return h
+
+
+class LRULayer(nn.Module):
+    """Complex diagonal recurrence with input scaling gamma, then Re(C h) + residual and LayerNorm.
+
+    The complex maps B (with bias) and C are held as real weights: B x = B_r x + i B_i x is one real linear map
+    to 2n outputs, and Re(C h + c) = C_r Re(h) - C_i Im(h) + c_r one real linear map from 2n inputs. The
+    arithmetic is that of complex layers, and every parameter is a real tensor.
+    """
+
+    def __init__(self, config: LRURecConfig):
+        super().__init__()
+        d, n = config.hidden, 2 * config.hidden
+        radius = torch.sqrt(torch.rand(n) * (config.r_max**2 - config.r_min**2) + config.r_min**2)
+        nu_log = torch.log(-torch.log(radius))  # |lambda| = exp(-nu), nu = exp(nu_log)
+        theta_log = torch.log(torch.rand(n) * 2 * math.pi)
+        gamma_log = torch.log(torch.sqrt(1 - radius**2))
+        self.params_log = nn.Parameter(torch.stack([nu_log, theta_log, gamma_log]))
+        self.in_proj = nn.Linear(d, 2 * n)  # [B_r; B_i]
+        self.out_proj = nn.Linear(2 * n, d)  # [C_r, -C_i]
+        self.dropout = nn.Dropout(config.dropout)
+        self.layer_norm = nn.LayerNorm(d)
+
+    def lamb(self) -> torch.Tensor:
+        nu, theta, _ = torch.exp(self.params_log)
+        return torch.exp(torch.complex(-nu, theta))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        gamma = torch.exp(self.params_log[2])
+        real, imag = self.in_proj(x).chunk(2, dim=-1)
+        h = parallel_scan(torch.complex(real, imag) * gamma, self.lamb(), mask)
+        return self.layer_norm(self.dropout(self.out_proj(torch.cat([h.real, h.imag], dim=-1))) + x)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: LRURecConfig):
+        super().__init__()
+        self.w_1 = nn.Linear(config.hidden, 4 * config.hidden)
+        self.w_2 = nn.Linear(4 * config.hidden, config.hidden)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layer_norm = nn.LayerNorm(config.hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inner = self.dropout(F.gelu(self.w_1(x)))
+        return self.layer_norm(self.dropout(self.w_2(inner)) + x)
+
+
+class LRUBlock(nn.Module):
+    def __init__(self, config: LRURecConfig):
+        super().__init__()
+        self.lru = LRULayer(config)
+        self.feed_forward = FeedForward(config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.feed_forward(self.lru(x, mask))
+
+
+class LRURec(nn.Module):
+    """Item ids (B x L, left-padded with 0) -> hidden states (B x L x d); scores over all items from tied
+    embeddings plus a per-item bias."""
+
+    def __init__(self, config: LRURecConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.num_items + 1, config.hidden)
+        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.embedding_layer_norm = nn.LayerNorm(config.hidden)
+        self.blocks = nn.ModuleList(LRUBlock(config) for _ in range(config.blocks))
+        self.item_bias = nn.Parameter(torch.zeros(config.num_items + 1))
+        self._init_weights()
+
+    def _init_weights(self, std: float = 0.02) -> None:
+        """Truncated normal (std 0.02, bounds +-2 std) for all weights but LayerNorm and lambda/gamma."""
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                if "layer_norm" in name or "params_log" in name:
+                    continue
+                nn.init.trunc_normal_(param, std=std, a=-2 * std, b=2 * std)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        mask = items > 0
+        x = self.embedding_layer_norm(self.embedding_dropout(self.embedding(items)))
+        length = items.size(1)
+        padded = 1 << max(0, (length - 1).bit_length())  # the scan needs a power of two
+        x = F.pad(x, (0, 0, padded - length, 0))
+        mask = F.pad(mask, (padded - length, 0))
+        for block in self.blocks:
+            x = block(x, mask)
+        return x[:, -length:]
+
+    def scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores of every item id (column 0 is padding) for each hidden state."""
+        return hidden @ self.embedding.weight.T + self.item_bias
