@@ -51,7 +51,7 @@ GENERATOR_VERSION = 1  # bump when the generated content changes, so old data fo
 
 TARGET_SECONDS = 60.0
 TARGET_MIB = 4096.0
-DISTURBED = 0.1  # a run during which other processes or the hypervisor took more than this share of a core
+DISTURBED = 0.1  # a run during which other processes or the hypervisor took this share of the machine's CPU
 
 ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 DAY = 86_400
@@ -611,7 +611,7 @@ def run_once(llamarec: str, data_dir: Path) -> dict:
         # CPU seconds that other processes used during the run, and that the hypervisor took (steal)
         "other_cpu_seconds": None if busy is None else round(max(busy - cpu, 0.0), 1),
         "stolen_cpu_seconds": None if stolen is None else round(stolen, 1),
-        "disturbed": busy is not None and max(busy - cpu, stolen) > DISTURBED * seconds,
+        "disturbed": busy is not None and max(busy - cpu, stolen) > DISTURBED * seconds * nproc(),
         "output": json.loads(stdout),
         "versions": manifest["versions"],
     }
@@ -653,9 +653,13 @@ def git_revision() -> str:
         return "unknown"
 
 
+def nproc() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def machine_info(versions: dict, revision: str) -> dict:
     return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "nproc": nproc(),
         "cpu_model": cpu_model(),
         "memory_gib": memory_gib(),
         "os": platform.platform(),
@@ -716,6 +720,7 @@ def summarize(args, params: GenParams, data_stats: dict, runs: list[dict], revis
 def markdown(result: dict) -> str:
     t, m, s, g = result["targets"], result["machine"], result["statistics"], result["generated_data"]
     yes = {True: "yes", False: "**no**"}
+    quiet = "none" if result["median_undisturbed_seconds"] is None else f"{result['median_undisturbed_seconds']:.1f} s"
     return "\n".join(
         [
             f"# Benchmark: {result['benchmark']}",
@@ -734,11 +739,12 @@ def markdown(result: dict) -> str:
             f"| peak memory (RSS), max of {len(result['runs'])} | {t['peak_rss_mib']['measured']:,.0f} MiB | "
             f"< {t['peak_rss_mib']['target'] / 1024:.0f} GiB | {yes[t['peak_rss_mib']['met']]} |",
             "",
-            f"Fastest run: {result['min_seconds']:.1f} s; median of the undisturbed runs: "
-            f"{result['median_undisturbed_seconds'] or '(none)'} s. Runs on a shared virtual machine vary with its "
-            "host's load: the CPU time of the same work and the stolen time below show how much. Peak memory is "
-            "the larger of the largest single process's exact peak (wait4) and the sampled sum over the process "
-            "tree (the command and any worker processes it starts).",
+            f"Fastest run: {result['min_seconds']:.1f} s; median of the undisturbed runs: {quiet}. Runs on a shared "
+            "virtual machine vary with its host's load: the CPU time of the same work, the CPU time other processes "
+            "used and the time the hypervisor took (stolen) show how much; a run is marked disturbed when either of "
+            f"the last two exceeds {DISTURBED:.0%} of the machine's CPU time. Peak memory is the larger of the largest "
+            "single process's exact peak (wait4) and the sampled sum over the process tree (the command and any "
+            "worker processes it starts).",
             "",
             "| run | wall (s) | peak RSS, largest process (MiB) | peak RSS, process tree (MiB) | CPU (s) "
             "| other processes' CPU (s) | stolen CPU (s) | disturbed |",

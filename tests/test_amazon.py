@@ -209,19 +209,3 @@ def test_hash_collisions_fall_back_to_exact_codes(beauty_raw, tmp_path, monkeypa
     colliding = preprocess("beauty", workdir=tmp_path / "b", raw_dir=beauty_raw).path
     for table in ("interactions", "items", "users"):
         assert (expected / f"{table}.parquet").read_bytes() == (colliding / f"{table}.parquet").read_bytes()
-
-
-def test_metadata_parsed_in_parallel_gives_the_same_titles_and_errors(beauty_raw, tmp_path, monkeypatch):
-    from llamarec_cli.data import readers
-
-    path = beauty_raw / "meta_Beauty.json.gz"
-    serial = readers.read_amazon_titles(path, None, python_literals=True)
-    monkeypatch.setattr(readers, "PARALLEL_MIN_LINES", 2)  # 11 lines -> 2 worker processes
-    assert readers.read_amazon_titles(path, None, python_literals=True).equals(serial)
-
-    import gzip
-
-    with gzip.open(path, "at") as f:
-        f.write("{'asin': 'B0A', 'title': oops}\n")
-    with pytest.raises(DataFormatError, match=r"line 12: not a Python-literal record"):
-        readers.read_amazon_titles(path, None, python_literals=True)

@@ -9,10 +9,6 @@ from __future__ import annotations
 import ast
 import csv
 import json
-import os
-from concurrent.futures import ProcessPoolExecutor
-from itertools import repeat
-from multiprocessing import get_context
 from pathlib import Path
 
 import polars as pl
@@ -140,9 +136,6 @@ def _lines(path: Path) -> pl.DataFrame:
     return frame.with_row_index("lineno", offset=1).drop_nulls("line")  # blank lines read as null
 
 
-PARALLEL_MIN_LINES = 10_000
-
-
 def _parse(rows: list[tuple[int, str]], python_literals: bool) -> tuple[list[tuple[str, str]], tuple | None]:
     """The (asin, title) of each titled record, and the first bad line as (lineno, message), if any."""
     parse = ast.literal_eval if python_literals else json.loads
@@ -187,19 +180,10 @@ def read_amazon_titles(path: Path, needed: set | None, *, python_literals: bool)
             keep |= pl.col("line").str.count_matches(pattern) != 1
         lines = lines.filter(keep)
 
-    rows = lines.rows()
-    workers = min(os.cpu_count() or 1, len(rows) // PARALLEL_MIN_LINES)
-    if workers > 1:  # ~100 us a record: worth spreading over the cores
-        size = -(-len(rows) // workers)
-        chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            results = list(pool.map(_parse, chunks, repeat(python_literals)))
-    else:
-        results = [_parse(rows, python_literals)]
-    for _, error in results:
-        if error is not None:  # chunks are in file order: the first error is the first bad line
-            raise DataFormatError(path, error[1], error[0])
-    asins = [asin for titled, _ in results for asin, _ in titled]
-    titles = [title for titled, _ in results for _, title in titled]
+    titled, error = _parse(lines.rows(), python_literals)
+    if error is not None:
+        raise DataFormatError(path, error[1], error[0])
+    asins = [asin for asin, _ in titled]
+    titles = [title for _, title in titled]
     frame = pl.DataFrame({"item": asins, "title": titles}, schema={"item": pl.String, "title": pl.String})
     return frame.unique(subset="item", keep="last", maintain_order=True)
