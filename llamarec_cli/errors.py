@@ -50,3 +50,10 @@ class ArtifactError(LlamarecError):
 
 class WorkdirError(LlamarecError):
     """The work directory cannot be used."""
+
+    @classmethod
+    def unwritable(cls, workdir, exc: OSError) -> WorkdirError:
+        return cls(
+            f"Cannot write to work directory {workdir}: {exc.strerror or exc}. "
+            f"Choose a writable one with --workdir or LLAMAREC_WORKDIR."
+        )

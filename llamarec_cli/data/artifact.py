@@ -35,7 +35,7 @@ def _json(data) -> str:
     return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def write_dataset(workdir: Path, name: str, tables: Tables, manifest: dict) -> Path:
+def write_dataset(workdir: Path, name: str, tables: Tables, manifest: dict) -> Dataset:
     """Write the tables and manifest to a temporary folder, then swap it in place of the old artifact."""
     final = dataset_dir(workdir, name)
     try:
@@ -45,10 +45,7 @@ def write_dataset(workdir: Path, name: str, tables: Tables, manifest: dict) -> P
         tmp = final.parent / f".dataset.tmp-{os.getpid()}"
         tmp.mkdir()
     except OSError as exc:
-        raise WorkdirError(
-            f"Cannot write to work directory {workdir}: {exc.strerror or exc}. "
-            f"Choose a writable one with --workdir or LLAMAREC_WORKDIR."
-        ) from exc
+        raise WorkdirError.unwritable(workdir, exc) from exc
     try:
         files = {}
         for table in TABLES:
@@ -66,7 +63,7 @@ def write_dataset(workdir: Path, name: str, tables: Tables, manifest: dict) -> P
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
+    return Dataset(name, final, manifest, tables.interactions, tables.items, tables.users)
 
 
 def versions() -> dict:

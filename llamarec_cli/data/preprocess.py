@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import plugins
 from ..errors import WorkdirError
-from .artifact import Dataset, dataset_dir, load_dataset, versions, write_dataset
+from .artifact import Dataset, dataset_dir, versions, write_dataset
 from .pipeline import build_tables, statistics
 from .pipeline import unescape_titles as unescape
 from .rawfiles import resolve_raw_files, sha256_of
@@ -30,10 +30,7 @@ def ensure_writable(workdir: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise WorkdirError(
-            f"Cannot write to work directory {workdir}: {exc.strerror or exc}. "
-            f"Choose a writable one with --workdir or LLAMAREC_WORKDIR."
-        ) from exc
+        raise WorkdirError.unwritable(workdir, exc) from exc
 
 
 def _input(path: Path) -> dict:
@@ -87,5 +84,4 @@ def preprocess(
         "statistics": statistics(tables),
         "versions": versions(),
     }
-    write_dataset(workdir, name, tables, manifest)
-    return load_dataset(workdir, name)
+    return write_dataset(workdir, name, tables, manifest)
