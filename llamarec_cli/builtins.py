@@ -14,8 +14,17 @@ def register_datasets(register):
 
 
 @hookimpl
+def register_retrievers(register):
+    from .retrieval.lru import LRURec
+
+    register("lrurec", LRURec)
+
+
+@hookimpl
 def register_commands(cli):
-    from .cli import plugins_command, preprocess_command
+    from .cli import candidates_command, plugins_command, preprocess_command, retrieve_train_command
 
     preprocess_command.install(cli)
+    retrieve_train_command.install(cli)
+    candidates_command.install(cli)
     plugins_command.install(cli)

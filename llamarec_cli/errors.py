@@ -23,6 +23,12 @@ class UnknownNameError(LlamarecError, KeyError):
         return self.args[0]
 
 
+class ConfigError(LlamarecError, ValueError):
+    """A config value that is out of range or of the wrong type."""
+
+    exit_code = 2
+
+
 class DuplicateNameError(LlamarecError):
     """Two plugins registered the same name."""
 

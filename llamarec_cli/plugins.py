@@ -116,7 +116,19 @@ def datasets() -> Registry:
 
 def retrievers() -> Registry:
     def make_register(registry, plugin):
-        return lambda name, retriever: registry.add(name, retriever, plugin)
+        def register(name, retriever):
+            from .retrieval.contract import Retriever, RetrieverConfig
+
+            if not (isinstance(retriever, type) and issubclass(retriever, Retriever)):
+                raise PluginError(
+                    f"Plugin '{plugin}' registered retriever '{name}' as {retriever!r}, "
+                    f"which is not a subclass of llamarec_cli.Retriever."
+                )
+            if not (isinstance(retriever.Config, type) and issubclass(retriever.Config, RetrieverConfig)):
+                raise PluginError(f"Retriever '{name}' of plugin '{plugin}': its Config is not a RetrieverConfig.")
+            registry.add(name, retriever, plugin)
+
+        return register
 
     return _registry("retriever", "register_retrievers", make_register)
 

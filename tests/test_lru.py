@@ -44,7 +44,7 @@ def test_gradients_flow_through_the_scan_and_the_model():
     assert u.grad is not None and torch.isfinite(u.grad.real).all() and u.grad.abs().sum() > 0
     assert lamb_log.grad is not None and lamb_log.grad.abs().sum() > 0
 
-    model = LRURec(LRURecConfig(num_items=30, hidden=8))
+    model = LRURec(LRURecConfig(hidden=8), num_items=30)
     items = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5]])
     model.scores(model(items)).logsumexp(-1).sum().backward()
     for name, param in model.named_parameters():
@@ -58,7 +58,7 @@ def test_gradients_flow_through_the_scan_and_the_model():
 
 def test_left_padding_does_not_change_the_output():
     torch.manual_seed(1)
-    model = LRURec(LRURecConfig(num_items=50, hidden=16)).eval()
+    model = LRURec(LRURecConfig(hidden=16), num_items=50).eval()
     history = torch.tensor([[7, 3, 9, 12, 1]])
     padded = torch.tensor([[0, 0, 0, 0, 0, 7, 3, 9, 12, 1]])  # also pads 5 -> 8 vs 10 -> 16 for the scan
     with torch.no_grad():
@@ -66,7 +66,7 @@ def test_left_padding_does_not_change_the_output():
 
 
 def test_initialisation_follows_the_method():
-    model = LRURec(LRURecConfig(num_items=1000, hidden=64))
+    model = LRURec(LRURecConfig(hidden=64), num_items=1000)
     weights = model.embedding.weight
     assert weights.abs().max() <= 0.04 and 0.012 < weights.std() < 0.02  # truncated at +-2 std
     assert torch.equal(model.embedding_layer_norm.weight, torch.ones(64))
@@ -78,4 +78,4 @@ def test_initialisation_follows_the_method():
 
 def test_config_is_validated():
     with pytest.raises(ValueError, match="dropout"):
-        LRURecConfig(num_items=10, dropout=1.5)
+        LRURecConfig(dropout=1.5)

@@ -18,3 +18,8 @@ Workdir = Annotated[
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+DatasetName = Annotated[str, typer.Argument(help="Dataset name (as given to llamarec preprocess).")]
+RetrieverName = Annotated[
+    str, typer.Option("--retriever", "-r", help="A registered retriever (see: llamarec plugins).")
+]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")]

@@ -12,3 +12,28 @@ stderr = Console(stderr=True)
 
 def print_json(data) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def metrics_table(title: str, rows: dict[str, dict[str, float]], extra: tuple[str, ...] = ()):
+    """A rich table that fits 80 columns: a row per (split or model, metric), a column per cut-off k.
+
+    ``extra`` names further keys of each row's values (e.g. "HitRate@20"), shown as their own rows.
+    """
+    from rich.table import Table
+
+    from ..evaluation.metrics import KS, NAMES
+
+    table = Table(title=title)
+    table.add_column("")
+    table.add_column("metric")
+    for k in KS:
+        table.add_column(f"@{k}", justify="right")
+    for label, values in rows.items():
+        for i, name in enumerate(NAMES + tuple(extra)):
+            if name in extra:
+                cells = [f"{values[name]:.4f}" if name in values else ""] + [""] * (len(KS) - 1)
+                cells.reverse()  # in the last column
+            else:
+                cells = [f"{values[f'{name}@{k}']:.4f}" if f"{name}@{k}" in values else "" for k in KS]
+            table.add_row(label if i == 0 else "", name, *cells, end_section=i == len(NAMES) + len(extra) - 1)
+    return table

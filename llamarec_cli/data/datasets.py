@@ -33,6 +33,7 @@ def _amazon(name: str, category: str, description: str, *, meta_2018: bool) -> D
         read_titles=lambda files, needed: read_amazon_titles(files[meta], needed, python_literals=not meta_2018),
         source=f"{ratings} (Amazon 2014) + {meta} (Amazon {'2018' if meta_2018 else '2014'})",
         licence=AMAZON_LICENCE,
+        retrieval_defaults={"batch_size": 64, "max_len": 50},  # METHOD.md §3
     )
 
 
@@ -57,6 +58,7 @@ ML_100K = DatasetSpec(
     read_titles=lambda files, needed: read_movielens_titles(files["movies.csv"]),
     source="ml-latest-small.zip (GroupLens, release of 2018-09-26)",
     licence="MovieLens (GroupLens): research use; redistribution under the same terms (see its README.txt).",
+    retrieval_defaults={"batch_size": 16, "max_len": 200},  # METHOD.md §3
 )
 
 BEAUTY = _amazon("beauty", "Beauty", "Amazon 2014 Beauty", meta_2018=False)

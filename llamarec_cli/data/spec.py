@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,3 +51,5 @@ class DatasetSpec:
     min_interactions: int = 5
     source: str = ""
     licence: str = ""
+    retrieval_defaults: Mapping[str, object] = field(default_factory=dict)
+    """Retriever settings suited to this data (e.g. ``{"batch_size": 16, "max_len": 200}``); a user's flag wins."""

@@ -14,34 +14,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .contract import ConfigError, Retriever, RetrieverConfig, option
+from .dropout import Dropout
+
 
 @dataclass
-class LRURecConfig:
-    num_items: int
-    hidden: int = 64
-    blocks: int = 2
-    dropout: float = 0.2
-    r_min: float = 0.8  # |lambda| is initialised uniformly on the ring r_min..r_max
-    r_max: float = 0.99
+class LRURecConfig(RetrieverConfig):
+    hidden: int = option(64, "Embedding and hidden size d (the LRU state has 2d complex units).")
+    blocks: int = option(2, "Number of LRU + feed-forward blocks.")
+    dropout: float = option(0.2, "Dropout on embeddings, LRU outputs and feed-forward layers.")
+    r_min: float = option(0.8, "|lambda| is initialised uniformly on the ring r_min..r_max.")
+    r_max: float = option(0.99, "See r_min.")
 
     def __post_init__(self):
-        if self.num_items < 1 or self.hidden < 1 or self.blocks < 1:
-            raise ValueError("num_items, hidden and blocks must be positive")
+        super().__post_init__()
+        if self.hidden < 1 or self.blocks < 1:
+            raise ConfigError("hidden and blocks must be at least 1")
         if not 0 <= self.dropout < 1:
-            raise ValueError("dropout must be in [0, 1)")
+            raise ConfigError(f"dropout must be in [0, 1) (got {self.dropout})")
         if not 0 < self.r_min < self.r_max < 1:
-            raise ValueError("need 0 < r_min < r_max < 1")
+            raise ConfigError("need 0 < r_min < r_max < 1")
 
 
 def parallel_scan(u: torch.Tensor, lamb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """h_t = lamb * h_(t-1) + u_t along dim 1, in log2(L) steps.
 
-    u: B x L x D (complex), L a power of two; lamb: D; mask: B x L, True on real positions. Inputs are
-    left-padded, so a state never flows out of a padding position (its carry is masked).
+    u: B x L x D (complex); lamb: D; mask: B x L, True on real positions. Inputs are left-padded, so a state
+    never flows out of a padding position (its carry is masked). L is padded on the left to a power of two here,
+    inside the scan, so that the layers around it do not compute on that padding.
     Step s merges blocks of l = 2^s into blocks of 2l: the second half of each block adds lamb^1..lamb^l times
     the last state of the first half.
     """
-    batch, length, dim = u.shape
+    batch, real_length, dim = u.shape
+    length = 1 << max(0, (real_length - 1).bit_length())
+    u, mask = F.pad(u, (0, 0, length - real_length, 0)), F.pad(mask, (length - real_length, 0))
     h, powers, half = u, lamb.unsqueeze(0), 1
     while half < length:
         blocks = h.reshape(batch, length // (2 * half), 2 * half, dim)
@@ -51,7 +57,7 @@ def parallel_scan(u: torch.Tensor, lamb: torch.Tensor, mask: torch.Tensor) -> to
         h = torch.cat([first, second], dim=2).reshape(batch, length, dim)
         powers = torch.cat([powers, powers * powers[-1]], dim=0)
         half *= 2
-    return h
+    return h[:, length - real_length :]
 
 
 class LRULayer(nn.Module):
@@ -72,7 +78,7 @@ class LRULayer(nn.Module):
         self.params_log = nn.Parameter(torch.stack([nu_log, theta_log, gamma_log]))
         self.in_proj = nn.Linear(d, 2 * n)  # [B_r; B_i]
         self.out_proj = nn.Linear(2 * n, d)  # [C_r, -C_i]
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.layer_norm = nn.LayerNorm(d)
 
     def lamb(self) -> torch.Tensor:
@@ -91,7 +97,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.w_1 = nn.Linear(config.hidden, 4 * config.hidden)
         self.w_2 = nn.Linear(4 * config.hidden, config.hidden)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.layer_norm = nn.LayerNorm(config.hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,18 +115,19 @@ class LRUBlock(nn.Module):
         return self.feed_forward(self.lru(x, mask))
 
 
-class LRURec(nn.Module):
+class LRURec(Retriever):
     """Item ids (B x L, left-padded with 0) -> hidden states (B x L x d); scores over all items from tied
-    embeddings plus a per-item bias."""
+    embeddings plus a per-item bias. Trained with full-softmax cross-entropy at every position."""
 
-    def __init__(self, config: LRURecConfig):
-        super().__init__()
-        self.config = config
-        self.embedding = nn.Embedding(config.num_items + 1, config.hidden)
-        self.embedding_dropout = nn.Dropout(config.dropout)
+    Config = LRURecConfig
+
+    def __init__(self, config: LRURecConfig, num_items: int):
+        super().__init__(config, num_items)
+        self.embedding = nn.Embedding(num_items + 1, config.hidden)
+        self.embedding_dropout = Dropout(config.dropout)
         self.embedding_layer_norm = nn.LayerNorm(config.hidden)
         self.blocks = nn.ModuleList(LRUBlock(config) for _ in range(config.blocks))
-        self.item_bias = nn.Parameter(torch.zeros(config.num_items + 1))
+        self.item_bias = nn.Parameter(torch.zeros(num_items + 1))
         self._init_weights()
 
     def _init_weights(self, std: float = 0.02) -> None:
@@ -134,14 +141,21 @@ class LRURec(nn.Module):
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         mask = items > 0
         x = self.embedding_layer_norm(self.embedding_dropout(self.embedding(items)))
-        length = items.size(1)
-        padded = 1 << max(0, (length - 1).bit_length())  # the scan needs a power of two
-        x = F.pad(x, (0, 0, padded - length, 0))
-        mask = F.pad(mask, (padded - length, 0))
         for block in self.blocks:
             x = block(x, mask)
-        return x[:, -length:]
+        return x
 
     def scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores of every item id (column 0 is padding) for each hidden state."""
         return hidden @ self.embedding.weight.T + self.item_bias
+
+    def loss(self, windows: torch.Tensor) -> torch.Tensor:
+        """Next-item cross-entropy over all items at every real position of each window."""
+        inputs, labels = windows[:, :-1], windows[:, 1:]
+        real = labels > 0
+        # Only real positions get the (P x N) logits: on Amazon most of a window is padding.
+        hidden = self(inputs)[real]
+        return F.cross_entropy(self.scores(hidden), labels[real])
+
+    def score(self, histories: torch.Tensor) -> torch.Tensor:
+        return self.scores(self(histories)[:, -1])

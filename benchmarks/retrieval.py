@@ -1,0 +1,324 @@
+"""Benchmark: train retrievers with the default settings and compare with the paper's Table 1 (METHOD.md §7).
+
+For each dataset and retriever it runs, in a fresh subprocess (so the peak memory is that run's alone):
+preprocess (ml-100k from the raw MovieLens files in ../shared, beauty and games from the paper's own splits in
+../shared), ``train_retriever`` with the default config (early stopping on validation Recall@10), and
+``export_candidates`` (top 20). It records the test metrics (whole history masked, all items ranked, exact
+averages over users), hit-rate@20, epochs and steps to early stop, wall time, steps per second and peak memory.
+
+Runs are long (tens of minutes each on 2 cores): each finished run is merged into
+``benchmarks/results/retrieval.json`` at once and ``retrieval.md`` is rewritten, so an interrupted benchmark
+keeps what it measured. ``--profile`` prints where the time of a training step goes instead.
+
+Run (from the repository root)::
+
+    .venv/bin/python benchmarks/retrieval.py                                   # LRURec on all three datasets
+    .venv/bin/python benchmarks/retrieval.py --datasets ml-100k --retrievers sasrec bert4rec narm
+    .venv/bin/python benchmarks/retrieval.py --datasets beauty --set dropout=0.3 --set weight_decay=0
+    .venv/bin/python benchmarks/retrieval.py --profile --datasets ml-100k beauty
+    .venv/bin/python benchmarks/retrieval.py --throughput --datasets ml-100k beauty games   # steps/s only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("LLAMAREC_SHARED", REPO.parent / "shared"))
+RESULTS = REPO / "benchmarks" / "results"
+
+# METHOD.md §7, Table 1 (LRU column and the baselines' Recall@10 / NDCG@10); hit-rate@20 from §3.
+PAPER = {
+    "ml-100k": {
+        "lrurec": {
+            "MRR@5": 0.0390,
+            "NDCG@5": 0.0468,
+            "Recall@5": 0.0705,
+            "MRR@10": 0.0491,
+            "NDCG@10": 0.0705,
+            "Recall@10": 0.1426,
+            "HitRate@20": 0.2016,
+        },
+        "narm": {"Recall@10": 0.0801, "NDCG@10": 0.0441},
+        "bert4rec": {"Recall@10": 0.0785, "NDCG@10": 0.0366},
+        "sasrec": {"Recall@10": 0.0993, "NDCG@10": 0.0522},
+    },
+    "beauty": {
+        "lrurec": {
+            "MRR@5": 0.0376,
+            "NDCG@5": 0.0435,
+            "Recall@5": 0.0614,
+            "MRR@10": 0.0417,
+            "NDCG@10": 0.0533,
+            "Recall@10": 0.0916,
+            "HitRate@20": 0.1278,
+        },
+        "narm": {"Recall@10": 0.0746, "NDCG@10": 0.0420},
+        "bert4rec": {"Recall@10": 0.0686, "NDCG@10": 0.0372},
+        "sasrec": {"Recall@10": 0.0844, "NDCG@10": 0.0481},
+    },
+    "games": {
+        "lrurec": {
+            "MRR@5": 0.0533,
+            "NDCG@5": 0.0640,
+            "Recall@5": 0.0966,
+            "MRR@10": 0.0598,
+            "NDCG@10": 0.0800,
+            "Recall@10": 0.1463,
+            "HitRate@20": 0.2126,
+        },
+        "narm": {"Recall@10": 0.1351, "NDCG@10": 0.0729},
+        "bert4rec": {"Recall@10": 0.1214, "NDCG@10": 0.0649},
+        "sasrec": {"Recall@10": 0.1446, "NDCG@10": 0.0783},
+    },
+}
+COLUMNS = ("MRR@5", "NDCG@5", "Recall@5", "MRR@10", "NDCG@10", "Recall@10", "HitRate@20")
+
+
+def preprocess(dataset: str, workdir: Path) -> None:
+    from llamarec_cli.data.artifact import dataset_dir
+    from llamarec_cli.data.preprocess import preprocess as run
+
+    if (dataset_dir(workdir, dataset) / "manifest.json").is_file():
+        return
+    if dataset == "ml-100k":
+        run(dataset, workdir=workdir, raw_dir=SHARED / "datasets" / "ml-latest-small")
+    else:
+        run(dataset, workdir=workdir, from_split=SHARED / "datasets" / dataset / "llamarec-split.json")
+
+
+def parse_sets(items: list[str]) -> dict:
+    return dict(item.split("=", 1) for item in items)
+
+
+def one_run(args) -> dict:
+    """Preprocess, train, export: in this (fresh) process."""
+    import torch
+
+    from llamarec_cli.retrieval.candidates import export_candidates
+    from llamarec_cli.retrieval.contract import parse_value
+    from llamarec_cli.retrieval.retrieve_train import retriever_class, train_retriever
+
+    workdir = Path(args.workdir)
+    preprocess(args.dataset, workdir)
+    cls = retriever_class(args.retriever)
+    flags = {k: parse_value(cls.Config, k, v) for k, v in parse_sets(args.set).items()}
+    began = time.perf_counter()
+    manifest = train_retriever(
+        args.dataset,
+        workdir=workdir,
+        retriever=args.retriever,
+        flags=flags,
+        device="cpu",
+        restart=True,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+        progress=args.progress,
+    )
+    candidates = export_candidates(args.dataset, workdir=workdir, retriever=args.retriever, k=20, device="cpu")
+    test = manifest["metrics"]["test"]
+    training = manifest["training"]
+    return {
+        "dataset": args.dataset,
+        "retriever": args.retriever,
+        "flags": parse_sets(args.set),
+        "config": manifest["config"],
+        "test": {**test, "HitRate@20": candidates["splits"]["test"]["hit_rate"]},
+        "val": {**manifest["metrics"]["val"], "HitRate@20": candidates["splits"]["val"]["hit_rate"]},
+        "steps": training["steps"],
+        "epochs": training["epochs"],
+        "best_step": training["best_step"],
+        "stopped_early": training["stopped_early"],
+        "wall_seconds": round(time.perf_counter() - began, 1),
+        "train_seconds": training["train_seconds"],
+        "steps_per_second": training["steps_per_second"],
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def throughput(args) -> dict:
+    """Steps per second of the training step alone (median of 5 rounds of 20 steps), default config."""
+    import statistics
+
+    import torch
+
+    from llamarec_cli.data.artifact import load_dataset
+    from llamarec_cli.retrieval.data import pad_left, training_windows
+    from llamarec_cli.retrieval.retrieve_train import resolve_config, retriever_class
+    from llamarec_cli.retrieval.train import param_groups
+
+    workdir = Path(args.workdir)
+    preprocess(args.dataset, workdir)
+    dataset = load_dataset(workdir, args.dataset)
+    cls = retriever_class(args.retriever)
+    config, _ = resolve_config(cls, args.dataset, {})
+    torch.manual_seed(0)
+    model = cls(config, dataset.num_items).train()
+    optimizer = torch.optim.AdamW(param_groups(model), lr=config.lr)
+    windows = training_windows(list(dataset.sequences("train").values()), config.max_len)
+    order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(0)).tolist()
+
+    def step(i):
+        rows = [windows[order[(i * config.batch_size + j) % len(windows)]] for j in range(config.batch_size)]
+        loss = model.loss(pad_left(rows))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+        optimizer.step()
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        for i in range(5):
+            step(i)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for i in range(5, 25):
+                step(i)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    rounds = []
+    for r in range(6):
+        began = time.perf_counter()
+        for i in range(20):
+            step(100 + r * 20 + i)
+        rounds.append(20 / (time.perf_counter() - began))
+    return {
+        "dataset": args.dataset,
+        "retriever": args.retriever,
+        "steps_per_second": statistics.median(rounds[1:]),
+        "rounds": [round(x, 2) for x in rounds[1:]],
+        "threads": torch.get_num_threads(),
+    }
+
+
+def key(result: dict) -> str:
+    flags = ",".join(f"{k}={v}" for k, v in sorted(result.get("flags", {}).items()))
+    return f"{result['dataset']}/{result['retriever']}" + (f" [{flags}]" if flags else "")
+
+
+def merge(result: dict, section: str, command: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "retrieval.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.setdefault(section, {})[key(result)] = {
+        **result,
+        "command": command,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    (RESULTS / "retrieval.md").write_text(markdown(data))
+
+
+def markdown(data: dict) -> str:
+    lines = [
+        "# Retrieval benchmark",
+        "",
+        "Test metrics with the user's whole history masked and all items ranked, exact averages over users;",
+        "the paper's Table 1 beside ours (METHOD.md §7). Written by `benchmarks/retrieval.py`; each row",
+        "names the command that produced it.",
+        "",
+    ]
+    runs = data.get("runs", {})
+    for dataset in ("ml-100k", "beauty", "games"):
+        rows = {k: v for k, v in runs.items() if v["dataset"] == dataset}
+        if not rows:
+            continue
+        lines += [
+            f"## {dataset}",
+            "",
+            "| run | " + " | ".join(COLUMNS) + " | epochs | steps | wall | steps/s | peak MiB |",
+            "|---|" + "---|" * (len(COLUMNS) + 5),
+        ]
+        for name, run in sorted(rows.items()):
+            paper = PAPER.get(dataset, {}).get(run["retriever"], {})
+            ours = " | ".join(f"{run['test'][c]:.4f}" for c in COLUMNS)
+            lines.append(
+                f"| {name} | {ours} | {run['epochs']} | {run['steps']:,} | {run['wall_seconds'] / 60:.1f} min "
+                f"| {run['steps_per_second']:.2f} | {run['peak_rss_mib']:.0f} |"
+            )
+            if paper:
+                cells = " | ".join(f"{paper[c]:.4f}" if c in paper else "" for c in COLUMNS)
+                lines.append(f"| paper {run['retriever']} | {cells} | | | | | |")
+                deltas = " | ".join(f"{run['test'][c] / paper[c] - 1:+.1%}" if c in paper else "" for c in COLUMNS)
+                lines.append(f"| ours vs paper | {deltas} | | | | | |")
+        lines.append("")
+        for name, run in sorted(rows.items()):
+            lines.append(f"- `{name}`: `{run['command']}` ({run['date']}, {run['machine']}, {run['threads']} threads)")
+        lines.append("")
+    if data.get("throughput"):
+        lines += [
+            "## Training throughput (step alone, median of 5 rounds of 20 steps, default config)",
+            "",
+            "| dataset/retriever | steps/s | rounds |",
+            "|---|---|---|",
+        ]
+        for name, run in sorted(data["throughput"].items()):
+            lines.append(f"| {name} | {run['steps_per_second']:.2f} | {run['rounds']} |")
+        lines.append("")
+        for name, run in sorted(data["throughput"].items()):
+            lines.append(f"- `{name}`: `{run['command']}` ({run['date']}, {run['machine']})")
+        lines.append("")
+    notes = RESULTS / "retrieval-notes.md"
+    if notes.is_file():
+        lines += [notes.read_text().strip(), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=["ml-100k", "beauty", "games"])
+    parser.add_argument("--retrievers", nargs="+", default=["lrurec"])
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE config override for every run")
+    parser.add_argument("--workdir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "llamarec-bench-retrieval"))
+    parser.add_argument("--profile", action="store_true", help="print a profile of 20 training steps")
+    parser.add_argument("--throughput", action="store_true", help="measure steps/s only")
+    parser.add_argument("--progress", action="store_true", help="show the training progress bar")
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a single run, in this process
+    parser.add_argument("--dataset", help=argparse.SUPPRESS)
+    parser.add_argument("--retriever", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        result = throughput(args) if (args.throughput or args.profile) else one_run(args)
+        print(json.dumps(result))
+        return
+
+    command = "python benchmarks/retrieval.py " + shlex.join(sys.argv[1:])
+    for dataset in args.datasets:
+        for retriever in args.retrievers:
+            child = [
+                sys.executable,
+                __file__,
+                "--one",
+                "--dataset",
+                dataset,
+                "--retriever",
+                retriever,
+                "--workdir",
+                args.workdir,
+                *(f"--set={s}" for s in args.set),
+            ]
+            child += ["--throughput"] * args.throughput + ["--profile"] * args.profile + ["--progress"] * args.progress
+            print(f"== {dataset} / {retriever} {' '.join(args.set)}", flush=True)
+            done = subprocess.run(child, stdout=subprocess.PIPE, text=True)
+            if done.returncode != 0:
+                print(f"   failed (exit {done.returncode})", flush=True)
+                continue
+            output = done.stdout.strip().splitlines()
+            result = json.loads(output[-1])
+            print("\n".join(output[:-1]))
+            print("  ", json.dumps(result), flush=True)
+            if not args.profile:
+                merge(result, "throughput" if args.throughput else "runs", command)
+
+
+if __name__ == "__main__":
+    main()

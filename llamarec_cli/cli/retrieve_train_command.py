@@ -1,0 +1,127 @@
+"""llamarec retrieve-train"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import settings
+from .options import DatasetName, Device, Json, RetrieverName, Workdir
+from .output import metrics_table, print_json, stderr, stdout
+
+EPILOG = (
+    "Examples:  llamarec retrieve-train ml-100k   ·   llamarec retrieve-train beauty --dropout 0.3 --device cuda   ·   "
+    "llamarec retrieve-train games --retriever sasrec --set heads=4   ·   llamarec retrieve-train ml-100k --resume"
+)
+
+
+def _flag(help: str, name: str):
+    return typer.Option(name, help=help, show_default=False)
+
+
+def retrieve_train(
+    dataset: DatasetName,
+    retriever: RetrieverName = "lrurec",
+    workdir: Workdir = None,
+    device: Device = "auto",
+    seed: Annotated[int | None, _flag("Random seed [default: 42].", "--seed")] = None,
+    batch_size: Annotated[int | None, _flag("Windows per step [default: per dataset].", "--batch-size")] = None,
+    max_len: Annotated[int | None, _flag("Longest history read [default: per dataset].", "--max-len")] = None,
+    lr: Annotated[float | None, _flag("AdamW learning rate [default: 1e-3].", "--lr")] = None,
+    weight_decay: Annotated[float | None, _flag("AdamW weight decay [default: 0.01].", "--weight-decay")] = None,
+    dropout: Annotated[float | None, _flag("Dropout [default: the retriever's].", "--dropout")] = None,
+    clip: Annotated[float | None, _flag("Gradient-norm clip [default: 5].", "--clip")] = None,
+    val_every: Annotated[int | None, _flag("Validate every N steps [default: 500].", "--val-every")] = None,
+    patience: Annotated[int | None, _flag("Early-stop patience in validations [default: 20].", "--patience")] = None,
+    max_epochs: Annotated[int | None, _flag("Most epochs [default: 500].", "--max-epochs")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Any other setting of the retriever's config, as KEY=VALUE (repeatable)."),
+    ] = None,
+    show_config: Annotated[
+        bool, typer.Option("--show-config", help="Print the effective config with each value's origin and exit.")
+    ] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last state.")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard an interrupted run and start afresh.")] = False,
+    json_output: Json = False,
+) -> None:
+    """Train a stage-1 retriever (LRURec by default) with early stopping; save the best checkpoint and its metrics."""
+    from ..retrieval.contract import parse_value
+    from ..retrieval.retrieve_train import resolve_config, retriever_class, train_retriever
+
+    cls = retriever_class(retriever)
+    flags = {
+        key: value
+        for key, value in dict(
+            seed=seed,
+            batch_size=batch_size,
+            max_len=max_len,
+            lr=lr,
+            weight_decay=weight_decay,
+            dropout=dropout,
+            clip=clip,
+            val_every=val_every,
+            patience=patience,
+            max_epochs=max_epochs,
+        ).items()
+        if value is not None
+    }
+    for item in set_ or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"expected KEY=VALUE, got '{item}'", param_hint="--set")
+        flags[key.strip().replace("-", "_")] = parse_value(cls.Config, key.strip().replace("-", "_"), text.strip())
+
+    config, sources = resolve_config(cls, dataset, flags)
+    if show_config:
+        stdout.print(config_table(retriever, config, sources, cls, with_help=True))
+        return
+    if not json_output:
+        stdout.print(config_table(retriever, config, sources, cls, with_help=False))
+    try:
+        manifest = train_retriever(
+            dataset,
+            workdir=settings.workdir(workdir),
+            retriever=retriever,
+            flags=flags,
+            device=device,
+            resume=resume,
+            restart=restart,
+            progress=not json_output,
+            log=lambda message: stderr.print(message, style="dim", highlight=False),
+        )
+    except KeyboardInterrupt:
+        stderr.print(f"Interrupted. Continue from the last validation with: llamarec retrieve-train {dataset} --resume")
+        raise typer.Exit(130) from None
+    if json_output:
+        print_json(manifest)
+        return
+    training = manifest["training"]
+    stdout.print(
+        metrics_table(f"{retriever} on {dataset} (whole history masked, all items ranked)", manifest["metrics"])
+    )
+    stderr.print(
+        f"{training['steps']:,} steps, {training['epochs']} epochs, best at step {training['best_step']:,}, "
+        f"{training['steps_per_second']:.1f} steps/s, {training['wall_seconds']:.0f} s. "
+        f"Saved to {settings.workdir(workdir) / dataset / 'retriever' / retriever}"
+    )
+
+
+def config_table(retriever, config, sources, cls, with_help: bool):
+    """The effective config, each value with where it came from (default, dataset, retriever, flag)."""
+    import dataclasses
+
+    from rich.table import Table
+
+    table = Table(title=f"{retriever} config ({cls.Config.__name__})")
+    for column in ("setting", "value", "from") + (("meaning",) if with_help else ()):
+        table.add_column(column)
+    for f in dataclasses.fields(config):
+        row = [f.name, str(getattr(config, f.name)), sources.get(f.name, "default")]
+        table.add_row(*row, *((f.metadata.get("help", ""),) if with_help else ()))
+    return table
+
+
+def install(cli: typer.Typer) -> None:
+    cli.command("retrieve-train", epilog=EPILOG)(retrieve_train)

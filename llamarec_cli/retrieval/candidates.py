@@ -1,0 +1,99 @@
+"""``llamarec candidates`` as a library call: the retriever's top-k for every validation and test user.
+
+Written to ``<workdir>/<dataset>/candidates/<retriever>.parquet`` (one row per user and split: ``split``, ``user``,
+``target``, ``candidates`` and ``scores`` in score order, ``hit``) with ``<retriever>.json`` beside it (metrics,
+hit-rate@k, and the checksums of the dataset and the retriever weights, so the ranker can refuse stale candidates).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from ..data.artifact import Dataset, load_dataset
+from ..data.rawfiles import sha256_of
+from ..errors import ArtifactError
+from .checkpoint import retriever_dir, write_json
+from .data import eval_set
+from .evaluate import top_k
+from .retrieve_train import DEFAULT_RETRIEVER, load_retriever
+
+FORMAT = "llamarec.candidates"
+FORMAT_VERSION = 1
+SPLITS = ("val", "test")
+
+
+def candidates_paths(workdir: Path, dataset: str, retriever: str) -> tuple[Path, Path]:
+    folder = workdir / dataset / "candidates"
+    return folder / f"{retriever}.parquet", folder / f"{retriever}.json"
+
+
+def export_candidates(
+    dataset_name: str, *, workdir: Path, retriever: str = DEFAULT_RETRIEVER, k: int = 20, device: str = "auto"
+) -> dict:
+    """Write the top-k candidates and return the manifest (metrics and hit-rate@k per split)."""
+    if k < 1:
+        raise ArtifactError(f"--k must be at least 1 (got {k}).")
+    dataset = load_dataset(workdir, dataset_name)
+    model, retriever_manifest = load_retriever(workdir, dataset, retriever, device)
+    device_ = next(model.parameters()).device
+    frames, summary = [], {}
+    for split in SPLITS:
+        data = eval_set(dataset, split)
+        items, scores, metrics = top_k(model, data, device_, k)
+        keep = torch.isfinite(scores)  # a user who has seen almost everything has fewer than k unseen items
+        candidates = [row[mask].tolist() for row, mask in zip(items, keep)]
+        frame = pl.DataFrame(
+            {
+                "split": pl.Series([split] * len(data), dtype=pl.Enum(SPLITS)),
+                "user": pl.Series(data.users, dtype=pl.UInt32),
+                "target": pl.Series(data.targets, dtype=pl.UInt32),
+                "candidates": pl.Series(candidates, dtype=pl.List(pl.UInt32)),
+                "scores": pl.Series([row[mask].tolist() for row, mask in zip(scores, keep)], dtype=pl.List(pl.Float32)),
+            }
+        ).with_columns(hit=pl.col("candidates").list.contains(pl.col("target")))
+        frames.append(frame)
+        hit_rate = frame["hit"].mean() if frame.height else 0.0
+        summary[split] = {"users": frame.height, "hits": int(frame["hit"].sum()), "hit_rate": hit_rate, **metrics}
+
+    parquet, manifest_path = candidates_paths(workdir, dataset_name, retriever)
+    parquet.parent.mkdir(parents=True, exist_ok=True)
+    tmp = parquet.with_name(f".{parquet.name}.tmp-{os.getpid()}")
+    pl.concat(frames).write_parquet(tmp, compression="zstd")
+    os.replace(tmp, parquet)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dataset": {"name": dataset_name, "checksum": dataset.checksum},
+        "retriever": retriever,
+        "retriever_weights_sha256": sha256_of(retriever_dir(workdir, dataset_name, retriever) / "model.safetensors"),
+        "retriever_config": retriever_manifest["config"],
+        "k": k,
+        "file_sha256": sha256_of(parquet),
+        "splits": summary,
+    }
+    write_json(manifest_path, manifest)
+    return manifest
+
+
+def load_candidates(workdir: Path, dataset: Dataset, retriever: str = DEFAULT_RETRIEVER) -> tuple[pl.DataFrame, dict]:
+    """The candidates of ``retriever`` for ``dataset``, refused when missing, altered or stale."""
+    parquet, manifest_path = candidates_paths(workdir, dataset.name, retriever)
+    rerun = f"llamarec candidates {dataset.name} --retriever {retriever}"
+    if not manifest_path.is_file() or not parquet.is_file():
+        raise ArtifactError(f"No candidates of '{retriever}' for {dataset.name} in {workdir}. Run first: {rerun}")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    weights = retriever_dir(workdir, dataset.name, retriever) / "model.safetensors"
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{manifest_path} was written by an incompatible llamarec version. Rerun: {rerun}")
+    if manifest["dataset"]["checksum"] != dataset.checksum:
+        raise ArtifactError(f"{parquet} was made from another version of dataset '{dataset.name}'. Rerun: {rerun}")
+    if weights.is_file() and sha256_of(weights) != manifest["retriever_weights_sha256"]:
+        raise ArtifactError(f"{parquet} was made by an earlier training of '{retriever}'. Rerun: {rerun}")
+    if sha256_of(parquet) != manifest["file_sha256"]:
+        raise ArtifactError(f"{parquet} is altered or truncated. Rerun: {rerun}")
+    return pl.read_parquet(parquet), manifest

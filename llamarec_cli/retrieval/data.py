@@ -1,0 +1,58 @@
+"""From a dataset's sequences to tensors: training windows, and the validation/test inputs of METHOD.md §3."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def pad_left(sequences: list[list[int]], length: int | None = None) -> torch.Tensor:
+    """B x length item ids, each row right-aligned and left-padded with 0 (length: the longest row)."""
+    length = length or max((len(s) for s in sequences), default=1) or 1
+    out = torch.zeros(len(sequences), length, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            out[row, -len(seq) :] = torch.as_tensor(seq[-length:], dtype=torch.long)
+    return out
+
+
+def training_windows(sequences: list[list[int]], max_len: int) -> list[list[int]]:
+    """Each training sequence whole if its max_len inputs fit, else windows of max_len + 1 items taken from the
+    end (max_len inputs and their next items), stepping by max_len so every item is a label exactly once.
+    Sequences of one item have nothing to predict and give no window."""
+    windows = []
+    for seq in sequences:
+        end = len(seq)
+        while end >= 2:
+            windows.append(seq[max(0, end - max_len - 1) : end])
+            end -= max_len
+    return windows
+
+
+@dataclass
+class EvalSet:
+    """The users of one evaluation split: their input history, and the held-out item to find.
+
+    Validation: history = training items, target = the validation item. Test: history = training + validation
+    items, target = the test item. The whole history is masked from the ranking; the model reads its last max_len.
+    """
+
+    split: str
+    users: list[int]
+    histories: list[list[int]]
+    targets: list[int]
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def eval_set(dataset, split: str) -> EvalSet:
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', not {split!r}")
+    train = dataset.sequences("train")
+    held = dataset.sequences(split)
+    val = dataset.sequences("val") if split == "test" else {}
+    users = [u for u in held if u in train]
+    histories = [train[u] + val.get(u, []) for u in users]
+    return EvalSet(split, users, histories, [held[u][0] for u in users])

@@ -1,0 +1,169 @@
+"""``llamarec retrieve-train`` as a library call: resolve the config, train, evaluate, write the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .. import __version__, plugins
+from ..data.artifact import Dataset, load_dataset
+from ..errors import ArtifactError
+from ..retrieval.checkpoint import finish, partial_dir, read_manifest, retriever_dir, write_json
+from .contract import Retriever, RetrieverConfig, build_config
+from .data import eval_set
+from .evaluate import evaluate
+from .train import Reporter, RichReporter, fit, resolve_device
+
+DEFAULT_RETRIEVER = "lrurec"
+
+
+def retriever_class(name: str) -> type[Retriever]:
+    return plugins.retrievers().get(name)  # unknown names list the known ones
+
+
+def resolve_config(cls: type[Retriever], dataset: str, flags: dict) -> tuple[RetrieverConfig, dict[str, str]]:
+    """Config defaults < the dataset's suggestions < the retriever's per-dataset values < the user's flags."""
+    registry = plugins.datasets()
+    dataset_defaults = dict(registry.get(dataset).retrieval_defaults) if dataset in registry else {}
+    layers = [("dataset", dataset_defaults), ("retriever", cls.dataset_defaults.get(dataset, {})), ("flag", flags)]
+    return build_config(cls.Config, layers)
+
+
+def versions() -> dict:
+    return {"llamarec": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def train_retriever(
+    dataset_name: str,
+    *,
+    workdir: Path,
+    retriever: str = DEFAULT_RETRIEVER,
+    flags: dict | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    restart: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] = lambda message: None,
+    stop_after_steps: int | None = None,
+) -> dict:
+    """Train a retriever on a preprocessed dataset; return the manifest written beside the checkpoint."""
+    dataset = load_dataset(workdir, dataset_name)
+    cls = retriever_class(retriever)
+    config, sources = resolve_config(cls, dataset_name, flags or {})
+    partial = partial_dir(workdir, dataset_name, retriever)
+    run_file = partial / "run.json"
+    if resume:
+        if not run_file.is_file():
+            raise ArtifactError(
+                f"Nothing to resume for retriever '{retriever}' on {dataset_name}. "
+                f"Start a run: llamarec retrieve-train {dataset_name} --retriever {retriever}"
+            )
+        saved = json.loads(run_file.read_text())
+        if saved["dataset_checksum"] != dataset.checksum:
+            raise ArtifactError(
+                f"The interrupted run in {partial} was on another version of dataset '{dataset_name}'. "
+                f"Start afresh: llamarec retrieve-train {dataset_name} --retriever {retriever} (without --resume)"
+            )
+        # The interrupted run's values stand; a flag that contradicts one is refused rather than mixed in.
+        config, _ = build_config(cls.Config, [("checkpoint", saved["config"]), ("flag", flags or {})])
+        changed = [f"{k}={saved['config'][k]}" for k, v in config.to_dict().items() if saved["config"][k] != v]
+        if changed:
+            raise ArtifactError(
+                f"--resume continues a run with {', '.join(changed)}; "
+                f"drop the flags that change it, or start afresh without --resume."
+            )
+        sources = saved["sources"]
+    else:
+        if run_file.is_file() and not restart:
+            raise ArtifactError(
+                f"An interrupted run of '{retriever}' on {dataset_name} is in {partial}. "
+                f"Continue it with --resume, or discard it with --restart."
+            )
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            partial.mkdir(parents=True)
+        except OSError as exc:
+            from ..errors import WorkdirError
+
+            raise WorkdirError.unwritable(workdir, exc) from exc
+        write_json(run_file, {"config": config.to_dict(), "sources": sources, "dataset_checksum": dataset.checksum})
+
+    device_ = resolve_device(device)
+    log(f"Training {retriever} on {dataset_name} ({dataset.num_items:,} items) on {device_}.")
+    torch.manual_seed(config.seed)
+    model = cls(config, dataset.num_items)
+    reporter = RichReporter(config.max_epochs) if progress else Reporter()
+    began = time.perf_counter()
+    result = fit(
+        model,
+        dataset,
+        device=device_,
+        state_dir=partial / "training",
+        resume=resume,
+        reporter=reporter,
+        stop_after_steps=stop_after_steps,
+    )
+    if result.interrupted:
+        log(f"Stopped after {result.steps} steps as asked; continue with --resume.")
+        return {}
+    metrics = {"val": evaluate(model, eval_set(dataset, "val"), device_)}
+    metrics["test"] = evaluate(model, eval_set(dataset, "test"), device_)
+    manifest = {
+        "device": str(device_),
+        "metrics": metrics,
+        "training": {
+            "steps": result.steps,
+            "epochs": result.epochs,
+            "best_step": result.best_step,
+            "stopped_early": result.stopped_early,
+            "train_seconds": round(result.train_seconds, 2),
+            "wall_seconds": round(time.perf_counter() - began, 2),
+            "steps_per_second": round(result.steps_per_second, 3),
+            "validations": result.validations,
+        },
+    }
+    manifest = write_checkpoint(workdir, dataset, retriever, model, manifest, sources)
+    return manifest
+
+
+def write_checkpoint(workdir: Path, dataset: Dataset, name: str, model: Retriever, extra: dict, sources=None) -> dict:
+    """Save ``model`` as the complete checkpoint of retriever ``name`` for ``dataset`` (replacing any older one)."""
+    partial = partial_dir(workdir, dataset.name, name)
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / "run.json").unlink(missing_ok=True)
+    model.save(partial)
+    manifest = {
+        "retriever": name,
+        "plugin": plugins.retrievers().owner(name),
+        "dataset": {"name": dataset.name, "checksum": dataset.checksum},
+        "num_items": dataset.num_items,
+        "config": model.config.to_dict(),
+        "config_sources": sources or {},
+        **extra,
+        "versions": versions(),
+    }
+    finish(partial, retriever_dir(workdir, dataset.name, name), manifest)
+    return manifest
+
+
+def load_retriever(workdir: Path, dataset: Dataset, name: str, device="cpu") -> tuple[Retriever, dict]:
+    """A trained retriever that matches ``dataset`` (refused otherwise, with what to rerun) and its manifest."""
+    manifest = read_manifest(workdir, dataset, name)
+    cls = retriever_class(name)
+    folder = retriever_dir(workdir, dataset.name, name)
+    try:
+        model = cls.load(folder, device=resolve_device(device))
+    except ArtifactError as exc:
+        raise ArtifactError(f"{exc} Rerun: llamarec retrieve-train {dataset.name} --retriever {name}") from exc
+    except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(
+            f"The checkpoint in {folder} cannot be loaded ({exc}). "
+            f"Rerun: llamarec retrieve-train {dataset.name} --retriever {name}"
+        ) from exc
+    return model.eval(), manifest

@@ -1,0 +1,193 @@
+"""retrieve-train and candidates: training that learns, exact determinism and resume, the checkpoint's refusals."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from llamarec_cli.cli import build_app
+from llamarec_cli.errors import ArtifactError, UnknownNameError
+from llamarec_cli.retrieval.candidates import export_candidates, load_candidates
+from llamarec_cli.retrieval.checkpoint import partial_dir, retriever_dir
+from llamarec_cli.retrieval.contract import ConfigError, parse_value
+from llamarec_cli.retrieval.data import eval_set, pad_left, training_windows
+from llamarec_cli.retrieval.lru import LRURecConfig
+from llamarec_cli.retrieval.retrieve_train import resolve_config, retriever_class, train_retriever
+
+FAST = {"hidden": 16, "val_every": 10, "patience": 3, "max_epochs": 12}
+
+
+def train(workdir, **kwargs):
+    return train_retriever("chain", workdir=workdir, device="cpu", flags=kwargs.pop("flags", FAST), **kwargs)
+
+
+def weights(workdir, name="lrurec"):
+    return load_file(retriever_dir(workdir, "chain", name) / "model.safetensors")
+
+
+def test_training_windows_cover_every_label_once():
+    seq = list(range(1, 12))  # 11 items, max_len 4: windows of 5 from the end, stepping by 4
+    assert training_windows([seq], 4) == [[7, 8, 9, 10, 11], [3, 4, 5, 6, 7], [1, 2, 3]]
+    labels = [x for w in training_windows([seq], 4) for x in w[1:]]
+    assert sorted(labels) == seq[1:]
+    assert training_windows([[5]], 4) == []  # nothing to predict
+    assert pad_left([[1, 2], [3]]).tolist() == [[1, 2], [0, 3]]
+
+
+def test_eval_inputs_follow_the_split(chain):
+    train_seq, val_seq, test_seq = (chain.sequences(s) for s in ("train", "val", "test"))
+    val, test = eval_set(chain, "val"), eval_set(chain, "test")
+    user = val.users[0]
+    assert val.histories[0] == train_seq[user] and val.targets[0] == val_seq[user][0]
+    assert test.histories[test.users.index(user)] == train_seq[user] + val_seq[user]
+    assert test.targets[test.users.index(user)] == test_seq[user][0]
+
+
+def test_training_learns_the_pattern_and_writes_a_complete_checkpoint(chain, workdir):
+    manifest = train(workdir)
+    folder = retriever_dir(workdir, "chain", "lrurec")
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "manifest.json"}
+    assert not partial_dir(workdir, "chain", "lrurec").exists()
+    test = manifest["metrics"]["test"]
+    assert set(test) == {f"{m}@{k}" for m in ("MRR", "NDCG", "Recall") for k in (5, 10, 20)}
+    # The next item is always last + 1: a trained model finds it; chance over 40 items would be about 0.25.
+    assert test["Recall@10"] > 0.9, test
+    assert manifest["dataset"]["checksum"] == chain.checksum and manifest["num_items"] == 40
+    assert manifest["config"]["max_len"] == 20 and manifest["config_sources"]["max_len"] == "dataset"
+    assert manifest["config_sources"]["hidden"] == "flag"
+    assert manifest["training"]["validations"][0]["step"] == 10
+
+
+def test_same_seed_same_data_gives_identical_runs(chain, workdir, tmp_path):
+    first = train(workdir)
+    (workdir / "chain" / "retriever").rename(tmp_path / "first")
+    second = train(workdir)
+    assert first["metrics"] == second["metrics"]
+    assert first["training"]["validations"] == second["training"]["validations"]
+    first_weights = load_file(tmp_path / "first" / "lrurec" / "model.safetensors")
+    assert all(torch.equal(v, weights(workdir)[k]) for k, v in first_weights.items())
+
+
+def test_resume_continues_exactly_where_it_stopped(chain, workdir):
+    whole = train(workdir)
+    whole_weights = weights(workdir)
+    assert train(workdir, stop_after_steps=25) == {}  # "interrupted" between the validations at 20 and 30
+    with pytest.raises(ArtifactError, match="--resume"):
+        train(workdir)  # an interrupted run is neither lost nor silently mixed with a new one
+    with pytest.raises(ArtifactError, match="lr=0.001"):
+        train(workdir, flags={**FAST, "lr": 0.01}, resume=True)
+    resumed = train(workdir, resume=True)
+    assert resumed["metrics"] == whole["metrics"]
+    assert resumed["training"]["steps"] == whole["training"]["steps"]
+    assert all(torch.equal(v, weights(workdir)[k]) for k, v in whole_weights.items())
+
+
+def test_interrupted_run_keeps_the_previous_checkpoint(chain, workdir):
+    train(workdir)
+    before = weights(workdir)
+    train(workdir, flags={**FAST, "seed": 7}, restart=True, stop_after_steps=5)
+    assert all(torch.equal(v, weights(workdir)[k]) for k, v in before.items())
+    export_candidates("chain", workdir=workdir, device="cpu")  # still usable
+
+
+def test_user_flags_beat_dataset_and_retriever_defaults(monkeypatch):
+    cls = retriever_class("lrurec")
+    config, sources = resolve_config(cls, "ml-100k", {})
+    assert (config.batch_size, config.max_len) == (16, 200) and sources["batch_size"] == "dataset"
+    config, _ = resolve_config(cls, "beauty", {})
+    assert (config.batch_size, config.max_len) == (64, 50)
+    monkeypatch.setattr(cls, "dataset_defaults", {"beauty": {"dropout": 0.3, "batch_size": 32}})
+    config, sources = resolve_config(cls, "beauty", {"batch_size": 8})
+    assert (config.batch_size, config.dropout) == (8, 0.3)
+    assert sources["batch_size"] == "flag" and sources["dropout"] == "retriever" and sources["lr"] == "default"
+    with pytest.raises(ConfigError, match="no setting 'heads'.*hidden"):
+        resolve_config(cls, "beauty", {"heads": 2})
+    with pytest.raises(ConfigError, match="dropout"):
+        resolve_config(cls, "beauty", {"dropout": 1.5})
+
+
+def test_set_values_are_typed():
+    assert parse_value(LRURecConfig, "hidden", "32") == 32
+    assert parse_value(LRURecConfig, "lr", "3e-4") == 3e-4
+    with pytest.raises(ConfigError, match="needs a int value"):
+        parse_value(LRURecConfig, "hidden", "big")
+    with pytest.raises(ConfigError, match="Known settings"):
+        parse_value(LRURecConfig, "hiden", "32")
+
+
+def test_candidates_are_top_k_unseen_items_in_score_order(chain, workdir):
+    train(workdir)
+    manifest = export_candidates("chain", workdir=workdir, k=5, device="cpu")
+    frame, loaded = load_candidates(workdir, chain)
+    assert loaded == manifest
+    train_seq, val_seq = chain.sequences("train"), chain.sequences("val")
+    for row in frame.iter_rows(named=True):
+        history = train_seq[row["user"]] + (val_seq[row["user"]] if row["split"] == "test" else [])
+        assert len(row["candidates"]) == 5 and not set(row["candidates"]) & set(history)
+        assert row["scores"] == sorted(row["scores"], reverse=True)
+        assert row["hit"] == (row["target"] in row["candidates"])
+    for split in ("val", "test"):
+        part = frame.filter(pl.col("split") == split)
+        assert manifest["splits"][split]["users"] == part.height == chain.users.height
+        assert manifest["splits"][split]["hit_rate"] == pytest.approx(part["hit"].mean())
+        assert manifest["splits"][split]["Recall@5"] == pytest.approx(part["hit"].mean())  # no ties here
+
+
+def test_candidates_before_training_says_what_to_run(chain, workdir):
+    with pytest.raises(ArtifactError, match="Run first: llamarec retrieve-train chain --retriever lrurec"):
+        export_candidates("chain", workdir=workdir, device="cpu")
+
+
+def test_checkpoint_of_another_dataset_version_is_refused(chain, workdir):
+    train(workdir)
+    manifest_path = retriever_dir(workdir, "chain", "lrurec") / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["dataset"]["checksum"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="another version of dataset 'chain'.*Rerun: llamarec retrieve-train"):
+        export_candidates("chain", workdir=workdir, device="cpu")
+
+
+def test_corrupted_or_truncated_checkpoint_is_a_clear_error(chain, workdir):
+    train(workdir)
+    path = retriever_dir(workdir, "chain", "lrurec") / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ArtifactError, match="corrupted or truncated.*Rerun: llamarec retrieve-train chain"):
+        export_candidates("chain", workdir=workdir, device="cpu")
+
+
+def test_stale_candidates_are_refused(chain, workdir):
+    train(workdir)
+    export_candidates("chain", workdir=workdir, device="cpu")
+    train(workdir, flags={**FAST, "seed": 1})
+    with pytest.raises(ArtifactError, match="earlier training.*Rerun: llamarec candidates chain"):
+        load_candidates(workdir, chain)
+
+
+def test_unknown_retriever_lists_the_known_ones(chain, workdir):
+    with pytest.raises(UnknownNameError, match="Unknown retriever 'lru'. Known retrievers: .*lrurec"):
+        train_retriever("chain", workdir=workdir, retriever="lru")
+
+
+def test_cli_trains_and_exports_with_json_output(chain, workdir):
+    runner = CliRunner()
+    app = build_app()
+    args = ["--workdir", str(workdir), "--set", "hidden=16", "--max-epochs", "3", "--val-every", "10"]
+    result = runner.invoke(app, ["retrieve-train", "chain", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)
+    assert manifest["config"]["hidden"] == 16 and manifest["config_sources"]["max_epochs"] == "flag"
+    result = runner.invoke(app, ["candidates", "chain", "--workdir", str(workdir), "--k", "3"])
+    assert result.exit_code == 0, result.output
+    assert "HitRate" in result.stdout and "users have their item among the candidates" in result.stderr
+    result = runner.invoke(app, ["retrieve-train", "chain", "--workdir", str(workdir), "--show-config"])
+    assert result.exit_code == 0 and "max_len" in result.stdout and "dataset" in result.stdout
+    result = runner.invoke(app, ["retrieve-train", "chain", "--workdir", str(workdir), "-r", "nope"])
+    assert result.exit_code == 2 and "Known retrievers" in result.stderr
+    result = runner.invoke(app, ["retrieve-train", "chain", "--workdir", str(workdir), "--set", "hidden"])
+    assert result.exit_code != 0 and "KEY=VALUE" in result.output
