@@ -17,6 +17,7 @@ Run (from the repository root)::
     .venv/bin/python benchmarks/retrieval.py --datasets beauty --set dropout=0.3 --set weight_decay=0
     .venv/bin/python benchmarks/retrieval.py --profile --datasets ml-100k beauty
     .venv/bin/python benchmarks/retrieval.py --throughput --datasets ml-100k beauty games   # steps/s only
+    .venv/bin/python benchmarks/retrieval.py --resume          # continue interrupted runs (exact, see --resume)
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def one_run(args) -> dict:
     import torch
 
     from llamarec_cli.retrieval.candidates import export_candidates
+    from llamarec_cli.retrieval.checkpoint import partial_dir
     from llamarec_cli.retrieval.contract import parse_value
     from llamarec_cli.retrieval.retrieve_train import retriever_class, train_retriever
 
@@ -113,13 +115,15 @@ def one_run(args) -> dict:
     cls = retriever_class(args.retriever)
     flags = {k: parse_value(cls.Config, k, v) for k, v in parse_sets(args.set).items()}
     began = time.perf_counter()
+    resume = args.resume and (partial_dir(workdir, args.dataset, args.retriever) / "run.json").is_file()
     manifest = train_retriever(
         args.dataset,
         workdir=workdir,
         retriever=args.retriever,
         flags=flags,
         device="cpu",
-        restart=True,
+        resume=resume,
+        restart=not resume,
         log=lambda m: print(m, file=sys.stderr, flush=True),
         progress=args.progress,
     )
@@ -199,6 +203,54 @@ def throughput(args) -> dict:
     }
 
 
+def interim(args) -> dict:
+    """Test metrics of the best weights so far of a run that has not early-stopped yet (read from its saved
+    training state; the run itself is left untouched and can go on with --resume)."""
+    import torch
+
+    from llamarec_cli.data.artifact import load_dataset
+    from llamarec_cli.retrieval.checkpoint import partial_dir
+    from llamarec_cli.retrieval.contract import build_config
+    from llamarec_cli.retrieval.data import eval_set, training_windows
+    from llamarec_cli.retrieval.evaluate import top_k
+    from llamarec_cli.retrieval.retrieve_train import retriever_class
+    from llamarec_cli.retrieval.train import _load_state
+
+    workdir = Path(args.workdir)
+    dataset = load_dataset(workdir, args.dataset)
+    partial = partial_dir(workdir, args.dataset, args.retriever)
+    run = json.loads((partial / "run.json").read_text())
+    cls = retriever_class(args.retriever)
+    config, _ = build_config(cls.Config, [("checkpoint", run["config"])])
+    model = cls(config, dataset.num_items)
+    tensors, counters = _load_state(partial / "training")
+    windows = training_windows(list(dataset.sequences("train").values()), config.max_len)
+    model.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
+    out = {}
+    for split in ("val", "test"):
+        data = eval_set(dataset, split)
+        items, _, metrics = top_k(model, data, torch.device("cpu"), 20)
+        hits = (items == torch.tensor(data.targets).view(-1, 1)).any(1).float().mean().item()
+        out[split] = {**metrics, "HitRate@20": hits}
+    return {
+        "dataset": args.dataset,
+        "retriever": args.retriever,
+        "flags": parse_sets(args.set),
+        "config": run["config"],
+        **out,
+        "steps": counters["step"],
+        "epochs": round(counters["step"] / -(-len(windows) // config.batch_size), 2),
+        "best_step": counters["best_step"],
+        "validations_without_gain": counters["bad"],
+        "stopped_early": False,
+        "wall_seconds": counters["train_seconds"],
+        "train_seconds": counters["train_seconds"],
+        "steps_per_second": counters["step"] / counters["train_seconds"],
+        "peak_rss_mib": float("nan"),
+        "threads": torch.get_num_threads(),
+    }
+
+
 def key(result: dict) -> str:
     flags = ",".join(f"{k}={v}" for k, v in sorted(result.get("flags", {}).items()))
     return f"{result['dataset']}/{result['retriever']}" + (f" [{flags}]" if flags else "")
@@ -218,6 +270,34 @@ def merge(result: dict, section: str, command: str) -> None:
     (RESULTS / "retrieval.md").write_text(markdown(data))
 
 
+def table(title: str, dataset: str, rows: dict) -> list[str]:
+    header = "| run | " + " | ".join(COLUMNS) + " | epochs | steps | best step | train time | steps/s | peak MiB |"
+    lines = [f"## {title}", "", header, "|---|" + "---|" * (len(COLUMNS) + 6)]
+    for name, run in sorted(rows.items()):
+        paper = PAPER.get(dataset, {}).get(run["retriever"], {})
+        ours = " | ".join(f"{run['test'][c]:.4f}" for c in COLUMNS)
+        lines.append(
+            f"| {name} | {ours} | {run['epochs']} | {run['steps']:,} | {run['best_step']:,} "
+            f"| {run['train_seconds'] / 60:.0f} min | {run['steps_per_second']:.2f} | {run['peak_rss_mib']:.0f} |"
+        )
+        if paper:
+            cells = " | ".join(f"{paper[c]:.4f}" if c in paper else "" for c in COLUMNS)
+            lines.append(f"| paper {run['retriever']} | {cells} | | | | | | |")
+            deltas = " | ".join(f"{run['test'][c] / paper[c] - 1:+.1%}" if c in paper else "" for c in COLUMNS)
+            lines.append(f"| ours vs paper | {deltas} | | | | | | |")
+    lines.append("")
+    for name, run in sorted(rows.items()):
+        extra = (
+            f", {run['validations_without_gain']} validations without gain so far"
+            if "validations_without_gain" in run
+            else ""
+        )
+        lines.append(
+            f"- `{name}`: `{run['command']}` ({run['date']}, {run['machine']}, {run['threads']} threads{extra})"
+        )
+    return lines + [""]
+
+
 def markdown(data: dict) -> str:
     lines = [
         "# Retrieval benchmark",
@@ -227,33 +307,12 @@ def markdown(data: dict) -> str:
         "names the command that produced it.",
         "",
     ]
-    runs = data.get("runs", {})
+    sections = [("runs", ""), ("interim", " (interim: not early-stopped yet, best weights so far)")]
     for dataset in ("ml-100k", "beauty", "games"):
-        rows = {k: v for k, v in runs.items() if v["dataset"] == dataset}
-        if not rows:
-            continue
-        lines += [
-            f"## {dataset}",
-            "",
-            "| run | " + " | ".join(COLUMNS) + " | epochs | steps | wall | steps/s | peak MiB |",
-            "|---|" + "---|" * (len(COLUMNS) + 5),
-        ]
-        for name, run in sorted(rows.items()):
-            paper = PAPER.get(dataset, {}).get(run["retriever"], {})
-            ours = " | ".join(f"{run['test'][c]:.4f}" for c in COLUMNS)
-            lines.append(
-                f"| {name} | {ours} | {run['epochs']} | {run['steps']:,} | {run['wall_seconds'] / 60:.1f} min "
-                f"| {run['steps_per_second']:.2f} | {run['peak_rss_mib']:.0f} |"
-            )
-            if paper:
-                cells = " | ".join(f"{paper[c]:.4f}" if c in paper else "" for c in COLUMNS)
-                lines.append(f"| paper {run['retriever']} | {cells} | | | | | |")
-                deltas = " | ".join(f"{run['test'][c] / paper[c] - 1:+.1%}" if c in paper else "" for c in COLUMNS)
-                lines.append(f"| ours vs paper | {deltas} | | | | | |")
-        lines.append("")
-        for name, run in sorted(rows.items()):
-            lines.append(f"- `{name}`: `{run['command']}` ({run['date']}, {run['machine']}, {run['threads']} threads)")
-        lines.append("")
+        for section, label in sections:
+            rows = {k: v for k, v in data.get(section, {}).items() if v["dataset"] == dataset}
+            if rows:
+                lines += table(dataset + label, dataset, rows)
     if data.get("throughput"):
         lines += [
             "## Training throughput (step alone, median of 5 rounds of 20 steps, default config)",
@@ -282,12 +341,17 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print a profile of 20 training steps")
     parser.add_argument("--throughput", action="store_true", help="measure steps/s only")
     parser.add_argument("--progress", action="store_true", help="show the training progress bar")
+    parser.add_argument("--resume", action="store_true", help="continue interrupted runs instead of restarting")
+    parser.add_argument("--interim", action="store_true", help="evaluate the best weights so far of unfinished runs")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a single run, in this process
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     parser.add_argument("--retriever", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        result = throughput(args) if (args.throughput or args.profile) else one_run(args)
+        if args.interim:
+            result = interim(args)
+        else:
+            result = throughput(args) if (args.throughput or args.profile) else one_run(args)
         print(json.dumps(result))
         return
 
@@ -306,7 +370,13 @@ def main() -> None:
                 args.workdir,
                 *(f"--set={s}" for s in args.set),
             ]
-            child += ["--throughput"] * args.throughput + ["--profile"] * args.profile + ["--progress"] * args.progress
+            child += (
+                ["--throughput"] * args.throughput
+                + ["--profile"] * args.profile
+                + ["--progress"] * args.progress
+                + ["--resume"] * args.resume
+                + ["--interim"] * args.interim
+            )
             print(f"== {dataset} / {retriever} {' '.join(args.set)}", flush=True)
             done = subprocess.run(child, stdout=subprocess.PIPE, text=True)
             if done.returncode != 0:
@@ -317,7 +387,7 @@ def main() -> None:
             print("\n".join(output[:-1]))
             print("  ", json.dumps(result), flush=True)
             if not args.profile:
-                merge(result, "throughput" if args.throughput else "runs", command)
+                merge(result, "throughput" if args.throughput else "interim" if args.interim else "runs", command)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def sequential(u, lamb, mask):
     return out
 
 
-@pytest.mark.parametrize("length", [1, 2, 8, 64])
+@pytest.mark.parametrize("length", [1, 2, 8, 13, 64, 200])
 def test_parallel_scan_equals_the_sequential_recurrence_with_left_padding(length):
     torch.manual_seed(length)
     batch, dim = 5, 6

@@ -37,27 +37,19 @@ class LRURecConfig(RetrieverConfig):
 
 
 def parallel_scan(u: torch.Tensor, lamb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """h_t = lamb * h_(t-1) + u_t along dim 1, in log2(L) steps.
+    """h_t = lamb * h_(t-1) + u_t along dim 1, in ceil(log2(L)) steps (a Kogge-Stone scan).
 
-    u: B x L x D (complex); lamb: D; mask: B x L, True on real positions. Inputs are left-padded, so a state
-    never flows out of a padding position (its carry is masked). L is padded on the left to a power of two here,
-    inside the scan, so that the layers around it do not compute on that padding.
-    Step s merges blocks of l = 2^s into blocks of 2l: the second half of each block adds lamb^1..lamb^l times
-    the last state of the first half.
+    u: B x L x D (complex); lamb: D; mask: B x L, True on real positions. After step k, h_t sums lamb^j u_(t-j)
+    for j < 2^k; step k+1 adds lamb^(2^k) times h shifted by 2^k. Inputs are left-padded: zeroing u there means no
+    state flows out of padding, and the shift brings in zeros, so L need not be a power of two (the reference pads
+    it to one, and its block scan was twice as slow here).
     """
-    batch, real_length, dim = u.shape
-    length = 1 << max(0, (real_length - 1).bit_length())
-    u, mask = F.pad(u, (0, 0, length - real_length, 0)), F.pad(mask, (length - real_length, 0))
-    h, powers, half = u, lamb.unsqueeze(0), 1
-    while half < length:
-        blocks = h.reshape(batch, length // (2 * half), 2 * half, dim)
-        keep = mask.reshape(batch, length // (2 * half), 2 * half)[:, :, half - 1 : half, None]
-        first, second = blocks[:, :, :half], blocks[:, :, half:]
-        second = second + powers * (first[:, :, -1:] * keep)
-        h = torch.cat([first, second], dim=2).reshape(batch, length, dim)
-        powers = torch.cat([powers, powers * powers[-1]], dim=0)
-        half *= 2
-    return h[:, length - real_length :]
+    h = u * mask.unsqueeze(-1)
+    power, shift = lamb, 1
+    while shift < h.size(1):
+        h = h + power * F.pad(h[:, :-shift], (0, 0, shift, 0))
+        power, shift = power * power, 2 * shift
+    return h
 
 
 class LRULayer(nn.Module):
