@@ -23,8 +23,10 @@ def test_help_lists_each_built_command_with_its_purpose():
     assert result.exit_code == 0
     assert "preprocess" in result.output and "Build a dataset artifact" in result.output
     assert "plugins" in result.output and "List the loaded plugins" in result.output
+    assert "retrieve-train" in result.output and "Train a stage-1 retriever" in result.output
+    assert "candidates" in result.output and "top-k candidates" in result.output
     # commands of later stages are absent until they exist
-    for absent in ("retrieve-train", "rank-train", "serve-shell"):
+    for absent in ("rank-train", "serve-shell"):
         assert absent not in result.output
 
 
@@ -34,7 +36,7 @@ def test_version():
     assert result.output.strip() == f"llamarec {__version__}"
 
 
-@pytest.mark.parametrize("command", ["preprocess", "plugins"])
+@pytest.mark.parametrize("command", ["preprocess", "retrieve-train", "candidates", "plugins"])
 @pytest.mark.parametrize("flag", ["-h", "--help"])
 def test_every_command_has_help_with_an_example(command, flag):
     result = invoke(command, flag)
