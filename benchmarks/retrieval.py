@@ -276,9 +276,10 @@ def table(title: str, dataset: str, rows: dict) -> list[str]:
     for name, run in sorted(rows.items()):
         paper = PAPER.get(dataset, {}).get(run["retriever"], {})
         ours = " | ".join(f"{run['test'][c]:.4f}" for c in COLUMNS)
+        peak = "–" if run["peak_rss_mib"] != run["peak_rss_mib"] else f"{run['peak_rss_mib']:.0f}"  # NaN: not measured
         lines.append(
             f"| {name} | {ours} | {run['epochs']} | {run['steps']:,} | {run['best_step']:,} "
-            f"| {run['train_seconds'] / 60:.0f} min | {run['steps_per_second']:.2f} | {run['peak_rss_mib']:.0f} |"
+            f"| {run['train_seconds'] / 60:.0f} min | {run['steps_per_second']:.2f} | {peak} |"
         )
         if paper:
             cells = " | ".join(f"{paper[c]:.4f}" if c in paper else "" for c in COLUMNS)
