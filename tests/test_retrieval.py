@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import polars as pl
 import pytest
@@ -191,3 +192,13 @@ def test_cli_trains_and_exports_with_json_output(chain, workdir):
     assert result.exit_code == 2 and "Known retrievers" in result.stderr
     result = runner.invoke(app, ["retrieve-train", "chain", "--workdir", str(workdir), "--set", "hidden"])
     assert result.exit_code != 0 and "KEY=VALUE" in result.output
+
+
+def test_cli_resume_shows_and_uses_the_interrupted_runs_config(chain, workdir):
+    train(workdir, flags={**FAST, "max_len": 10}, stop_after_steps=5)
+    runner = CliRunner()
+    result = runner.invoke(build_app(), ["retrieve-train", "chain", "-w", str(workdir), "--resume", "--show-config"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"max_len\s*│\s*10\s*│\s*flag", result.stdout), result.stdout
+    result = runner.invoke(build_app(), ["retrieve-train", "chain", "-w", str(workdir), "--resume", "--max-len", "12"])
+    assert result.exit_code == 1 and "continues a run with max_len=10" in result.stderr

@@ -73,7 +73,15 @@ def retrieve_train(
             raise typer.BadParameter(f"expected KEY=VALUE, got '{item}'", param_hint="--set")
         flags[key.strip().replace("-", "_")] = parse_value(cls.Config, key.strip().replace("-", "_"), text.strip())
 
-    config, sources = resolve_config(cls, dataset, flags)
+    if resume:  # show what will actually run: the interrupted run's config
+        from ..data.artifact import load_dataset
+        from ..retrieval.retrieve_train import resumed_config
+
+        config, sources = resumed_config(
+            settings.workdir(workdir), load_dataset(settings.workdir(workdir), dataset), retriever, flags
+        )
+    else:
+        config, sources = resolve_config(cls, dataset, flags)
     if show_config:
         stdout.print(config_table(retriever, config, sources, cls, with_help=True))
         return

@@ -35,6 +35,31 @@ def resolve_config(cls: type[Retriever], dataset: str, flags: dict) -> tuple[Ret
     return build_config(cls.Config, layers)
 
 
+def resumed_config(workdir: Path, dataset: Dataset, retriever: str, flags: dict) -> tuple[RetrieverConfig, dict]:
+    """The config of the interrupted run that ``--resume`` continues. Its values stand: a flag that contradicts one
+    is refused rather than mixed in."""
+    partial = partial_dir(workdir, dataset.name, retriever)
+    if not (partial / "run.json").is_file():
+        raise ArtifactError(
+            f"Nothing to resume for retriever '{retriever}' on {dataset.name}. "
+            f"Start a run: llamarec retrieve-train {dataset.name} --retriever {retriever}"
+        )
+    saved = json.loads((partial / "run.json").read_text())
+    if saved["dataset_checksum"] != dataset.checksum:
+        raise ArtifactError(
+            f"The interrupted run in {partial} was on another version of dataset '{dataset.name}'. "
+            f"Start afresh: llamarec retrieve-train {dataset.name} --retriever {retriever} --restart"
+        )
+    config, _ = build_config(retriever_class(retriever).Config, [("checkpoint", saved["config"]), ("flag", flags)])
+    changed = [f"{k}={saved['config'][k]}" for k, v in config.to_dict().items() if saved["config"][k] != v]
+    if changed:
+        raise ArtifactError(
+            f"--resume continues a run with {', '.join(changed)}; "
+            f"drop the flags that change it, or start afresh with --restart."
+        )
+    return config, saved["sources"]
+
+
 def versions() -> dict:
     return {"llamarec": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
@@ -59,26 +84,7 @@ def train_retriever(
     partial = partial_dir(workdir, dataset_name, retriever)
     run_file = partial / "run.json"
     if resume:
-        if not run_file.is_file():
-            raise ArtifactError(
-                f"Nothing to resume for retriever '{retriever}' on {dataset_name}. "
-                f"Start a run: llamarec retrieve-train {dataset_name} --retriever {retriever}"
-            )
-        saved = json.loads(run_file.read_text())
-        if saved["dataset_checksum"] != dataset.checksum:
-            raise ArtifactError(
-                f"The interrupted run in {partial} was on another version of dataset '{dataset_name}'. "
-                f"Start afresh: llamarec retrieve-train {dataset_name} --retriever {retriever} (without --resume)"
-            )
-        # The interrupted run's values stand; a flag that contradicts one is refused rather than mixed in.
-        config, _ = build_config(cls.Config, [("checkpoint", saved["config"]), ("flag", flags or {})])
-        changed = [f"{k}={saved['config'][k]}" for k, v in config.to_dict().items() if saved["config"][k] != v]
-        if changed:
-            raise ArtifactError(
-                f"--resume continues a run with {', '.join(changed)}; "
-                f"drop the flags that change it, or start afresh without --resume."
-            )
-        sources = saved["sources"]
+        config, sources = resumed_config(workdir, dataset, retriever, flags or {})
     else:
         if run_file.is_file() and not restart:
             raise ArtifactError(
