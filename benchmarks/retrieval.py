@@ -251,6 +251,11 @@ def interim(args) -> dict:
     }
 
 
+def finished() -> dict:
+    path = RESULTS / "retrieval.json"
+    return json.loads(path.read_text()).get("runs", {}) if path.is_file() else {}
+
+
 def key(result: dict) -> str:
     flags = ",".join(f"{k}={v}" for k, v in sorted(result.get("flags", {}).items()))
     return f"{result['dataset']}/{result['retriever']}" + (f" [{flags}]" if flags else "")
@@ -379,11 +384,15 @@ def main() -> None:
                 + ["--interim"] * args.interim
             )
             print(f"== {dataset} / {retriever} {' '.join(args.set)}", flush=True)
-            done = subprocess.run(child, stdout=subprocess.PIPE, text=True)
-            if done.returncode != 0:
-                print(f"   failed (exit {done.returncode})", flush=True)
+            done_key = key({"dataset": dataset, "retriever": retriever, "flags": parse_sets(args.set)})
+            if args.resume and not (args.throughput or args.profile or args.interim) and done_key in finished():
+                print("   finished already (see results/retrieval.json); skipped", flush=True)
                 continue
-            output = done.stdout.strip().splitlines()
+            completed = subprocess.run(child, stdout=subprocess.PIPE, text=True)
+            if completed.returncode != 0:
+                print(f"   failed (exit {completed.returncode})", flush=True)
+                continue
+            output = completed.stdout.strip().splitlines()
             result = json.loads(output[-1])
             print("\n".join(output[:-1]))
             print("  ", json.dumps(result), flush=True)
