@@ -149,6 +149,8 @@ def fit(
         best_state = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
         optimizer.load_state_dict(_optimizer_state(optimizer, tensors, device))
         torch.set_rng_state(tensors["rng.cpu"])
+        if device.type == "cuda" and "rng.cuda" in tensors:  # dropout on the GPU draws from the CUDA generator
+            torch.cuda.set_rng_state(tensors["rng.cuda"], device)
         step, epoch, start_batch, bad = saved["step"], saved["epoch"], saved["batch"], saved["bad"]
         best, best_step, best_metrics = saved["best"], saved["best_step"], saved["best_metrics"]
         validations, train_seconds = saved["validations"], saved["train_seconds"]
@@ -224,6 +226,9 @@ def _save_state(state_dir: Path, model, best_state, optimizer, counters: dict) -
     for index, values in optimizer.state_dict()["state"].items():
         tensors |= {f"optim.{index}.{key}": torch.as_tensor(value) for key, value in values.items()}
     tensors["rng.cpu"] = torch.get_rng_state()
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     save_tensors(state_dir / STATE_FILE, tensors, metadata={"counters": json.dumps(counters)})
 
 
