@@ -202,3 +202,15 @@ def test_cli_resume_shows_and_uses_the_interrupted_runs_config(chain, workdir):
     assert re.search(r"max_len\s*│\s*10\s*│\s*flag", result.stdout), result.stdout
     result = runner.invoke(build_app(), ["retrieve-train", "chain", "-w", str(workdir), "--resume", "--max-len", "12"])
     assert result.exit_code == 1 and "continues a run with max_len=10" in result.stderr
+
+
+def test_device_errors_are_clear(monkeypatch):
+    from llamarec_cli.retrieval.train import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    with pytest.raises(ConfigError, match="Unknown device 'gpu'"):
+        resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        resolve_device("cuda")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, ConfigError
 from .checkpoint import load_weights, save_tensors
 from .data import eval_set, pad_left, training_windows
 from .evaluate import evaluate
@@ -109,9 +109,12 @@ def param_groups(model) -> list[dict]:
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"Unknown device '{name}'. Use auto, cpu, cuda or cuda:N.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ArtifactError("--device cuda was asked for, but torch sees no CUDA GPU here. Use --device cpu.")
+        raise ConfigError(f"--device {name} was asked for, but torch sees no CUDA GPU here. Use --device cpu.")
     return device
 
 
