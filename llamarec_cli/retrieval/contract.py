@@ -142,11 +142,10 @@ class Retriever(nn.Module):
 
     def save(self, folder: Path) -> None:
         """Write ``model.safetensors`` and ``config.json`` into ``folder`` (created)."""
-        from safetensors.torch import save_file
+        from .checkpoint import save_tensors
 
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, folder / "model.safetensors")
+        save_tensors(folder / "model.safetensors", self.state_dict())
         meta = {"class": f"{type(self).__module__}.{type(self).__qualname__}", "num_items": self.num_items}
         (folder / "config.json").write_text(json.dumps({**meta, "config": self.config.to_dict()}, indent=2) + "\n")
 

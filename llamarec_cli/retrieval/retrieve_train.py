@@ -13,7 +13,7 @@ import torch
 
 from .. import __version__, plugins
 from ..data.artifact import Dataset, load_dataset
-from ..errors import ArtifactError
+from ..errors import ArtifactError, WorkdirError
 from ..retrieval.checkpoint import finish, partial_dir, read_manifest, retriever_dir, write_json
 from .contract import Retriever, RetrieverConfig, build_config
 from .data import eval_set
@@ -95,8 +95,6 @@ def train_retriever(
         try:
             partial.mkdir(parents=True)
         except OSError as exc:
-            from ..errors import WorkdirError
-
             raise WorkdirError.unwritable(workdir, exc) from exc
         write_json(run_file, {"config": config.to_dict(), "sources": sources, "dataset_checksum": dataset.checksum})
 
@@ -118,7 +116,7 @@ def train_retriever(
     if result.interrupted:
         log(f"Stopped after {result.steps} steps as asked; continue with --resume.")
         return {}
-    metrics = {"val": evaluate(model, eval_set(dataset, "val"), device_)}
+    metrics = {"val": result.best_metrics}  # measured on these very weights when they became the best
     metrics["test"] = evaluate(model, eval_set(dataset, "test"), device_)
     manifest = {
         "device": str(device_),
