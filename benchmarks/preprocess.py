@@ -695,7 +695,7 @@ def summarize(args, params: GenParams, data_stats: dict, runs: list[dict], revis
     output = runs[-1]["output"]
     return {
         "benchmark": f"llamarec preprocess {DATASET} (synthetic Amazon 2014 data)",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "reproduce": reproduce_command(args),
         "command": f"llamarec preprocess {DATASET} --raw-dir DATA --workdir TMP --json"
         " (env LLAMAREC_OFFLINE=1 LLAMAREC_CACHE_DIR=TMP)",

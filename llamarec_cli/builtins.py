@@ -22,9 +22,22 @@ def register_retrievers(register):
 
 @hookimpl
 def register_commands(cli):
-    from .cli import candidates_command, plugins_command, preprocess_command, retrieve_train_command
+    from .cli import (
+        candidates_command,
+        evaluate_command,
+        pipeline_command,
+        plugins_command,
+        preprocess_command,
+        rank_train_command,
+        retrieve_train_command,
+        templates_command,
+    )
 
+    pipeline_command.install(cli)  # first in `llamarec --help`: the whole job
     preprocess_command.install(cli)
     retrieve_train_command.install(cli)
     candidates_command.install(cli)
+    rank_train_command.install(cli)
+    evaluate_command.install(cli)
+    templates_command.install(cli)
     plugins_command.install(cli)

@@ -63,3 +63,7 @@ class WorkdirError(LlamarecError):
             f"Cannot write to work directory {workdir}: {exc.strerror or exc}. "
             f"Choose a writable one with --workdir or LLAMAREC_WORKDIR."
         )
+
+
+class ModelError(LlamarecError):
+    """A language model or tokenizer that cannot be found or loaded."""

@@ -145,9 +145,10 @@ def install_commands(cli) -> None:
     load_plugins()
     owners: dict[str, str] = {}
     for impl in pm.hook.register_commands.get_hookimpls():
-        before = len(cli.registered_commands)
+        before, groups_before = len(cli.registered_commands), len(cli.registered_groups)
         impl.function(cli=cli)
         names = [c.name or c.callback.__name__.replace("_", "-") for c in cli.registered_commands[before:]]
+        names += [g.name for g in cli.registered_groups[groups_before:]]  # e.g. `templates`
         for name in names:
             if name in owners:
                 raise DuplicateNameError(

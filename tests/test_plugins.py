@@ -67,7 +67,9 @@ def test_plugins_command_lists_what_each_plugin_registers(toy_plugin):
     listed = {row["name"]: row for row in json.loads(result.stdout)}
     assert listed["toy-plugin"]["datasets"] == ["toy"]
     assert listed["llamarec"]["datasets"] == ["beauty", "games", "ml-100k"]
-    assert listed["llamarec"]["commands"] == ["preprocess", "retrieve-train", "candidates", "plugins"]
+    assert listed["llamarec"]["commands"] == [
+        *("pipeline", "preprocess", "retrieve-train", "candidates", "rank-train", "evaluate", "plugins", "templates")
+    ]
     assert listed["llamarec"]["retrievers"] == ["lrurec"]
     assert listed["llamarec"]["builtin"] is True
 

@@ -63,7 +63,8 @@ def build_app() -> typer.Typer:
     """Install every plugin's commands (once), each wrapped so that expected errors become one line."""
     if not app.registered_commands:
         plugins.install_commands(app)
-        for command in app.registered_commands:
+        groups = [group.typer_instance for group in app.registered_groups]  # e.g. `llamarec templates list`
+        for command in app.registered_commands + [c for g in groups for c in g.registered_commands]:
             command.callback = _mapped(command.callback)
     return app
 

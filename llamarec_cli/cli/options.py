@@ -23,3 +23,15 @@ RetrieverName = Annotated[
     str, typer.Option("--retriever", "-r", help="A registered retriever (see: llamarec plugins).")
 ]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")]
+TemplatesDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--templates-dir",
+        envvar="LLAMAREC_TEMPLATES_DIR",
+        show_envvar=True,
+        help="A directory of prompt templates (*.toml), searched before plugin and packaged ones.",
+    ),
+]
+TrustRemoteCode = Annotated[
+    bool, typer.Option("--trust-remote-code", help="Let transformers run the model repository's own Python code.")
+]

@@ -83,10 +83,10 @@ def retrieve_train(
     else:
         config, sources = resolve_config(cls, dataset, flags)
     if show_config:
-        stdout.print(config_table(retriever, config, sources, cls, with_help=True))
+        stdout.print(config_table(retriever, config, sources, with_help=True))
         return
     if not json_output:
-        stdout.print(config_table(retriever, config, sources, cls, with_help=False))
+        stdout.print(config_table(retriever, config, sources, with_help=False))
     try:
         manifest = train_retriever(
             dataset,
@@ -116,13 +116,13 @@ def retrieve_train(
     )
 
 
-def config_table(retriever, config, sources, cls, with_help: bool):
+def config_table(name: str, config, sources, with_help: bool):
     """The effective config, each value with where it came from (default, dataset, retriever, flag)."""
     import dataclasses
 
     from rich.table import Table
 
-    table = Table(title=f"{retriever} config ({cls.Config.__name__})")
+    table = Table(title=f"{name} config ({type(config).__name__})")
     for column in ("setting", "value", "from") + (("meaning",) if with_help else ()):
         table.add_column(column)
     for f in dataclasses.fields(config):

@@ -34,6 +34,7 @@ def _amazon(name: str, category: str, description: str, *, meta_2018: bool) -> D
         source=f"{ratings} (Amazon 2014) + {meta} (Amazon {'2018' if meta_2018 else '2014'})",
         licence=AMAZON_LICENCE,
         retrieval_defaults={"batch_size": 64, "max_len": 50},  # METHOD.md §3
+        ranking_defaults={"batch_size": 12},  # METHOD.md §5
     )
 
 
@@ -59,6 +60,7 @@ ML_100K = DatasetSpec(
     source="ml-latest-small.zip (GroupLens, release of 2018-09-26)",
     licence="MovieLens (GroupLens): research use; redistribution under the same terms (see its README.txt).",
     retrieval_defaults={"batch_size": 16, "max_len": 200},  # METHOD.md §3
+    ranking_defaults={"batch_size": 16},  # METHOD.md §5
 )
 
 BEAUTY = _amazon("beauty", "Beauty", "Amazon 2014 Beauty", meta_2018=False)

@@ -53,3 +53,5 @@ class DatasetSpec:
     licence: str = ""
     retrieval_defaults: Mapping[str, object] = field(default_factory=dict)
     """Retriever settings suited to this data (e.g. ``{"batch_size": 16, "max_len": 200}``); a user's flag wins."""
+    ranking_defaults: Mapping[str, object] = field(default_factory=dict)
+    """Ranker settings suited to this data (e.g. ``{"batch_size": 12}``); a user's flag wins."""

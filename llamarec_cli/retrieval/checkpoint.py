@@ -58,9 +58,11 @@ def load_weights(path: Path, device="cpu") -> dict[str, torch.Tensor]:
 
 
 def finish(partial: Path, final: Path, manifest: dict) -> None:
-    """Write the manifest (the mark of a complete checkpoint), drop the resume state and swap into place."""
+    """Write the manifest (the mark of a complete checkpoint), drop the resume state and swap into place.
+
+    The manifest's own ``format`` wins, so the ranker's checkpoint is finished the same way."""
     shutil.rmtree(partial / "training", ignore_errors=True)
-    write_json(partial / "manifest.json", {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION})
+    write_json(partial / "manifest.json", {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest})
     old = final.with_name(f".{final.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
@@ -94,3 +96,50 @@ def read_manifest(workdir: Path, dataset, name: str) -> dict:
             f"{dataset.num_items:,} items, checksum {dataset.checksum[:12]}). Rerun: {rerun}"
         )
     return manifest
+
+
+# The resumable training state: one safetensors file whose metadata holds the counters (step, best, ...), so tensors
+# and counters can never disagree. Shared by the retriever and ranker trainers.
+
+
+def save_state(path: Path, tensors: dict[str, torch.Tensor], counters: dict) -> None:
+    save_tensors(path, tensors, metadata={"counters": json.dumps(counters)})
+
+
+def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import safe_open
+
+    tensors = load_weights(path)
+    with safe_open(path, framework="pt") as f:
+        return tensors, json.loads(f.metadata()["counters"])
+
+
+def optimizer_tensors(optimizer) -> dict[str, torch.Tensor]:
+    """The optimizer's per-parameter state as flat tensors (``optim.<index>.<name>``), for safetensors."""
+    tensors = {}
+    for index, values in optimizer.state_dict()["state"].items():
+        tensors |= {f"optim.{index}.{key}": torch.as_tensor(value) for key, value in values.items()}
+    return tensors
+
+
+def optimizer_state(optimizer, tensors: dict, device) -> dict:
+    """The inverse of ``optimizer_tensors``: a state dict ``optimizer.load_state_dict`` accepts."""
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value if name == "step" else value.to(device)
+    return {"state": state, "param_groups": optimizer.state_dict()["param_groups"]}
+
+
+def rng_tensors(device) -> dict[str, torch.Tensor]:
+    tensors = {"rng.cpu": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":  # dropout on the GPU draws from the CUDA generator
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    return tensors
+
+
+def restore_rng(tensors: dict, device) -> None:
+    torch.set_rng_state(tensors["rng.cpu"])
+    if torch.device(device).type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)

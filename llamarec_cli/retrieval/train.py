@@ -7,7 +7,6 @@ validation, so an interrupted run continued with ``resume=True`` ends where an u
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ArtifactError, ConfigError
-from .checkpoint import load_weights, save_tensors
+from .checkpoint import load_state, optimizer_state, optimizer_tensors, restore_rng, rng_tensors, save_state
 from .data import eval_set, pad_left, training_windows
 from .evaluate import evaluate
 
@@ -54,12 +53,12 @@ class Reporter:
 class RichReporter(Reporter):
     """A progress bar per epoch with the running loss and the last validation figures, on stderr."""
 
-    def __init__(self, max_epochs: int):
+    def __init__(self, max_epochs: int, metric: str = EARLY_STOP_METRIC):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from ..cli.output import stderr
 
-        self.max_epochs, self.loss, self.last = max_epochs, None, "no validation yet"
+        self.max_epochs, self.metric, self.loss, self.last = max_epochs, metric, None, "no validation yet"
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -90,7 +89,7 @@ class RichReporter(Reporter):
     def validated(self, step, metrics, best, bad, patience):
         self.last = (
             f"val R@10 {metrics['Recall@10']:.4f} N@10 {metrics['NDCG@10']:.4f} "
-            f"(best {best:.4f}, {bad}/{patience} without gain)"
+            f"(best {self.metric} {best:.4f}, {bad}/{patience} without gain)"
         )
         self.progress.update(self.task, status=self._status())
 
@@ -147,13 +146,11 @@ def fit(
     best, best_step, best_metrics, validations = -1.0, 0, {}, []
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if resume and state_dir is not None and (state_dir / STATE_FILE).is_file():
-        tensors, saved = _load_state(state_dir)
+        tensors, saved = load_state(state_dir / STATE_FILE)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         best_state = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
-        optimizer.load_state_dict(_optimizer_state(optimizer, tensors, device))
-        torch.set_rng_state(tensors["rng.cpu"])
-        if device.type == "cuda" and "rng.cuda" in tensors:  # dropout on the GPU draws from the CUDA generator
-            torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+        optimizer.load_state_dict(optimizer_state(optimizer, tensors, device))
+        restore_rng(tensors, device)
         step, epoch, start_batch, bad = saved["step"], saved["epoch"], saved["batch"], saved["bad"]
         best, best_step, best_metrics = saved["best"], saved["best_step"], saved["best_metrics"]
         validations, train_seconds = saved["validations"], saved["train_seconds"]
@@ -226,28 +223,5 @@ def _save_state(state_dir: Path, model, best_state, optimizer, counters: dict) -
     state_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors |= {f"best.{k}": v for k, v in best_state.items()}
-    for index, values in optimizer.state_dict()["state"].items():
-        tensors |= {f"optim.{index}.{key}": torch.as_tensor(value) for key, value in values.items()}
-    tensors["rng.cpu"] = torch.get_rng_state()
-    device = next(model.parameters()).device
-    if device.type == "cuda":
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
-    save_tensors(state_dir / STATE_FILE, tensors, metadata={"counters": json.dumps(counters)})
-
-
-def _load_state(state_dir: Path) -> tuple[dict, dict]:
-    from safetensors import safe_open
-
-    path = state_dir / STATE_FILE
-    tensors = load_weights(path)
-    with safe_open(path, framework="pt") as f:
-        return tensors, json.loads(f.metadata()["counters"])
-
-
-def _optimizer_state(optimizer, tensors: dict, device) -> dict:
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value if name == "step" else value.to(device)
-    return {"state": state, "param_groups": optimizer.state_dict()["param_groups"]}
+    tensors |= optimizer_tensors(optimizer) | rng_tensors(next(model.parameters()).device)
+    save_state(state_dir / STATE_FILE, tensors, counters)

@@ -1,0 +1,86 @@
+"""llamarec evaluate"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import settings
+from .options import DatasetName, Device, Json, RetrieverName, TemplatesDir, TrustRemoteCode, Workdir
+from .output import print_json, stderr, stdout
+
+EPILOG = (
+    "Examples:  llamarec evaluate ml-100k   ·   llamarec evaluate ml-100k --adapter none --model smollm2-135m "
+    "(zero-shot)   ·   llamarec evaluate beauty --ranker none (the retriever alone)"
+)
+
+
+def evaluate(
+    dataset: DatasetName,
+    ranker: Annotated[
+        str, typer.Option("--ranker", help="A trained ranker's --name, or none for the retriever's order alone.")
+    ] = "default",
+    adapter: Annotated[
+        str | None, typer.Option("--adapter", help="none: rank zero-shot with the base model; or a PEFT adapter dir.")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Base model for --adapter none.")] = None,
+    template: Annotated[str | None, typer.Option("--template", help="Prompt template for --adapter none.")] = None,
+    templates_dir: TemplatesDir = None,
+    retriever: RetrieverName = "lrurec",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Requests per forward pass.")] = 8,
+    max_examples: Annotated[
+        int | None, typer.Option("--max-examples", help="Rank a seeded sample of this many subset users.")
+    ] = None,
+    quantization: Annotated[str | None, typer.Option("--quantization", help="4bit, 8bit, none or auto.")] = None,
+    device: Device = "auto",
+    trust_remote_code: TrustRemoteCode = False,
+    workdir: Workdir = None,
+    json_output: Json = False,
+) -> None:
+    """Rank the test users' candidates and report the subset and overall metrics, ranker next to retriever."""
+    from ..ranking.evaluate import evaluate as run
+
+    report = run(
+        dataset,
+        workdir=settings.workdir(workdir),
+        ranker=ranker,
+        retriever=retriever,
+        adapter=adapter,
+        model=model,
+        template=template,
+        device=device,
+        quantization=quantization,
+        batch_size=batch_size,
+        max_examples=max_examples,
+        templates_dir=templates_dir,
+        trust_remote_code=trust_remote_code,
+    )
+    if json_output:
+        print_json(report)
+        return
+    stdout.print(report_table(report, "subset", "valid retrieval subset"))
+    stdout.print(report_table(report, "overall", "all test users"))
+    stderr.print(
+        f"{report['subset_users']:,} of {report['test_users']:,} test users have the true item among the "
+        f"{report['k']} candidates (hit-rate {report['hit_rate']:.4f}). Report: {report['report_files'][1]}"
+    )
+
+
+def report_table(report: dict, view: str, title: str):
+    from rich.table import Table
+
+    from ..ranking.evaluate import KS, NAMES
+
+    table = Table(title=f"{report['dataset']} test, {title}")
+    table.add_column("order")
+    for k in KS:
+        for name in NAMES:
+            table.add_column(f"{name}@{k}", justify="right")
+    for who, metrics in report[view].items():
+        table.add_row(who, *(f"{metrics[f'{n}@{k}']:.4f}" for k in KS for n in NAMES))
+    return table
+
+
+def install(cli: typer.Typer) -> None:
+    cli.command("evaluate", epilog=EPILOG)(evaluate)

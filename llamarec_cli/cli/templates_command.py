@@ -1,0 +1,85 @@
+"""llamarec templates list | show"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import settings
+from .options import TemplatesDir, Workdir
+from .output import stdout
+
+templates_app = typer.Typer(
+    help="Prompt templates: list them, or show one rendered for a user.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@templates_app.command("list")
+def list_templates(templates_dir: TemplatesDir = None) -> None:
+    """List the templates found, in search order (directory option, plugins, packaged)."""
+    from rich.table import Table
+
+    from ..ranking.templates import DEFAULT_TEMPLATE, available_templates, read_template
+
+    table = Table(title="Prompt templates")
+    for column in ("name", "from", "description", "path"):
+        table.add_column(column)
+    for name, (path, origin) in available_templates(templates_dir).items():
+        description = read_template(path, name).description
+        table.add_row(name + (" (default)" if name == DEFAULT_TEMPLATE else ""), origin, description, str(path))
+    stdout.print(table)
+
+
+@templates_app.command(
+    "show", epilog="Examples:  llamarec templates show   ·   llamarec templates show plain --dataset ml-100k --user 1"
+)
+def show_template(
+    name: Annotated[str, typer.Argument(help="Template name or .toml path.")] = "alpaca-short",
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Render for a user of this dataset.")] = None,
+    user: Annotated[
+        int | None, typer.Option("--user", help="The user (internal id) whose test request to show.")
+    ] = None,
+    retriever: Annotated[str, typer.Option("--retriever", "-r", help="Whose candidates to show.")] = "lrurec",
+    templates_dir: TemplatesDir = None,
+    workdir: Workdir = None,
+) -> None:
+    """Print a template rendered for a made-up example, or for a user's test request (history + candidates)."""
+    from ..ranking.templates import LETTERS, load_template
+
+    template = load_template(name, templates_dir)
+    if dataset is None:
+        history = [f"History item {i}" for i in range(1, 4)]
+        candidates = [f"Candidate {letter}" for letter in LETTERS]
+    else:
+        history, candidates = _user_request(settings.workdir(workdir), dataset, user, retriever)
+    print(template.render(history, candidates), end="")
+    print("⟨answer letter⟩")
+
+
+def _user_request(workdir, dataset_name: str, user: int | None, retriever: str) -> tuple[list[str], list[str]]:
+    import polars as pl
+
+    from ..data.artifact import load_dataset
+    from ..errors import ConfigError
+    from ..retrieval.candidates import load_candidates
+
+    dataset = load_dataset(workdir, dataset_name)
+    candidates, _ = load_candidates(workdir, dataset, retriever)
+    rows = candidates.filter(pl.col("split") == "test")
+    if user is None:
+        user = rows["user"][0]
+    row = rows.filter(pl.col("user") == user)
+    if row.is_empty():
+        raise ConfigError(
+            f"User {user} has no test request in {dataset_name}; users run from 1 to {rows['user'].max()}."
+        )
+    titles = dict(zip(dataset.items["item"].to_list(), dataset.items["title"].to_list()))
+    history = dataset.sequences("train").get(user, []) + dataset.sequences("val").get(user, [])
+    return [titles[i] for i in history], [titles[i] for i in row["candidates"][0]]
+
+
+def install(cli: typer.Typer) -> None:
+    cli.add_typer(templates_app, name="templates")

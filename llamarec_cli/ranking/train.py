@@ -1,0 +1,391 @@
+"""``llamarec rank-train`` as a library call: (Q)LoRA fine-tuning of the verbalizer ranker (METHOD.md §5).
+
+The loss is cross-entropy on the label tokens only (the answer letter and EOS). Every ``eval_every`` steps the
+validation subset is ranked and scored by NDCG@10; the best adapter is kept in PEFT's format and training stops after
+``patience`` validations without gain. The run lives in ``<workdir>/<dataset>/ranker/.<name>.partial/`` until it
+completes, with a resumable state (LoRA weights, optimizer, RNG, counters) saved at every validation.
+
+Runs unchanged under ``accelerate launch`` on several GPUs or machines: each process trains on its share of every
+batch (gradients are averaged by DDP) and scores its share of the validation users.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..data.artifact import Dataset, load_dataset
+from ..data.rawfiles import sha256_of
+from ..errors import ArtifactError, ConfigError
+from ..evaluation.metrics import MetricSums
+from ..retrieval.candidates import candidates_paths, load_candidates
+from ..retrieval.checkpoint import (
+    finish,
+    load_state,
+    optimizer_state,
+    optimizer_tensors,
+    restore_rng,
+    rng_tensors,
+    save_state,
+    write_json,
+)
+from ..retrieval.train import Reporter
+from .config import RankerConfig
+from .examples import training_examples, valid_subset
+from .prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
+from .scoring import rank_of_target, score_examples
+from .verbalizer import position_ids
+
+EARLY_STOP_METRIC = "NDCG@10"
+STATE_FILE = "state.safetensors"
+FORMAT = "llamarec.ranker"
+FORMAT_VERSION = 1
+
+
+def ranker_dir(workdir: Path, dataset: str, name: str) -> Path:
+    return workdir / dataset / "ranker" / name
+
+
+def label_loss(model, input_ids, attention_mask, labels) -> torch.Tensor:
+    """Mean cross-entropy over the label tokens (label != -100), computing logits only where labels are.
+
+    Rows are left-padded, so every label sits in the last few positions: ``logits_to_keep`` avoids the
+    batch x length x vocabulary logits tensor (gigabytes at 1,536 tokens and 32,000 words).
+    """
+    labelled = (labels != IGNORE).any(dim=0).nonzero()
+    span = labels.size(1) - int(labelled[0])
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        logits_to_keep=span + 1,
+        use_cache=False,
+    )
+    logits = out.logits[:, :-1].float()  # position t predicts token t + 1
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, -span:].reshape(-1), ignore_index=IGNORE)
+
+
+def subset_metrics(ranks: list[float]) -> dict[str, float]:
+    sums = MetricSums(ks=(1, 5, 10))
+    sums.add(torch.tensor(ranks, dtype=torch.float64))
+    return sums.result()
+
+
+def rank_subset(model, encoder: PromptEncoder, examples: list[Example], batch_size: int, accelerator=None):
+    """Ranks of the true candidates, each process scoring its share (all gathered on every process)."""
+    share = examples
+    if accelerator is not None and accelerator.num_processes > 1:
+        share = examples[accelerator.process_index :: accelerator.num_processes]
+    scores = score_examples(model, encoder, share, batch_size=batch_size)
+    ranks = [rank_of_target(s, e.target_index) for s, e in zip(scores, share)]
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        ranks = gather_object(ranks)
+    return ranks
+
+
+def sample(examples: list[Example], n: int | None, seed: int) -> list[Example]:
+    if n is None or n >= len(examples):
+        return examples
+    keep = sorted(torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed))[:n].tolist())
+    return [examples[i] for i in keep]
+
+
+def _make_optimizer(params, config: RankerConfig, device: torch.device):
+    if device.type == "cuda":
+        try:  # the paper's paged 32-bit AdamW: optimizer state pages to CPU memory under pressure
+            import bitsandbytes as bnb
+
+            return bnb.optim.PagedAdamW32bit(params, lr=config.lr, weight_decay=0.0)
+        except (ImportError, RuntimeError):
+            pass
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+
+
+def _add_lora(loaded, config: RankerConfig, gradient_checkpointing: bool):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from .models import lora_target_modules
+
+    model = loaded.model
+    if loaded.quantization != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=lora_target_modules(model, config.lora_targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def train_ranker(
+    dataset_name: str,
+    *,
+    workdir: Path,
+    config: RankerConfig,
+    name: str = "default",
+    device: str = "auto",
+    resume: bool = False,
+    restart: bool = False,
+    templates_dir: Path | None = None,
+    trust_remote_code: bool = False,
+    reporter: Reporter | None = None,
+    stop_after_steps: int | None = None,
+) -> dict:
+    """Train, keep the best adapter, and return the manifest written beside it."""
+    from accelerate import Accelerator
+    from transformers import get_linear_schedule_with_warmup
+
+    from .models import load_model
+    from .templates import load_template
+
+    reporter = reporter or Reporter()
+    dataset = load_dataset(workdir, dataset_name)
+    candidates, candidates_manifest = load_candidates(workdir, dataset, config.retriever)
+    final, partial = ranker_dir(workdir, dataset_name, name), ranker_dir(workdir, dataset_name, f".{name}.partial")
+    state_path = partial / "training" / STATE_FILE
+    _check_partial(partial, state_path, dataset, config, name, resume, restart)
+
+    accelerator = Accelerator(cpu=device == "cpu")
+    torch.manual_seed(config.seed)
+    template = load_template(config.template, templates_dir)
+    loaded = load_model(
+        config.model,
+        quantization=config.quantization,
+        device=str(accelerator.device),
+        dtype=config.dtype,
+        trust_remote_code=trust_remote_code,
+    )
+    titles = dict(zip(dataset.items["item"].to_list(), dataset.items["title"].to_list()))
+    encoder = PromptEncoder(loaded.tokenizer, template, titles)
+    k = candidates_manifest["k"]
+    encoder.verbalizer.ids(k)  # more candidates than letters: refused before any training
+
+    retriever = None
+    if config.negatives == "retrieved":
+        from ..retrieval.retrieve_train import load_retriever
+
+        retriever, _ = load_retriever(workdir, dataset, config.retriever, device=str(accelerator.device))
+    examples = training_examples(
+        dataset,
+        k=k,
+        negatives=config.negatives,
+        max_examples=config.max_train_examples,
+        seed=config.seed,
+        retriever=retriever,
+        device=accelerator.device,
+    )
+    del retriever
+    if len(examples) < accelerator.num_processes:
+        raise ArtifactError(f"Dataset '{dataset_name}' gives {len(examples)} training examples; too few to train.")
+    val = valid_subset(dataset, candidates, "val", k)
+    val_examples = sample(val.examples, config.max_val_examples, config.seed)
+
+    gradient_checkpointing = (
+        config.gradient_checkpointing
+        if config.gradient_checkpointing is not None
+        else accelerator.device.type == "cuda"
+    )
+    model = _add_lora(loaded, config, gradient_checkpointing)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _make_optimizer(trainable, config, accelerator.device)
+    global_batch = config.batch_size * accelerator.num_processes
+    steps_per_epoch = len(examples) // global_batch or 1
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(config.warmup_steps, total_steps), total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+
+    step, epoch, start_batch, bad, train_seconds = 0, 0, 0, 0, 0.0
+    best, best_step, best_metrics, validations = -1.0, 0, {}, []
+    if resume and state_path.is_file():
+        tensors, saved = load_state(state_path)
+        lora = {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")}
+        missing = {n for n, p in unwrapped.named_parameters() if p.requires_grad} - set(lora)
+        if missing:
+            raise ArtifactError(f"The resume state in {state_path} lacks {len(missing)} LoRA weights. Use --restart.")
+        unwrapped.load_state_dict(lora, strict=False)  # only the LoRA weights: the base model is loaded as is
+        optimizer.load_state_dict(optimizer_state(optimizer, tensors, accelerator.device))
+        restore_rng(tensors, accelerator.device)
+        step, epoch, start_batch, bad = saved["step"], saved["epoch"], saved["batch"], saved["bad"]
+        best, best_step, best_metrics = saved["best"], saved["best_step"], saved["best_metrics"]
+        validations, train_seconds = saved["validations"], saved["train_seconds"]
+        for _ in range(step):
+            scheduler.step()
+    elif accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        write_json(partial / "run.json", {"config": config.to_dict(), "dataset_checksum": dataset.checksum})
+    accelerator.wait_for_everyone()
+
+    def validate(batch_done: int) -> bool:
+        nonlocal best, best_step, best_metrics, bad
+        ranks = rank_subset(model, encoder, val_examples, config.eval_batch_size, accelerator)
+        metrics = subset_metrics(ranks)
+        improved = metrics.get(EARLY_STOP_METRIC, 0.0) > best
+        if improved:
+            best, best_step, best_metrics, bad = metrics[EARLY_STOP_METRIC], step, metrics, 0
+            if accelerator.is_main_process:
+                _save_adapter(unwrapped, partial / "adapter")
+        else:
+            bad += 1
+        validations.append({"step": step, "epoch": round(epoch + batch_done / steps_per_epoch, 3), **metrics})
+        reporter.validated(step, metrics, best, bad, config.patience)
+        if accelerator.is_main_process:
+            tensors = {f"lora.{n}": p for n, p in unwrapped.named_parameters() if p.requires_grad}
+            tensors |= optimizer_tensors(optimizer) | rng_tensors(accelerator.device)
+            counters = {"step": step, "epoch": epoch, "batch": batch_done, "bad": bad, "best": best}
+            counters |= {"best_step": best_step, "best_metrics": best_metrics, "validations": validations}
+            state_path.parent.mkdir(parents=True, exist_ok=True)
+            save_state(state_path, tensors, counters | {"train_seconds": train_seconds})
+        accelerator.wait_for_everyone()
+        return bad >= config.patience
+
+    pad = pad_id(loaded.tokenizer)
+    stopped = interrupted = False
+    model.train()
+    try:
+        while epoch < config.epochs and not stopped:
+            order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(config.seed + epoch))
+            reporter.epoch(epoch, steps_per_epoch, start_batch)
+            for batch_index in range(start_batch, steps_per_epoch):
+                if stop_after_steps is not None and step >= stop_after_steps:
+                    interrupted = True
+                    break
+                began = time.perf_counter()
+                rows = order[batch_index * global_batch : (batch_index + 1) * global_batch].tolist()
+                rows = rows[accelerator.process_index :: accelerator.num_processes]
+                encoded = [encoder.training_ids(examples[i]) for i in rows]
+                batch = pad_left([ids for ids, _ in encoded], pad, [labels for _, labels in encoded])
+                batch = batch.to(accelerator.device)
+                loss = label_loss(model, batch.input_ids, batch.attention_mask, batch.labels)
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(trainable, config.clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                train_seconds += time.perf_counter() - began
+                reporter.step(accelerator.reduce(loss.detach(), reduction="mean").item())
+                if step % config.eval_every == 0 and validate(batch_index + 1):
+                    stopped = True
+                    break
+            if interrupted:
+                break
+            start_batch = 0
+            if not stopped:
+                epoch += 1
+        if not interrupted and (not validations or validations[-1]["step"] != step):
+            validate(0)  # the steps since the last validation count too
+    finally:
+        reporter.close()
+
+    manifest = {
+        "dataset": {"name": dataset_name, "checksum": dataset.checksum},
+        "candidates_sha256": sha256_of(candidates_paths(workdir, dataset_name, config.retriever)[0]),
+        "config": config.to_dict(),
+        "model": {
+            "name": config.model,
+            "source": loaded.source,
+            "quantization": loaded.quantization,
+            "dtype": loaded.dtype,
+        },
+        "template": {"name": template.name, "sha256": sha256_of(template.path)},
+        "letter_token_ids": list(encoder.verbalizer.token_ids),
+        "k": k,
+        "train_examples": len(examples),
+        "val_examples": len(val_examples),
+        "val_subset_users": len(val.examples),
+        "best_step": best_step,
+        "steps": step,
+        "stopped_early": stopped,
+        "interrupted": interrupted,
+        "train_seconds": round(train_seconds, 1),
+        "processes": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "val_metrics": best_metrics,
+        "validations": validations,
+        "versions": _versions(),
+    }
+    if interrupted or not accelerator.is_main_process:
+        return manifest
+    if not (partial / "adapter").is_dir():
+        raise ArtifactError(f"No adapter was saved in {partial}; the validation subset may be empty.")
+    finish(partial, final, {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest})
+    return manifest
+
+
+def _save_adapter(model, folder: Path) -> None:
+    """PEFT's standard format (adapter_config.json + adapter_model.safetensors), replaced atomically."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    old = folder.with_name(f".{folder.name}.old")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_partial(partial, state_path, dataset: Dataset, config: RankerConfig, name, resume, restart) -> None:
+    """Never silently discard an interrupted run; never resume one with different settings."""
+    rerun = f"llamarec rank-train {dataset.name} --name {name}"
+    if resume:
+        if not state_path.is_file():
+            raise ArtifactError(f"Nothing to resume for ranker '{name}' on {dataset.name}. Start a run: {rerun}")
+        saved = json.loads((partial / "run.json").read_text())
+        if saved["dataset_checksum"] != dataset.checksum:
+            raise ArtifactError(f"The interrupted run in {partial} was on another dataset version. {rerun} --restart")
+        changed = [f"{k}={v}" for k, v in saved["config"].items() if config.to_dict().get(k) != v]
+        if changed:
+            raise ConfigError(
+                f"--resume continues a run with {', '.join(changed)}; drop the flags that change it, or --restart."
+            )
+    elif state_path.is_file() and not restart:
+        raise ArtifactError(
+            f"An interrupted rank-train run exists in {partial}. "
+            "Continue it with --resume, or discard it with --restart."
+        )
+
+
+def _versions() -> dict:
+    import peft
+    import transformers
+
+    return {
+        "llamarec": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def load_ranker_manifest(workdir: Path, dataset: Dataset, name: str) -> dict:
+    """The manifest of a trained ranker that matches ``dataset`` (refused otherwise, with what to rerun)."""
+    folder = ranker_dir(workdir, dataset.name, name)
+    rerun = f"llamarec rank-train {dataset.name}" + ("" if name == "default" else f" --name {name}")
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise ArtifactError(f"No trained ranker '{name}' for {dataset.name} in {workdir}. Run first: {rerun}")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{path} was written by an incompatible llamarec version. Rerun: {rerun}")
+    if manifest["dataset"]["checksum"] != dataset.checksum:
+        raise ArtifactError(
+            f"Ranker '{name}' was trained on another version of dataset '{dataset.name}'. Rerun: {rerun}"
+        )
+    return manifest

@@ -1,0 +1,39 @@
+"""The README's main job, `llamarec pipeline`, end to end on ml-100k with the small real model on a reduced budget."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import shared_path
+from typer.testing import CliRunner
+
+from llamarec_cli.cli import build_app
+
+REDUCED = [
+    *("--retriever-epochs", "1", "--train-examples", "8", "--val-examples", "4", "--eval-every", "2"),
+    *("--batch-size", "2", "--test-examples", "8", "--device", "cpu"),
+]
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_stage_then_reuses_them(smollm2_dir, workdir, monkeypatch):
+    monkeypatch.setenv("LLAMAREC_RAW_DIR", str(shared_path("datasets", "ml-latest-small")))
+    monkeypatch.setenv("LLAMAREC_CACHE_DIR", str(smollm2_dir.parents[1]))  # the alias, converted once per session
+    runner = CliRunner()
+    result = runner.invoke(build_app(), ["pipeline", "-w", str(workdir), *REDUCED])
+    assert result.exit_code == 0, result.output
+    for step in ("1/5 preprocess", "2/5 retrieve-train", "3/5 candidates", "4/5 rank-train", "5/5 evaluate"):
+        assert step in result.output
+    assert "valid retrieval subset" in result.output and "NDCG@10" in result.output
+    report = json.loads((workdir / "ml-100k" / "reports" / "evaluate-default.json").read_text())
+    assert report["ranked_users"] == 8 and report["subset_users"] > 8
+    assert set(report["subset"]) == {"retriever", "ranker"}
+    manifest = json.loads((workdir / "ml-100k" / "ranker" / "default" / "manifest.json").read_text())
+    assert manifest["model"]["name"] == "smollm2-135m" and manifest["train_examples"] == 8
+    tokenizer_letters = manifest["letter_token_ids"]
+    assert len(tokenizer_letters) == 20 and len(set(tokenizer_letters)) == 20
+
+    again = runner.invoke(build_app(), ["pipeline", "-w", str(workdir), "--json", *REDUCED])
+    assert again.exit_code == 0, again.output
+    assert "the ranker exists" in again.output and "checkpoint exists" in again.output

@@ -1,0 +1,265 @@
+"""The ranker's mechanics on a tiny in-process Llama with the real Llama 2 tokenizer: verbalizer ids, the loss mask,
+left padding, rank-train (resume, refusals) and evaluate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from typer.testing import CliRunner
+
+from llamarec_cli.cli import build_app
+from llamarec_cli.errors import ArtifactError, ConfigError, DataFormatError
+from llamarec_cli.ranking.config import RankerConfig
+from llamarec_cli.ranking.evaluate import evaluate
+from llamarec_cli.ranking.examples import random_negative_examples, training_examples, valid_subset
+from llamarec_cli.ranking.prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
+from llamarec_cli.ranking.scoring import score_examples
+from llamarec_cli.ranking.templates import load_template
+from llamarec_cli.ranking.train import label_loss, ranker_dir, train_ranker
+from llamarec_cli.ranking.verbalizer import VerbalizerError, derive_verbalizer
+from llamarec_cli.retrieval.candidates import export_candidates, load_candidates
+from llamarec_cli.retrieval.retrieve_train import train_retriever
+
+TITLES = {i: f"Movie number {i} ({1990 + i % 30})" for i in range(1, 41)}
+LLAMA_LETTER_A = 29909  # the piece "A" after "\n"; tokenizer.encode("A") alone is "▁A" (319), the reference's bug
+
+
+@pytest.fixture(scope="module")
+def tokenizer(llama2_tokenizer_dir):
+    return AutoTokenizer.from_pretrained(llama2_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+
+
+@pytest.mark.parametrize("template", ["alpaca-short", "plain"])
+def test_llama2_letter_ids_are_the_ones_trained(tokenizer, template):
+    encoder = PromptEncoder(tokenizer, load_template(template), TITLES)
+    ids = encoder.verbalizer.token_ids
+    assert ids[0] == LLAMA_LETTER_A and tokenizer.encode("A", add_special_tokens=False) == [319]
+    assert len(set(ids)) == 20
+    for index in (0, 7, 19):
+        example = Example([1, 2, 3], list(range(10, 30)), index)
+        input_ids, labels = encoder.training_ids(example)
+        # What is trained: exactly the letter and EOS carry labels, and they are the verbalizer's ids.
+        assert [t for t in labels if t != IGNORE] == [ids[index], tokenizer.eos_token_id]
+        assert labels[:-2] == [IGNORE] * (len(labels) - 2)
+        # ... and they are how the training text really tokenizes: prompt + letter, in context, then EOS.
+        full = tokenizer(encoder.text(example) + "ABCDEFGHIJKLMNOPQRST"[index])["input_ids"]
+        assert input_ids == full + [tokenizer.eos_token_id]
+        # What is scored: the prompt without the answer, whose next-token logits are read at those ids.
+        assert encoder.prompt_ids(example) == input_ids[:-2]
+
+
+def test_a_template_that_splits_the_letter_is_refused(tokenizer, tmp_path):
+    text = (load_template("plain").path.read_text()).replace("Answer (the candidate's letter):\\n", "Answer: ")
+    path = tmp_path / "space.toml"
+    path.write_text(text)
+    with pytest.raises(VerbalizerError, match="exactly one new token"):
+        derive_verbalizer(tokenizer, load_template(path))
+
+
+def test_titles_and_prompts_are_cut_as_the_paper_says(tokenizer):
+    long_title = " ".join(f"word{i}" for i in range(100))
+    encoder = PromptEncoder(tokenizer, load_template(), {1: long_title, 2: "Heat (1995)"})
+    assert len(tokenizer(encoder.title(1), add_special_tokens=False)["input_ids"]) <= 32
+    assert encoder.title(1).startswith("word0 word1") and encoder.title(2) == "Heat (1995)"
+    big = PromptEncoder(tokenizer, load_template(), {i: long_title + str(i) for i in range(1, 41)})
+    ids = big.prompt_ids(Example(list(range(1, 21)), list(range(21, 41)), 0))
+    assert len(ids) == 1536 - 2 and ids[0] == tokenizer.bos_token_id  # cut from the left, BOS kept, room for answer
+    assert tokenizer.decode(ids[-6:]).endswith("### Response:\n")
+
+
+def test_loss_is_on_the_label_tokens_only(tokenizer, tiny):
+    encoder = PromptEncoder(tokenizer, load_template(), TITLES)
+    examples = [Example([1, 2, 3], list(range(5, 25)), 3), Example([4] * 30, list(range(10, 15)), 1)]
+    encoded = [encoder.training_ids(e) for e in examples]
+    batch = pad_left([i for i, _ in encoded], pad_id(tokenizer), [lab for _, lab in encoded])
+    ours = label_loss(tiny, batch.input_ids, batch.attention_mask, batch.labels)
+    # transformers' own loss over the full sequence with the same labels (every -100 ignored) must agree
+    reference = tiny(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
+    assert torch.allclose(ours, reference, atol=1e-5)
+    changed = batch.labels.clone()
+    changed[0, -3] = batch.input_ids[0, -3]  # one prompt token gets a label: the loss must change
+    assert not torch.allclose(label_loss(tiny, batch.input_ids, batch.attention_mask, changed), ours)
+
+
+def test_left_padded_batches_score_like_single_examples(tokenizer, tiny):
+    encoder = PromptEncoder(tokenizer, load_template(), TITLES)
+    examples = [
+        Example([1], list(range(2, 22))),
+        Example(list(range(1, 31)), [5, 6]),  # k = 2
+        Example([7, 8, 9], list(range(10, 21))),
+    ]
+    batched = score_examples(tiny, encoder, examples, batch_size=3)
+    for example, scores in zip(examples, batched):
+        alone = score_examples(tiny, encoder, [example], batch_size=1)[0]
+        assert scores.shape == (len(example.candidates),)
+        assert torch.allclose(scores, alone, atol=1e-4), (scores - alone).abs().max()
+
+
+def test_more_than_twenty_candidates_is_refused(tokenizer, tiny):
+    encoder = PromptEncoder(tokenizer, load_template(), TITLES)
+    with pytest.raises(ConfigError, match="at most 20"):
+        score_examples(tiny, encoder, [Example([1], list(range(2, 23)))])
+
+
+def test_random_negatives_follow_the_reference():
+    train = {1: [1, 2, 3, 4], 2: [5, 6]}
+    examples = random_negative_examples(train, 40, 20, [(1, 3), (2, 1)], seed=0)
+    for example, (user, i) in zip(examples, [(1, 3), (2, 1)]):
+        assert example.history == train[user][:i] and len(example.candidates) == 20
+        assert example.candidates[example.target_index] == train[user][i]
+        assert not set(example.candidates) - {train[user][i]} & set(train[user][: i + 1])
+        assert len(set(example.candidates)) == 20
+    positions = {e.target_index for e in random_negative_examples(train, 40, 20, [(1, 3)] * 50, seed=1)}
+    assert len(positions) > 5  # shuffled, not always in one slot
+
+
+@pytest.fixture
+def chain_with_candidates(chain, workdir):
+    flags = {"hidden": 16, "val_every": 10, "patience": 2, "max_epochs": 6}
+    train_retriever("chain", workdir=workdir, device="cpu", flags=flags)
+    export_candidates("chain", workdir=workdir, k=10, device="cpu")
+    return chain
+
+
+def fast_config(tiny_llama_dir, **changes) -> RankerConfig:
+    values = dict(
+        model=str(tiny_llama_dir),
+        batch_size=4,
+        max_train_examples=24,
+        eval_every=2,
+        patience=50,
+        warmup_steps=1,
+        lr=1e-3,
+        max_val_examples=8,
+        eval_batch_size=8,
+    )
+    return RankerConfig(**(values | changes))
+
+
+def test_rank_train_keeps_the_best_adapter_in_peft_format(chain_with_candidates, workdir, tiny_llama_dir):
+    manifest = train_ranker("chain", workdir=workdir, config=fast_config(tiny_llama_dir), device="cpu")
+    folder = ranker_dir(workdir, "chain", "default")
+    assert {p.name for p in (folder / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    config = json.loads((folder / "adapter" / "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == ["q_proj", "v_proj"] and config["r"] == 8
+    assert config["lora_alpha"] == 32 and config["lora_dropout"] == 0.05
+    assert manifest["steps"] == 6 and [v["step"] for v in manifest["validations"]] == [2, 4, 6]
+    assert manifest["k"] == 10 and manifest["train_examples"] == 24
+    best = max(manifest["validations"], key=lambda v: v["NDCG@10"])  # the first of equals
+    assert manifest["best_step"] == best["step"]
+    assert manifest["val_metrics"] == {k: v for k, v in best.items() if k not in ("step", "epoch")}
+    assert not ranker_dir(workdir, "chain", ".default.partial").exists()
+
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    loaded = PeftModel.from_pretrained(base, folder / "adapter")  # anywhere PEFT runs
+    assert any("lora_A" in name for name, _ in loaded.named_parameters())
+
+
+def test_rank_train_resumes_exactly(chain_with_candidates, workdir, tiny_llama_dir, tmp_path):
+    config = fast_config(tiny_llama_dir)
+    whole = train_ranker("chain", workdir=workdir, config=config, device="cpu")
+    (workdir / "chain" / "ranker" / "default").rename(tmp_path / "whole")
+    stopped = train_ranker("chain", workdir=workdir, config=config, device="cpu", stop_after_steps=4)
+    assert stopped["interrupted"]
+    with pytest.raises(ArtifactError, match="--resume"):
+        train_ranker("chain", workdir=workdir, config=config, device="cpu")
+    with pytest.raises(ConfigError, match="lr=0.001"):
+        train_ranker("chain", workdir=workdir, config=fast_config(tiny_llama_dir, lr=1e-2), device="cpu", resume=True)
+    resumed = train_ranker("chain", workdir=workdir, config=config, device="cpu", resume=True)
+    assert resumed["validations"] == whole["validations"]
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")
+    b = load_file(ranker_dir(workdir, "chain", "default") / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_retrieved_negatives_are_the_retrievers_candidates(chain_with_candidates, workdir):
+    from llamarec_cli.retrieval.retrieve_train import load_retriever
+
+    retriever, _ = load_retriever(workdir, chain_with_candidates, "lrurec")
+    examples = training_examples(
+        chain_with_candidates, k=10, negatives="retrieved", max_examples=30, retriever=retriever
+    )
+    assert len(examples) == 30
+    train = chain_with_candidates.sequences("train")
+    for example in examples:
+        seq = train[example.user]
+        i = len(example.history)
+        assert seq[:i] == example.history and example.candidates[example.target_index] == seq[i]
+        assert not set(example.candidates) & set(example.history)
+
+
+def test_evaluate_reports_both_views(chain_with_candidates, workdir, tiny_llama_dir):
+    train_ranker("chain", workdir=workdir, config=fast_config(tiny_llama_dir), device="cpu")
+    report = evaluate("chain", workdir=workdir, device="cpu")
+    frame, manifest = load_candidates(workdir, chain_with_candidates)
+    subset = valid_subset(chain_with_candidates, frame, "test")
+    assert report["subset_users"] == len(subset.examples) and report["hit_rate"] == subset.hit_rate
+    for key, value in report["subset"]["ranker"].items():
+        assert report["overall"]["ranker"][key] == pytest.approx(value * subset.hit_rate)
+    # the retriever's order on the subset: rank = position in the candidate list
+    recall5 = sum(e.target_index < 5 for e in subset.examples) / len(subset.examples)
+    assert report["subset"]["retriever"]["Recall@5"] == pytest.approx(recall5)
+    assert report["overall"]["retriever"]["NDCG@10"] == pytest.approx(manifest["splits"]["test"]["NDCG@10"])
+    text = (workdir / "chain" / "reports" / "evaluate-default.md").read_text()
+    assert "| ranker |" in text and "| retriever |" in text and "Ranker: default" in text
+
+    retriever_only = evaluate("chain", workdir=workdir, ranker="none")
+    assert "ranker" not in retriever_only and retriever_only["subset"]["retriever"] == report["subset"]["retriever"]
+    zero_shot = evaluate("chain", workdir=workdir, adapter="none", model=str(tiny_llama_dir), device="cpu")
+    assert zero_shot["ranker"]["name"] == "zero-shot"
+
+
+def test_cli_errors_are_one_line(chain, workdir, tiny_llama_dir):
+    runner = CliRunner()
+    app = build_app()
+    result = runner.invoke(app, ["rank-train", "chain", "--model", str(tiny_llama_dir), "-w", str(workdir)])
+    assert result.exit_code == 1 and "Run first: llamarec candidates chain" in result.output
+    result = runner.invoke(app, ["evaluate", "chain", "-w", str(workdir)])
+    assert result.exit_code == 1 and "llamarec rank-train chain" in result.output
+    result = runner.invoke(app, ["rank-train", "chain", "--negatives", "hard", "-w", str(workdir)])
+    assert result.exit_code == 2 and "random, retrieved" in result.output
+    result = runner.invoke(app, ["templates", "show", "nope"])
+    assert result.exit_code == 2 and "Known prompt templates: alpaca-short, plain" in result.output
+
+
+def test_template_files_with_errors_are_refused_before_loading_a_model(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('layout = "{input}"\n')
+    with pytest.raises(DataFormatError, match="missing the field"):
+        load_template(bad)
+
+
+def test_rank_train_runs_on_two_processes_under_accelerate_launch(chain_with_candidates, workdir, tiny_llama_dir):
+    """Multi-GPU / multi-node go through `accelerate launch` with no code change. Without a GPU, --multi_gpu starts
+    two CPU processes that talk over gloo (accelerate's --cpu launcher would need MPI for more than one)."""
+    import os
+    import subprocess
+    import sys
+
+    command = [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
+        *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"),
+        *("-m", "llamarec_cli", "rank-train", "chain", "--model", str(tiny_llama_dir), "-w", str(workdir)),
+        *("--batch-size", "2", "--max-train-examples", "16", "--eval-every", "2", "--max-val-examples", "8"),
+        *("--warmup-steps", "1", "--device", "cpu", "--json"),
+    ]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((ranker_dir(workdir, "chain", "default") / "manifest.json").read_text())
+    assert manifest["processes"] == 2
+    assert manifest["steps"] == 4  # 16 examples, 2 per process per step
+    assert [v["step"] for v in manifest["validations"]] == [2, 4]
