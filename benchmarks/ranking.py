@@ -38,7 +38,7 @@ LLAMAREC = [sys.executable, "-m", "llamarec_cli"]
 # METHOD.md §7: Table 3 (valid retrieval subset) and Table 1 (all users), ML-100k.
 PAPER_SUBSET = {
     "LRURec order": {"NDCG@10": 0.3367, "Recall@10": 0.6654},
-    "LlamaRec": {"NDCG@10": 0.3766, "Recall@10": 0.7560},
+    "LlamaRec (Llama 2 7B)": {"NDCG@10": 0.3766, "Recall@10": 0.7560},
 }
 PAPER_OVERALL = {
     "LRURec": {
@@ -128,7 +128,7 @@ def markdown(data: dict) -> str:
                 f"{m['Recall@5']:.4f} | {stage.get('time', '')} |"
             )
     for name, m in PAPER_SUBSET.items():
-        lines.append(f"| paper: {name} (Llama 2 7B) | {m['NDCG@10']:.4f} | {m['Recall@10']:.4f} | | | | |")
+        lines.append(f"| paper: {name} | {m['NDCG@10']:.4f} | {m['Recall@10']:.4f} | | | | |")
     lines += ["", "## All test users", "", "| order | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, stage in stages.items():
         m = stage.get("overall")

@@ -30,6 +30,7 @@ def register_commands(cli):
         preprocess_command,
         rank_train_command,
         retrieve_train_command,
+        serve_shell_command,
         templates_command,
     )
 
@@ -39,5 +40,6 @@ def register_commands(cli):
     candidates_command.install(cli)
     rank_train_command.install(cli)
     evaluate_command.install(cli)
+    serve_shell_command.install(cli)
     templates_command.install(cli)
     plugins_command.install(cli)

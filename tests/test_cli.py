@@ -27,7 +27,7 @@ def test_help_lists_each_built_command_with_its_purpose():
     assert "candidates" in result.output and "top-k candidates" in result.output
     assert "rank-train" in result.output and "Fine-tune the LLM ranker" in result.output
     assert "evaluate" in result.output and "pipeline" in result.output and "templates" in result.output
-    assert "serve-shell" not in result.output  # absent until it exists
+    assert "serve-shell" in result.output and "Load the retriever and ranker once" in result.output
 
 
 def test_version():
@@ -37,7 +37,8 @@ def test_version():
 
 
 @pytest.mark.parametrize(
-    "command", ["preprocess", "retrieve-train", "candidates", "rank-train", "evaluate", "pipeline", "plugins"]
+    "command",
+    ["preprocess", "retrieve-train", "candidates", "rank-train", "evaluate", "pipeline", "serve-shell", "plugins"],
 )
 @pytest.mark.parametrize("flag", ["-h", "--help"])
 def test_every_command_has_help_with_an_example(command, flag):

@@ -57,6 +57,22 @@ def test_llama2_letter_ids_are_the_ones_trained(tokenizer, template):
         assert encoder.prompt_ids(example) == input_ids[:-2]
 
 
+@pytest.mark.slow
+def test_smollm2_letter_ids_are_the_ones_trained(smollm2_dir):
+    from llamarec_cli.ranking.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(smollm2_dir))
+    encoder = PromptEncoder(tokenizer, load_template(), TITLES)
+    ids = encoder.verbalizer.token_ids
+    assert tokenizer.convert_ids_to_tokens(list(ids[:3])) == ["A", "B", "C"] and len(set(ids)) == 20
+    assert encoder.bos == []  # SmolLM2's tokenizer adds no BOS; its "BOS" is a chat marker
+    example = Example([1, 2, 3], list(range(10, 30)), 4)
+    input_ids, labels = encoder.training_ids(example)
+    assert [t for t in labels if t != IGNORE] == [ids[4], tokenizer.eos_token_id]
+    assert input_ids[:-1] == tokenizer(encoder.text(example) + "E")["input_ids"]
+    assert encoder.prompt_ids(example) == input_ids[:-2]
+
+
 def test_a_template_that_splits_the_letter_is_refused(tokenizer, tmp_path):
     text = (load_template("plain").path.read_text()).replace("Answer (the candidate's letter):\\n", "Answer: ")
     path = tmp_path / "space.toml"
@@ -183,6 +199,16 @@ def test_rank_train_resumes_exactly(chain_with_candidates, workdir, tiny_llama_d
     a = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")
     b = load_file(ranker_dir(workdir, "chain", "default") / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rank_train_in_4bit_on_cpu(chain_with_candidates, workdir, tiny_llama_dir):
+    """QLoRA's path (NF4 base, double quantisation, k-bit preparation) trains and saves an adapter on a CPU too."""
+    config = fast_config(tiny_llama_dir, quantization="4bit", max_train_examples=8, eval_every=1, max_val_examples=4)
+    manifest = train_ranker("chain", workdir=workdir, config=config, device="cpu")
+    assert manifest["model"]["quantization"] == "4bit" and manifest["steps"] == 2
+    assert (ranker_dir(workdir, "chain", "default") / "adapter" / "adapter_model.safetensors").is_file()
+    report = evaluate("chain", workdir=workdir, device="cpu", max_examples=4)  # loads 4-bit again, with the adapter
+    assert report["ranked_users"] == 4 and set(report["subset"]) == {"retriever", "ranker"}
 
 
 def test_retrieved_negatives_are_the_retrievers_candidates(chain_with_candidates, workdir):

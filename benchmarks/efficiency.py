@@ -1,0 +1,315 @@
+"""Benchmark: how fast the verbalizer ranks, against generating the ranked list (the paper's Figure 3).
+
+On the same model and the same requests (ml-100k test users: their history and LRURec's 20 candidates), with every
+title rewritten to about N tokens for N in 5, 10, 15, 20, 30:
+
+- verbalizer: one forward pass, the candidates' letter logits (what llamarec does);
+- generation: greedy decoding of the ranked list of titles, stopped at the combined titles' length (what a
+  generative ranker must do to name 20 titles).
+
+Also, with the real titles: requests per second at batch 1, 8 and 32, and the p50 / p95 end-to-end latency of one
+``serve-shell`` request (retrieval over all items plus ranking). With a CUDA GPU, the same comparison runs on a
+Llama-2-7B-shaped model with random weights (timing does not depend on the weights), next to the arithmetic floor
+2 x parameters x prompt tokens at the measured matrix-multiply rate.
+
+Writes ``benchmarks/results/efficiency.json``, ``efficiency.md`` and ``efficiency.png``. Needs a workdir with
+ml-100k candidates (``benchmarks/ranking.py`` makes one).
+
+    .venv/bin/python benchmarks/efficiency.py
+    .venv/bin/python benchmarks/efficiency.py --requests 5 --generation-requests 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("LLAMAREC_SHARED", REPO.parent / "shared"))
+RESULTS = REPO / "benchmarks" / "results"
+LENGTHS = (5, 10, 15, 20, 30)
+GENERATION_INSTRUCTION = (
+    "Given user history in chronological order, rank all items of the candidate pool from most to least likely to "
+    "be chosen next. Answer with their titles, one per line."
+)
+
+
+def timed(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return times
+
+
+def titles_of_length(titles: dict[int, str], n: int, tokenizer) -> dict[int, str]:
+    """Each title made about ``n`` tokens long: cut, or extended with the following titles' words."""
+    from llamarec_cli.ranking.verbalizer import encode
+
+    items = list(titles)
+    out = {}
+    for position, item in enumerate(items):
+        ids = encode(tokenizer, titles[item])
+        step = 1
+        while len(ids) < n:
+            ids += encode(tokenizer, " " + titles[items[(position + step) % len(items)]])
+            step += 1
+        out[item] = tokenizer.decode(ids[:n]).strip()
+    return out
+
+
+def requests(workdir: Path, count: int):
+    """(dataset, examples): the first ``count`` test users of the valid retrieval subset."""
+    from llamarec_cli.data.artifact import load_dataset
+    from llamarec_cli.ranking.examples import valid_subset
+    from llamarec_cli.retrieval.candidates import load_candidates
+
+    dataset = load_dataset(workdir, "ml-100k")
+    frame, _ = load_candidates(workdir, dataset)
+    return dataset, valid_subset(dataset, frame, "test").examples[:count]
+
+
+def compare(model, tokenizer, titles, examples, lengths, repeats: int, generation_repeats: int) -> list[dict]:
+    from llamarec_cli.ranking.prompts import PromptEncoder
+    from llamarec_cli.ranking.scoring import score_examples
+    from llamarec_cli.ranking.templates import load_template
+    from llamarec_cli.ranking.verbalizer import encode
+
+    template = load_template()
+    rows = []
+    for n in lengths:
+        short = titles_of_length(titles, n, tokenizer)
+        encoder = PromptEncoder(tokenizer, template, short)
+        generator = PromptEncoder(tokenizer, replace(template, instruction=GENERATION_INSTRUCTION), short)
+        example = examples[0]
+        mean_tokens = statistics.mean(len(encode(tokenizer, short[i])) for i in example.candidates)
+        answer_tokens = sum(len(encode(tokenizer, short[i] + "\n")) for i in example.candidates)
+        verbalizer = []
+        for e in examples[:repeats]:
+            verbalizer += timed(lambda e=e, enc=encoder: score_examples(model, enc, [e], batch_size=1), 1)
+        generation = []
+        for e in examples[:generation_repeats]:
+            ids = torch.tensor([generator.prompt_ids(e)], device=model.device)
+
+            def generate(ids=ids, length=answer_tokens):
+                with torch.no_grad():
+                    model.generate(
+                        input_ids=ids,
+                        attention_mask=torch.ones_like(ids),
+                        max_new_tokens=length,
+                        min_new_tokens=length,
+                        do_sample=False,
+                        pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                    )
+
+            generation += timed(generate, 1)
+        row = {
+            "title_tokens": n,
+            "mean_candidate_title_tokens": round(mean_tokens, 1),
+            "prompt_tokens": len(encoder.prompt_ids(example)),
+            "generated_tokens": answer_tokens,
+            "verbalizer_s": statistics.median(verbalizer),
+            "generation_s": statistics.median(generation),
+            "verbalizer_runs": [round(t, 3) for t in verbalizer],
+            "generation_runs": [round(t, 2) for t in generation],
+        }
+        row["speedup"] = row["generation_s"] / row["verbalizer_s"]
+        print(
+            f"title ~{n} tokens: prompt {row['prompt_tokens']}, verbalizer {row['verbalizer_s']:.2f} s, "
+            f"generation of {answer_tokens} tokens {row['generation_s']:.1f} s, x{row['speedup']:.1f}",
+            flush=True,
+        )
+        rows.append(row)
+    return rows
+
+
+def throughput(model, encoder, examples, batch_sizes) -> dict:
+    from llamarec_cli.ranking.scoring import score_examples
+
+    out = {}
+    for b in batch_sizes:
+        chosen = examples[: max(b, 8)]
+        seconds = timed(lambda chosen=chosen, b=b: score_examples(model, encoder, chosen, batch_size=b), 1)[0]
+        out[str(b)] = {"requests": len(chosen), "seconds": seconds, "requests_per_second": len(chosen) / seconds}
+        print(f"batch {b}: {len(chosen) / seconds:.2f} requests/s", flush=True)
+    return out
+
+
+def serve_latency(workdir: Path, users: int, ranker: str) -> dict:
+    from llamarec_cli.serving.recommender import Recommender
+
+    if ranker == "zero-shot":
+        rec = Recommender("ml-100k", workdir=workdir, adapter="none", model="smollm2-135m", device="cpu")
+    else:
+        rec = Recommender("ml-100k", workdir=workdir, ranker=ranker, device="cpu")
+    rec.recommend(rec.user_history("1"))  # warm-up
+    totals = []
+    for user in list(rec.users)[:users]:
+        began = time.perf_counter()
+        rec.recommend(rec.user_history(user))
+        totals.append(time.perf_counter() - began)
+    totals.sort()
+    p95 = totals[min(len(totals) - 1, round(0.95 * (len(totals) - 1)))]
+    result = {"ranker": rec.ranker_name, "requests": len(totals), "p50_s": statistics.median(totals), "p95_s": p95}
+    print(f"serve request: p50 {result['p50_s']:.2f} s, p95 {p95:.2f} s over {len(totals)} users", flush=True)
+    return result
+
+
+def gpu_llama7b(titles, examples, lengths) -> dict:
+    """Random-weight Llama-2-7B shape in fp16 on the GPU, the Llama 2 tokenizer, and the arithmetic floor."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+
+    tokenizer = LlamaTokenizer.from_pretrained(SHARED / "tokenizers" / "llama-2", add_bos_token=True)
+    tokenizer.pad_token = tokenizer.unk_token
+    config = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+    )
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).half().eval()
+    params = sum(p.numel() for p in model.parameters())
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
+    torch.cuda.synchronize()
+    began = time.perf_counter()
+    for _ in range(20):
+        a @ a
+    torch.cuda.synchronize()
+    flops = 20 * 2 * 8192**3 / (time.perf_counter() - began)
+    rows = compare(model, tokenizer, titles, examples, lengths, repeats=5, generation_repeats=1)
+    for row in rows:
+        row["floor_s"] = 2 * params * row["prompt_tokens"] / flops
+    return {"device": torch.cuda.get_device_name(), "parameters": params, "matmul_tflops": flops / 1e12, "rows": rows}
+
+
+def plot(cpu_rows: list[dict], gpu: dict | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = [r["title_tokens"] for r in cpu_rows]
+    ax.plot(x, [r["generation_s"] for r in cpu_rows], "o-", label="generation, smollm2-135m, CPU")
+    ax.plot(x, [r["verbalizer_s"] for r in cpu_rows], "s-", label="verbalizer, smollm2-135m, CPU")
+    if gpu:
+        gx = [r["title_tokens"] for r in gpu["rows"]]
+        ax.plot(gx, [r["generation_s"] for r in gpu["rows"]], "o--", label="generation, Llama-2-7B shape, GPU")
+        ax.plot(gx, [r["verbalizer_s"] for r in gpu["rows"]], "s--", label="verbalizer, Llama-2-7B shape, GPU")
+    ax.set_yscale("log")
+    ax.set_xlabel("average title length (tokens)")
+    ax.set_ylabel("seconds per request (log)")
+    ax.set_title("Ranking 20 candidates: verbalizer vs generation")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def markdown(data: dict) -> str:
+    lines = [
+        "# Efficiency benchmark (the paper's Figure 3)",
+        "",
+        f"`{data['command']}` ({data['date']}, {data['machine']}). Same requests for both methods: ml-100k test users,",
+        "history and LRURec's 20 candidates, titles rewritten to about N tokens; medians.",
+        "",
+        "## smollm2-135m on CPU",
+        "",
+        "| title tokens | prompt tokens | verbalizer | generated tokens | generation | generation / verbalizer |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in data["cpu"]:
+        lines.append(
+            f"| {r['title_tokens']} | {r['prompt_tokens']} | {r['verbalizer_s']:.2f} s | {r['generated_tokens']} | "
+            f"{r['generation_s']:.1f} s | {r['speedup']:.1f}x |"
+        )
+    lines += ["", "Requests per second (verbalizer, real titles):", ""]
+    for b, t in data["throughput"].items():
+        lines.append(f"- batch {b}: {t['requests_per_second']:.2f} requests/s ({t['requests']} requests)")
+    s = data["serve"]
+    lines += [
+        "",
+        f"One serve request (retrieval + ranking, ranker {s['ranker']}): p50 {s['p50_s']:.2f} s, "
+        f"p95 {s['p95_s']:.2f} s over {s['requests']} users.",
+        "",
+        "Paper (Llama 2 7B, one GPU): verbalizer under 1 s at every title length; generation 56.16 s at 20 tokens.",
+    ]
+    if data.get("gpu"):
+        g = data["gpu"]
+        lines += [
+            "",
+            f"## Llama-2-7B shape (random weights, fp16) on {g['device']}",
+            "",
+            f"{g['parameters'] / 1e9:.2f} B parameters; matrix multiply {g['matmul_tflops']:.0f} TFLOP/s.",
+            "",
+            "| title tokens | prompt tokens | verbalizer | floor | generation | paper generation |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in g["rows"]:
+            paper = "56.16 s" if r["title_tokens"] == 20 else ""
+            lines.append(
+                f"| {r['title_tokens']} | {r['prompt_tokens']} | {r['verbalizer_s']:.3f} s | "
+                f"{r['floor_s']:.3f} s | {r['generation_s']:.1f} s | {paper} |"
+            )
+    else:
+        lines += ["", "No CUDA GPU on this machine: the Llama-2-7B-shaped run was skipped."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/llamarec-bench-ranking"))
+    parser.add_argument("--requests", type=int, default=3, help="verbalizer timings per title length")
+    parser.add_argument("--generation-requests", type=int, default=2, help="generation timings per title length")
+    parser.add_argument("--serve-users", type=int, default=20)
+    parser.add_argument("--ranker", default="random", help="trained ranker for the serve latency, or zero-shot")
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS), help="title lengths in tokens")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="batch sizes for requests/s")
+    args = parser.parse_args()
+
+    from llamarec_cli.ranking.models import load_model
+    from llamarec_cli.ranking.prompts import PromptEncoder
+    from llamarec_cli.ranking.templates import load_template
+    from llamarec_cli.ranking.train import ranker_dir
+
+    dataset, examples = requests(args.workdir, 32)
+    titles = dict(zip(dataset.items["item"].to_list(), dataset.items["title"].to_list()))
+    loaded = load_model("smollm2-135m", device="cpu")
+    data = {
+        "command": "python benchmarks/efficiency.py " + shlex.join(sys.argv[1:]),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+    }
+    data["cpu"] = compare(
+        loaded.model, loaded.tokenizer, titles, examples, args.lengths, args.requests, args.generation_requests
+    )
+    encoder = PromptEncoder(loaded.tokenizer, load_template(), titles)
+    data["throughput"] = throughput(loaded.model, encoder, examples, args.batches)
+    trained = (ranker_dir(args.workdir, "ml-100k", args.ranker) / "manifest.json").is_file()
+    ranker = args.ranker if trained else "zero-shot"
+    data["serve"] = serve_latency(args.workdir, args.serve_users, ranker)
+    data["gpu"] = gpu_llama7b(titles, examples, args.lengths) if torch.cuda.is_available() else None
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "efficiency.json").write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / "efficiency.md").write_text(markdown(data))
+    plot(data["cpu"], data["gpu"], RESULTS / "efficiency.png")
+    print((RESULTS / "efficiency.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""llamarec serve-shell"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import settings
+from .options import DatasetName, Device, Json, RetrieverName, Workdir
+from .output import print_json, stdout
+
+EPILOG = (
+    "Examples:  llamarec serve-shell ml-100k   ·   llamarec serve-shell ml-100k --user 1 --json   ·   "
+    'llamarec serve-shell ml-100k --history "Toy Story; Heat; Casino" --json   ·   '
+    "llamarec serve-shell ml-100k --ranker none (retriever only)"
+)
+
+
+def serve_shell(
+    dataset: DatasetName,
+    user: Annotated[str | None, typer.Option("--user", help="Recommend once for this user and exit.")] = None,
+    history: Annotated[
+        str | None, typer.Option("--history", help="Recommend once for these titles ('t1; t2; ...') and exit.")
+    ] = None,
+    top: Annotated[int, typer.Option("--top", help="How many of the ranked list to show.")] = 10,
+    ranker: Annotated[str, typer.Option("--ranker", help="A trained ranker's --name, or none.")] = "default",
+    adapter: Annotated[str | None, typer.Option("--adapter", help="none: the base model zero-shot.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Base model for --adapter none.")] = None,
+    retriever: RetrieverName = "lrurec",
+    device: Device = "auto",
+    workdir: Workdir = None,
+    json_output: Json = False,
+) -> None:
+    """Load the retriever and ranker once and recommend interactively (or once, with --user or --history)."""
+    from ..serving.recommender import Recommender
+    from ..serving.shell import Shell, parse_history, print_recommendation
+
+    recommender = Recommender(
+        dataset,
+        workdir=settings.workdir(workdir),
+        retriever=retriever,
+        ranker=ranker,
+        adapter=adapter,
+        model=model,
+        device=device,
+    )
+    if user is not None or history is not None:
+        items = recommender.user_history(user) if user is not None else parse_history(recommender, history)
+        rec = recommender.recommend(items)
+        if json_output:
+            result = rec.to_dict()
+            result["ranked"] = result["ranked"][:top] if result["ranked"] is not None else None
+            print_json({"dataset": dataset, "user": user, "ranker": recommender.ranker_name, **result})
+        else:
+            print_recommendation(stdout, rec, top, f"User {user}" if user is not None else "Your history")
+        return
+    history_file = settings.cache_dir() / "serve-shell-history"
+    Shell(recommender, stdout, top=top, history_file=history_file).cmdloop()
+
+
+def install(cli: typer.Typer) -> None:
+    cli.command("serve-shell", epilog=EPILOG)(serve_shell)

@@ -1,0 +1,1 @@
+"""Serving: the interactive shell and one-shot recommendations."""

@@ -1,0 +1,188 @@
+"""Recommendations for one user or a hand-made history: the retriever's candidates, then the ranker's order.
+
+Loads the dataset, the retriever and the ranker once; ``recommend`` answers in two timed stages (retrieval over
+all items, then one verbalizer forward pass). ``recommend_many`` batches requests (left-padded, so each scores as
+it would alone). Titles typed by a person are matched forgivingly by ``TitleIndex``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import LlamarecError
+
+
+class UnknownUserError(LlamarecError):
+    exit_code = 2
+
+
+@dataclass
+class Match:
+    query: str
+    item: int | None  # None: not sure; see ``suggestions``
+    title: str | None = None
+    exact: bool = False
+    suggestions: list[tuple[int, str]] = field(default_factory=list)
+
+
+def normalize(title: str) -> str:
+    """Case, accents, punctuation and a trailing year do not matter when a person types a title."""
+    text = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode().casefold()
+    text = re.sub(r"\(\d{4}\)\s*$", "", text)
+    return " ".join(re.sub(r"[^\w\s]", " ", text).split())
+
+
+class TitleIndex:
+    """Exact match after normalising; else the closest titles, accepted when one is clearly closest."""
+
+    def __init__(self, titles: dict[int, str]):
+        self.titles = titles
+        self.by_key: dict[str, list[int]] = {}
+        for item, title in titles.items():
+            self.by_key.setdefault(normalize(title), []).append(item)
+        self.keys = list(self.by_key)
+
+    def match(self, query: str) -> Match:
+        key = normalize(query)
+        items = self.by_key.get(key, [])
+        if len(items) == 1:
+            return Match(query, items[0], self.titles[items[0]], exact=True)
+        if len(items) > 1:  # the same title twice (e.g. a remake without its year): let the person choose
+            return Match(query, None, suggestions=[(i, self.titles[i]) for i in items])
+        close = difflib.get_close_matches(key, self.keys, n=5, cutoff=0.6)
+        prefix = [k for k in self.keys if key and k.startswith(key)][:5]  # "star wars" -> its episodes
+        options = list(dict.fromkeys(close + prefix))
+        scored = sorted(((difflib.SequenceMatcher(None, key, k).ratio(), k) for k in options), reverse=True)
+        suggestions = [(i, self.titles[i]) for _, k in scored for i in self.by_key[k]][:5]
+        if scored and scored[0][0] >= 0.85 and (len(scored) == 1 or scored[0][0] - scored[1][0] >= 0.05):
+            best = self.by_key[scored[0][1]]
+            if len(best) == 1:
+                return Match(query, best[0], self.titles[best[0]], suggestions=suggestions)
+        return Match(query, None, suggestions=suggestions)
+
+
+@dataclass
+class Recommendation:
+    history: list[tuple[int, str]]  # the most recent items, oldest first
+    candidates: list[dict]  # retriever order: item, title, score
+    ranked: list[dict] | None  # ranker order: item, title, probability, letter
+    seconds: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {
+            "history": [{"item": i, "title": t} for i, t in self.history],
+            "candidates": self.candidates,
+            "ranked": self.ranked,
+            "seconds": self.seconds,
+        }
+
+
+class Recommender:
+    def __init__(
+        self,
+        dataset_name: str,
+        *,
+        workdir: Path,
+        retriever: str = "lrurec",
+        ranker: str = "default",
+        adapter: str | None = None,
+        model: str | None = None,
+        device: str = "auto",
+        candidates: int = 20,
+    ):
+        from ..data.artifact import load_dataset
+        from ..ranking.evaluate import load_ranker
+        from ..ranking.train import load_ranker_manifest
+        from ..retrieval.retrieve_train import load_retriever
+
+        self.dataset = load_dataset(workdir, dataset_name)
+        if ranker != "none" and adapter != "none":
+            retriever = load_ranker_manifest(workdir, self.dataset, ranker)["config"]["retriever"]
+        self.retriever, _ = load_retriever(workdir, self.dataset, retriever, device)
+        self.device = next(self.retriever.parameters()).device
+        self.k = candidates
+        self.titles = dict(zip(self.dataset.items["item"].to_list(), self.dataset.items["title"].to_list()))
+        self.index = TitleIndex(self.titles)
+        self.users = dict(zip(self.dataset.users["original_id"].to_list(), self.dataset.users["user"].to_list()))
+        full = self.dataset.interactions.group_by("user", maintain_order=True).agg("item")
+        self.histories = dict(zip(full["user"].to_list(), full["item"].to_list()))
+        self.llm = self.encoder = None
+        self.ranker_name = "none"
+        if ranker != "none":
+            self.llm, self.encoder, self.ranker_name = load_ranker(
+                self.dataset, workdir, ranker=ranker, adapter=adapter, model=model, device=device
+            )
+            self.encoder.verbalizer.ids(candidates)  # more candidates than letters: refused now, not per request
+
+    def user_history(self, user: str) -> list[int]:
+        """By the dataset's original user id, or else the internal number."""
+        internal = self.users.get(str(user))
+        if internal is None and str(user).isdigit() and int(user) in self.histories:
+            internal = int(user)
+        if internal is None:
+            sample = ", ".join(list(self.users)[:3])
+            raise UnknownUserError(
+                f"No user '{user}' in {self.dataset.name} ({len(self.users):,} users, e.g. {sample})."
+            )
+        return self.histories[internal]
+
+    def recommend(self, history: list[int]) -> Recommendation:
+        return self.recommend_many([history])[0]
+
+    @torch.no_grad()
+    def recommend_many(self, histories: list[list[int]], batch_size: int = 8) -> list[Recommendation]:
+        from ..ranking.prompts import Example
+        from ..ranking.scoring import probabilities, score_examples
+        from ..retrieval.data import EvalSet
+        from ..retrieval.evaluate import top_k
+
+        if any(not h for h in histories):
+            raise LlamarecError("A history needs at least one item.")
+        began = time.perf_counter()
+        data = EvalSet("serve", list(range(len(histories))), histories, [0] * len(histories))
+        items, scores, _ = top_k(self.retriever, data, self.device, self.k)
+        retrieval = time.perf_counter() - began
+        lists = [
+            [(i, s) for i, s in zip(row.tolist(), values.tolist()) if s != float("-inf")]
+            for row, values in zip(items, scores)
+        ]
+        ranked_scores = None
+        ranking = 0.0
+        if self.llm is not None:
+            began = time.perf_counter()
+            examples = [Example(h, [i for i, _ in c]) for h, c in zip(histories, lists)]
+            ranked_scores = score_examples(self.llm, self.encoder, examples, batch_size=batch_size)
+            ranking = time.perf_counter() - began
+        results = []
+        for n, (history, candidates) in enumerate(zip(histories, lists)):
+            shown = history[-(self.encoder.template.history_length if self.encoder else 20) :]
+            ranked = None
+            if ranked_scores is not None:
+                probs = probabilities(ranked_scores[n])
+                order = torch.argsort(ranked_scores[n], descending=True, stable=True).tolist()
+                letters = self.encoder.verbalizer.letters
+                ranked = [
+                    {
+                        "item": candidates[j][0],
+                        "title": self.titles[candidates[j][0]],
+                        "probability": float(probs[j]),
+                        "letter": letters[j],
+                    }
+                    for j in order
+                ]
+            results.append(
+                Recommendation(
+                    history=[(i, self.titles[i]) for i in shown],
+                    candidates=[{"item": i, "title": self.titles[i], "score": s} for i, s in candidates],
+                    ranked=ranked,
+                    seconds={"retrieval": retrieval / len(histories), "ranking": ranking / len(histories)},
+                )
+            )
+        return results
