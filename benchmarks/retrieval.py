@@ -271,6 +271,8 @@ def merge(result: dict, section: str, command: str) -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"),
     }
+    if section == "runs":  # a finished run replaces its interim figures
+        data.get("interim", {}).pop(key(result), None)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     (RESULTS / "retrieval.md").write_text(markdown(data))
 
