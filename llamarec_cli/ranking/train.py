@@ -36,7 +36,7 @@ from ..retrieval.checkpoint import (
     save_state,
     write_json,
 )
-from ..retrieval.train import Reporter
+from ..retrieval.train import Reporter, resolve_device
 from .config import RankerConfig
 from .examples import training_examples, valid_subset
 from .prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
@@ -159,7 +159,10 @@ def train_ranker(
     state_path = partial / "training" / STATE_FILE
     _check_partial(partial, state_path, dataset, config, name, resume, restart)
 
+    resolve_device(device)  # an unknown device or a missing GPU is refused here, with the accepted values
     accelerator = Accelerator(cpu=device == "cpu")
+    if not accelerator.is_main_process:
+        reporter = Reporter()  # one progress bar, from the main process
     torch.manual_seed(config.seed)
     template = load_template(config.template, templates_dir)
     loaded = load_model(
