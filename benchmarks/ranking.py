@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import shlex
@@ -127,6 +128,11 @@ def markdown(data: dict) -> str:
                 f"| {name} | {m['NDCG@10']:.4f} | {m['Recall@10']:.4f} | {m['MRR@10']:.4f} | {m['NDCG@5']:.4f} | "
                 f"{m['Recall@5']:.4f} | {stage.get('time', '')} |"
             )
+    m = random_order(20)
+    lines.append(
+        f"| random order (expected) | {m['NDCG@10']:.4f} | {m['Recall@10']:.4f} | {m['MRR@10']:.4f} | "
+        f"{m['NDCG@5']:.4f} | {m['Recall@5']:.4f} | |"
+    )
     for name, m in PAPER_SUBSET.items():
         lines.append(f"| paper: {name} | {m['NDCG@10']:.4f} | {m['Recall@10']:.4f} | | | | |")
     lines += ["", "## All test users", "", "| order | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
@@ -150,6 +156,17 @@ def markdown(data: dict) -> str:
                 f"{t['val_metrics'].get('NDCG@10', 0):.4f} | {t['time']} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def random_order(k: int) -> dict[str, float]:
+    """What a ranker that shuffles the k candidates scores on average: the true item is equally likely anywhere."""
+    out = {}
+    for cut in (5, 10):
+        ranks = range(1, min(cut, k) + 1)
+        out[f"NDCG@{cut}"] = sum(1 / math.log2(r + 1) for r in ranks) / k
+        out[f"Recall@{cut}"] = len(ranks) / k
+        out[f"MRR@{cut}"] = sum(1 / r for r in ranks) / k
+    return out
 
 
 def minutes(seconds: float) -> str:
