@@ -289,3 +289,16 @@ def test_rank_train_runs_on_two_processes_under_accelerate_launch(chain_with_can
     assert manifest["processes"] == 2
     assert manifest["steps"] == 4  # 16 examples, 2 per process per step
     assert [v["step"] for v in manifest["validations"]] == [2, 4]
+
+
+def test_templates_commands_list_and_render_for_a_user(chain_with_candidates, workdir):
+    runner = CliRunner()
+    listed = runner.invoke(build_app(), ["templates", "list"])
+    assert listed.exit_code == 0 and "alpaca-short" in listed.output and "packaged" in listed.output
+    shown = runner.invoke(build_app(), ["templates", "show", "--dataset", "chain", "--user", "u3", "-w", str(workdir)])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.startswith("### Instruction:\n") and "(1) Item " in shown.output and "(J) Item " in shown.output
+    missing = runner.invoke(
+        build_app(), ["templates", "show", "--dataset", "chain", "--user", "999", "-w", str(workdir)]
+    )
+    assert missing.exit_code == 2 and "User 999 has no test request" in missing.output

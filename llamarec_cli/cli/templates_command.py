@@ -39,9 +39,7 @@ def list_templates(templates_dir: TemplatesDir = None) -> None:
 def show_template(
     name: Annotated[str, typer.Argument(help="Template name or .toml path.")] = "alpaca-short",
     dataset: Annotated[str | None, typer.Option("--dataset", help="Render for a user of this dataset.")] = None,
-    user: Annotated[
-        int | None, typer.Option("--user", help="The user (internal id) whose test request to show.")
-    ] = None,
+    user: Annotated[str | None, typer.Option("--user", help="The user whose test request to show.")] = None,
     retriever: Annotated[str, typer.Option("--retriever", "-r", help="Whose candidates to show.")] = "lrurec",
     templates_dir: TemplatesDir = None,
     workdir: Workdir = None,
@@ -69,15 +67,12 @@ def _user_request(workdir, dataset_name: str, user: int | None, retriever: str) 
     dataset = load_dataset(workdir, dataset_name)
     candidates, _ = load_candidates(workdir, dataset, retriever)
     rows = candidates.filter(pl.col("split") == "test")
-    if user is None:
-        user = rows["user"][0]
-    row = rows.filter(pl.col("user") == user)
+    internal = rows["user"][0] if user is None else dataset.user_id(user)
+    row = rows.filter(pl.col("user") == internal) if internal is not None else rows.clear()
     if row.is_empty():
-        raise ConfigError(
-            f"User {user} has no test request in {dataset_name}; users run from 1 to {rows['user'].max()}."
-        )
+        raise ConfigError(f"User {user} has no test request in {dataset_name} (give an original or internal user id).")
     titles = dict(zip(dataset.items["item"].to_list(), dataset.items["title"].to_list()))
-    history = dataset.sequences("train").get(user, []) + dataset.sequences("val").get(user, [])
+    history = dataset.sequences("train").get(internal, []) + dataset.sequences("val").get(internal, [])
     return [titles[i] for i in history], [titles[i] for i in row["candidates"][0]]
 
 

@@ -90,6 +90,15 @@ class Dataset:
         """Identifies this exact dataset: downstream artifacts record it and refuse a different one."""
         return self.manifest["files"]["interactions.parquet"]
 
+    def user_id(self, user: str) -> int | None:
+        """The internal id of a user given by the dataset's original id, or else by the internal number."""
+        found = self.users.filter(pl.col("original_id") == str(user))["user"]
+        if found.len():
+            return int(found[0])
+        if str(user).isdigit() and int(user) in set(self.users["user"].to_list()):
+            return int(user)
+        return None
+
     def sequences(self, split: str) -> dict[int, list[int]]:
         """user -> items of one split ("train", "val", "test") in time order."""
         grouped = self.interactions.filter(pl.col("split") == split).group_by("user", maintain_order=True).agg("item")

@@ -110,7 +110,6 @@ class Recommender:
         self.k = candidates
         self.titles = dict(zip(self.dataset.items["item"].to_list(), self.dataset.items["title"].to_list()))
         self.index = TitleIndex(self.titles)
-        self.users = dict(zip(self.dataset.users["original_id"].to_list(), self.dataset.users["user"].to_list()))
         full = self.dataset.interactions.group_by("user", maintain_order=True).agg("item")
         self.histories = dict(zip(full["user"].to_list(), full["item"].to_list()))
         self.llm = self.encoder = None
@@ -123,13 +122,11 @@ class Recommender:
 
     def user_history(self, user: str) -> list[int]:
         """By the dataset's original user id, or else the internal number."""
-        internal = self.users.get(str(user))
-        if internal is None and str(user).isdigit() and int(user) in self.histories:
-            internal = int(user)
+        internal = self.dataset.user_id(user)
         if internal is None:
-            sample = ", ".join(list(self.users)[:3])
+            sample = ", ".join(self.dataset.users["original_id"].head(3).to_list())
             raise UnknownUserError(
-                f"No user '{user}' in {self.dataset.name} ({len(self.users):,} users, e.g. {sample})."
+                f"No user '{user}' in {self.dataset.name} ({self.dataset.users.height:,} users, e.g. {sample})."
             )
         return self.histories[internal]
 

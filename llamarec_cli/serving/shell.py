@@ -53,7 +53,8 @@ class Shell(cmd.Cmd):
         self.recommender, self.console, self.top = recommender, console, top
         self.history_file = history_file
         self.intro = (
-            f"{recommender.dataset.name}: {len(recommender.users):,} users, {len(recommender.titles):,} items; "
+            f"{recommender.dataset.name}: {recommender.dataset.users.height:,} users, "
+            f"{len(recommender.titles):,} items; "
             f"ranker: {recommender.ranker_name}. Type help."
         )
 
