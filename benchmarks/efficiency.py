@@ -17,6 +17,7 @@ ml-100k candidates (``benchmarks/ranking.py`` makes one).
 
     .venv/bin/python benchmarks/efficiency.py
     .venv/bin/python benchmarks/efficiency.py --requests 5 --generation-requests 3
+    .venv/bin/python benchmarks/efficiency.py --resume      # keep the stages already measured
 """
 
 from __future__ import annotations
@@ -279,6 +280,7 @@ def main() -> None:
     parser.add_argument("--ranker", default="random", help="trained ranker for the serve latency, or zero-shot")
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS), help="title lengths in tokens")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="batch sizes for requests/s")
+    parser.add_argument("--resume", action="store_true", help="keep the stages already in efficiency.json")
     args = parser.parse_args()
 
     from llamarec_cli.ranking.models import load_model
@@ -289,23 +291,32 @@ def main() -> None:
     dataset, examples = requests(args.workdir, 32)
     titles = dict(zip(dataset.items["item"].to_list(), dataset.items["title"].to_list()))
     loaded = load_model("smollm2-135m", device="cpu")
-    data = {
+    path = RESULTS / "efficiency.json"
+    data = json.loads(path.read_text()) if args.resume and path.is_file() else {}
+    data |= {
         "command": "python benchmarks/efficiency.py " + shlex.join(sys.argv[1:]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads",
     }
-    data["cpu"] = compare(
-        loaded.model, loaded.tokenizer, titles, examples, args.lengths, args.requests, args.generation_requests
+
+    def stage(name, measure):  # each stage is saved as soon as it is measured; --resume skips those done
+        if name not in data:
+            data[name] = measure()
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data, indent=2) + "\n")
+
+    stage(
+        "cpu",
+        lambda: compare(
+            loaded.model, loaded.tokenizer, titles, examples, args.lengths, args.requests, args.generation_requests
+        ),
     )
     encoder = PromptEncoder(loaded.tokenizer, load_template(), titles)
-    data["throughput"] = throughput(loaded.model, encoder, examples, args.batches)
+    stage("throughput", lambda: throughput(loaded.model, encoder, examples, args.batches))
     trained = (ranker_dir(args.workdir, "ml-100k", args.ranker) / "manifest.json").is_file()
-    ranker = args.ranker if trained else "zero-shot"
-    data["serve"] = serve_latency(args.workdir, args.serve_users, ranker)
-    data["gpu"] = gpu_llama7b(titles, examples, args.lengths) if torch.cuda.is_available() else None
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "efficiency.json").write_text(json.dumps(data, indent=2) + "\n")
+    stage("serve", lambda: serve_latency(args.workdir, args.serve_users, args.ranker if trained else "zero-shot"))
+    stage("gpu", lambda: gpu_llama7b(titles, examples, args.lengths) if torch.cuda.is_available() else None)
     (RESULTS / "efficiency.md").write_text(markdown(data))
     plot(data["cpu"], data["gpu"], RESULTS / "efficiency.png")
     print((RESULTS / "efficiency.md").read_text())
