@@ -169,6 +169,12 @@ def random_order(k: int) -> dict[str, float]:
     return out
 
 
+def resume_or_restart(workdir: Path, name: str) -> str:
+    """Continue an interrupted training of this benchmark (same flags), else start afresh."""
+    state = workdir / "ml-100k" / "ranker" / f".{name}.partial" / "training" / "state.safetensors"
+    return "--resume" if state.is_file() else "--restart"
+
+
 def minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
@@ -230,7 +236,7 @@ def main() -> None:
                     *("rank-train", "ml-100k", "--name", negatives, "--model", args.model, "--negatives", negatives),
                     *("--max-train-examples", str(args.train_examples), "--max-val-examples", str(args.val_examples)),
                     *("--eval-every", str(args.eval_every), "--batch-size", str(args.batch_size), "--lr", str(args.lr)),
-                    *("--warmup-steps", str(args.warmup_steps), "--restart"),
+                    *("--warmup-steps", str(args.warmup_steps), resume_or_restart(args.workdir, negatives)),
                 ],
                 env,
             )
