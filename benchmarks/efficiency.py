@@ -157,7 +157,7 @@ def serve_latency(workdir: Path, users: int, ranker: str) -> dict:
         rec = Recommender("ml-100k", workdir=workdir, ranker=ranker, device="cpu")
     rec.recommend(rec.user_history("1"))  # warm-up
     totals = []
-    for user in list(rec.users)[:users]:
+    for user in rec.dataset.users["original_id"].head(users).to_list():
         began = time.perf_counter()
         rec.recommend(rec.user_history(user))
         totals.append(time.perf_counter() - began)
