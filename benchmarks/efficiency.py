@@ -289,7 +289,7 @@ def main() -> None:
     from llamarec_cli.ranking.train import ranker_dir
 
     dataset, examples = requests(args.workdir, 32)
-    titles = dict(zip(dataset.items["item"].to_list(), dataset.items["title"].to_list()))
+    titles = dataset.titles
     loaded = load_model("smollm2-135m", device="cpu")
     path = RESULTS / "efficiency.json"
     data = json.loads(path.read_text()) if args.resume and path.is_file() else {}

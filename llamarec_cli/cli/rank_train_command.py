@@ -76,7 +76,7 @@ def rank_train(
     """Fine-tune the LLM ranker with (Q)LoRA on the retriever's candidates; keep the best adapter (PEFT format)."""
     from ..ranking.config import RankerConfig
     from ..ranking.train import train_ranker
-    from ..retrieval.contract import parse_value
+    from ..retrieval.contract import parse_sets
     from ..retrieval.train import RichReporter
 
     given = dict(
@@ -99,12 +99,7 @@ def rank_train(
         seed=seed,
     )
     flags = {key: value for key, value in given.items() if value is not None}
-    for item in set_ or []:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"expected KEY=VALUE, got '{item}'", param_hint="--set")
-        key = key.strip().replace("-", "_")
-        flags[key] = parse_value(RankerConfig, key, text.strip())
+    flags |= parse_sets(RankerConfig, set_ or [])
     config, sources = resolve_ranker_config(dataset, flags)
     if show_config:
         stdout.print(config_table("ranker", config, sources, with_help=True))

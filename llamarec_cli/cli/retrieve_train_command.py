@@ -47,7 +47,7 @@ def retrieve_train(
     json_output: Json = False,
 ) -> None:
     """Train a stage-1 retriever (LRURec by default) with early stopping; save the best checkpoint and its metrics."""
-    from ..retrieval.contract import parse_value
+    from ..retrieval.contract import parse_sets
     from ..retrieval.retrieve_train import resolve_config, retriever_class, train_retriever
 
     cls = retriever_class(retriever)
@@ -67,11 +67,7 @@ def retrieve_train(
         ).items()
         if value is not None
     }
-    for item in set_ or []:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"expected KEY=VALUE, got '{item}'", param_hint="--set")
-        flags[key.strip().replace("-", "_")] = parse_value(cls.Config, key.strip().replace("-", "_"), text.strip())
+    flags |= parse_sets(cls.Config, set_ or [])
 
     if resume:  # show what will actually run: the interrupted run's config
         from ..data.artifact import load_dataset

@@ -71,7 +71,7 @@ def _user_request(workdir, dataset_name: str, user: int | None, retriever: str) 
     row = rows.filter(pl.col("user") == internal) if internal is not None else rows.clear()
     if row.is_empty():
         raise ConfigError(f"User {user} has no test request in {dataset_name} (give an original or internal user id).")
-    titles = dict(zip(dataset.items["item"].to_list(), dataset.items["title"].to_list()))
+    titles = dataset.titles
     history = dataset.sequences("train").get(internal, []) + dataset.sequences("val").get(internal, [])
     return [titles[i] for i in history], [titles[i] for i in row["candidates"][0]]
 

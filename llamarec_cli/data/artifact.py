@@ -90,6 +90,11 @@ class Dataset:
         """Identifies this exact dataset: downstream artifacts record it and refuse a different one."""
         return self.manifest["files"]["interactions.parquet"]
 
+    @property
+    def titles(self) -> dict[int, str]:
+        """item id -> title."""
+        return dict(zip(self.items["item"].to_list(), self.items["title"].to_list()))
+
     def user_id(self, user: str) -> int | None:
         """The internal id of a user given by the dataset's original id, or else by the internal number."""
         found = self.users.filter(pl.col("original_id") == str(user))["user"]

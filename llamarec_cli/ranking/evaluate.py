@@ -63,8 +63,7 @@ def load_ranker(
         trust_remote_code=trust_remote_code,
     )
     prompt = load_template(template or config.get("template", DEFAULT_TEMPLATE), templates_dir)
-    titles = dict(zip(dataset.items["item"].to_list(), dataset.items["title"].to_list()))
-    encoder = PromptEncoder(loaded.tokenizer, prompt, titles)
+    encoder = PromptEncoder(loaded.tokenizer, prompt, dataset.titles)
     llm = loaded.model
     if manifest:
         if list(encoder.verbalizer.token_ids) != manifest["letter_token_ids"]:

@@ -172,8 +172,7 @@ def train_ranker(
         dtype=config.dtype,
         trust_remote_code=trust_remote_code,
     )
-    titles = dict(zip(dataset.items["item"].to_list(), dataset.items["title"].to_list()))
-    encoder = PromptEncoder(loaded.tokenizer, template, titles)
+    encoder = PromptEncoder(loaded.tokenizer, template, dataset.titles)
     k = candidates_manifest["k"]
     encoder.verbalizer.ids(k)  # more candidates than letters: refused before any training
 

@@ -83,6 +83,18 @@ def parse_value(config_class: type, key: str, text: str):
         raise ConfigError(f"Setting '{key}' needs a {kind.__name__} value (got '{text}').") from None
 
 
+def parse_sets(config_class: type, items: list[str]) -> dict:
+    """``--set KEY=VALUE`` options (dashes allowed in keys) as typed values of ``config_class``'s fields."""
+    values = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'.")
+        key = key.strip().replace("-", "_")
+        values[key] = parse_value(config_class, key, text.strip())
+    return values
+
+
 def build_config(config_class: type, layers: list[tuple[str, dict]]) -> tuple[RetrieverConfig, dict[str, str]]:
     """Apply layers of values in order (later wins) over the dataclass defaults.
 

@@ -108,7 +108,7 @@ class Recommender:
         self.retriever, _ = load_retriever(workdir, self.dataset, retriever, device)
         self.device = next(self.retriever.parameters()).device
         self.k = candidates
-        self.titles = dict(zip(self.dataset.items["item"].to_list(), self.dataset.items["title"].to_list()))
+        self.titles = self.dataset.titles
         self.index = TitleIndex(self.titles)
         full = self.dataset.interactions.group_by("user", maintain_order=True).agg("item")
         self.histories = dict(zip(full["user"].to_list(), full["item"].to_list()))
