@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -106,7 +107,7 @@ def one_run(args) -> dict:
     import torch
 
     from llamarec_cli.retrieval.candidates import export_candidates
-    from llamarec_cli.retrieval.checkpoint import partial_dir
+    from llamarec_cli.retrieval.checkpoint import load_state, partial_dir
     from llamarec_cli.retrieval.contract import parse_value
     from llamarec_cli.retrieval.retrieve_train import retriever_class, train_retriever
 
@@ -136,6 +137,7 @@ def one_run(args) -> dict:
         "flags": parse_sets(args.set),
         "config": manifest["config"],
         "test": {**test, "HitRate@20": candidates["splits"]["test"]["hit_rate"]},
+        "test_users": candidates["splits"]["test"]["users"],
         "val": {**manifest["metrics"]["val"], "HitRate@20": candidates["splits"]["val"]["hit_rate"]},
         "steps": training["steps"],
         "epochs": training["epochs"],
@@ -209,12 +211,12 @@ def interim(args) -> dict:
     import torch
 
     from llamarec_cli.data.artifact import load_dataset
-    from llamarec_cli.retrieval.checkpoint import partial_dir
+    from llamarec_cli.retrieval.checkpoint import load_state, partial_dir
     from llamarec_cli.retrieval.contract import build_config
     from llamarec_cli.retrieval.data import eval_set, training_windows
     from llamarec_cli.retrieval.evaluate import top_k
     from llamarec_cli.retrieval.retrieve_train import retriever_class
-    from llamarec_cli.retrieval.train import _load_state
+    from llamarec_cli.retrieval.train import STATE_FILE
 
     workdir = Path(args.workdir)
     dataset = load_dataset(workdir, args.dataset)
@@ -223,7 +225,7 @@ def interim(args) -> dict:
     cls = retriever_class(args.retriever)
     config, _ = build_config(cls.Config, [("checkpoint", run["config"])])
     model = cls(config, dataset.num_items)
-    tensors, counters = _load_state(partial / "training")
+    tensors, counters = load_state(partial / "training" / STATE_FILE)
     windows = training_windows(list(dataset.sequences("train").values()), config.max_len)
     model.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
     out = {}
@@ -233,6 +235,7 @@ def interim(args) -> dict:
         hits = (items == torch.tensor(data.targets).view(-1, 1)).any(1).float().mean().item()
         out[split] = {**metrics, "HitRate@20": hits}
     return {
+        "test_users": len(eval_set(dataset, "test").users),
         "dataset": args.dataset,
         "retriever": args.retriever,
         "flags": parse_sets(args.set),
@@ -277,6 +280,17 @@ def merge(result: dict, section: str, command: str) -> None:
     (RESULTS / "retrieval.md").write_text(markdown(data))
 
 
+def noise(run: dict, paper: dict) -> str:
+    """How far Recall@10 can move by chance alone: the 95% interval of a proportion over the test users."""
+    p, n = run["test"]["Recall@10"], run["test_users"]
+    half = 1.96 * math.sqrt(p * (1 - p) / n)
+    line = f"- `{key(run)}`: Recall@10 {p:.4f} ± {half:.4f} (95% interval over {n:,} test users)"
+    if "Recall@10" in paper:
+        inside = abs(paper["Recall@10"] - p) <= half
+        line += f"; the paper's {paper['Recall@10']:.4f} is {'inside' if inside else 'outside'} it"
+    return line + "."
+
+
 def table(title: str, dataset: str, rows: dict) -> list[str]:
     header = "| run | " + " | ".join(COLUMNS) + " | epochs | steps | best step | train time | steps/s | peak MiB |"
     lines = [f"## {title}", "", header, "|---|" + "---|" * (len(COLUMNS) + 6)]
@@ -294,6 +308,9 @@ def table(title: str, dataset: str, rows: dict) -> list[str]:
             deltas = " | ".join(f"{run['test'][c] / paper[c] - 1:+.1%}" if c in paper else "" for c in COLUMNS)
             lines.append(f"| ours vs paper | {deltas} | | | | | | |")
     lines.append("")
+    for name, run in sorted(rows.items()):
+        if "test_users" in run:
+            lines.append(noise(run, PAPER.get(dataset, {}).get(run["retriever"], {})))
     for name, run in sorted(rows.items()):
         extra = (
             f", {run['validations_without_gain']} validations without gain so far"
