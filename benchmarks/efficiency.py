@@ -55,17 +55,21 @@ def timed(fn, repeats: int) -> list[float]:
     return times
 
 
-def matmul_rate(device: str, dtype: torch.dtype, size: int, repeats: int) -> float:
-    """FLOP/s of a square matrix multiply: the rate the arithmetic floor is computed at."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
+def matmul_rate(device: str, dtype: torch.dtype, m: int, k: int, n: int, repeats: int, rounds: int = 5) -> float:
+    """FLOP/s of an (m x k) @ (k x n) multiply, the best of ``rounds``: the rate the arithmetic floor assumes."""
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    a @ a
-    sync()
-    began = time.perf_counter()
-    for _ in range(repeats):
-        a @ a
-    sync()
-    return repeats * 2 * size**3 / (time.perf_counter() - began)
+    a @ b
+    best = 0.0
+    for _ in range(rounds):
+        sync()
+        began = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        sync()
+        best = max(best, repeats * 2 * m * k * n / (time.perf_counter() - began))
+    return best
 
 
 def with_floor(rows: list[dict], parameters: int, flops: float) -> list[dict]:
@@ -170,6 +174,37 @@ def throughput(model, encoder, examples, batch_sizes) -> dict:
     return out
 
 
+def int8_trial(model, encoder, examples) -> dict:
+    """Dynamic int8 quantisation (per-channel weights, every linear layer but the LM head): how much faster, and
+    whether it keeps the ranker's order. The verbalizer compares 20 logits that can lie close together."""
+    import copy
+    import warnings
+
+    from llamarec_cli.ranking.scoring import score_examples
+
+    layers = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao
+        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+        quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), dict.fromkeys(layers, qconfig))
+    out = {}
+    for name, m in (("float32", model), ("int8", quantized)):
+        times, scores = [], []
+        for e in examples:
+            began = time.perf_counter()
+            scores += score_examples(m, encoder, [e], batch_size=1)
+            times.append(time.perf_counter() - began)
+        out[name] = {"seconds_p50": statistics.median(times), "scores": scores}
+    pairs = list(zip(out["float32"].pop("scores"), out["int8"].pop("scores")))
+    out["requests"] = len(pairs)
+    out["same_top1"] = sum(int(a.argmax()) == int(b.argmax()) for a, b in pairs)
+    out["top10_overlap"] = statistics.mean(
+        len(set(a.topk(10).indices.tolist()) & set(b.topk(10).indices.tolist())) / 10 for a, b in pairs
+    )
+    print(f"int8: {out['same_top1']} of {len(pairs)} same top item, {out['int8']['seconds_p50']:.2f} s", flush=True)
+    return out
+
+
 def serve_latency(workdir: Path, users: int, ranker: str) -> dict:
     from llamarec_cli.ranking.prompts import Example
     from llamarec_cli.serving.recommender import Recommender
@@ -220,7 +255,7 @@ def gpu_llama7b(titles, examples, lengths) -> dict:
     with torch.device("cuda"):
         model = LlamaForCausalLM(config).half().eval()
     params = sum(p.numel() for p in model.parameters())
-    flops = matmul_rate("cuda", torch.float16, 8192, 20)
+    flops = matmul_rate("cuda", torch.float16, 8192, 8192, 8192, 20)
     rows = with_floor(
         compare(model, tokenizer, titles, examples, lengths, repeats=5, generation_repeats=1), params, flops
     )
@@ -260,7 +295,7 @@ def markdown(data: dict) -> str:
         "## smollm2-135m on CPU",
         "",
         f"{data['cpu_parameters'] / 1e6:.0f} M parameters; float32 matrix multiply "
-        f"{data['cpu_matmul_gflops']:.0f} GFLOP/s on {data['threads']} threads. "
+        f"{data['cpu_matmul_gflops']:.0f} GFLOP/s on {data['threads']} threads (the model's MLP shape, best of 5). "
         "Floor = 2 x parameters x prompt tokens at that rate.",
         "",
         "| title tokens | prompt tokens | verbalizer | floor | generated tokens | generation | generation / verbalizer "
@@ -294,6 +329,15 @@ def markdown(data: dict) -> str:
     lines += ["", "Requests per second (verbalizer, real titles):", ""]
     for b, t in data["throughput"].items():
         lines.append(f"- batch {b}: {t['requests_per_second']:.2f} requests/s ({t['requests']} requests)")
+    q = data.get("int8")
+    if q:
+        lines += [
+            "",
+            f"Dynamic int8 quantisation (zero-shot model, {q['requests']} requests, batch 1): "
+            f"{q['int8']['seconds_p50']:.2f} s against {q['float32']['seconds_p50']:.2f} s in float32, but the same "
+            f"top item for only {q['same_top1']} of {q['requests']} requests (top-10 overlap "
+            f"{q['top10_overlap']:.0%}), so llamarec does not use it.",
+        ]
     s = data["serve"]
     lines += [
         "",
@@ -374,7 +418,11 @@ def main() -> None:
             RESULTS.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(data, indent=2) + "\n")
 
-    stage("cpu_matmul_gflops", lambda: matmul_rate("cpu", torch.float32, 2048, 10) / 1e9)
+    shape = loaded.model.config  # the model's largest projection, for a 1,000-token prompt
+    stage(
+        "cpu_matmul_gflops",
+        lambda: matmul_rate("cpu", torch.float32, 1000, shape.hidden_size, shape.intermediate_size, 20) / 1e9,
+    )
     stage(
         "cpu",
         lambda: compare(
@@ -383,6 +431,7 @@ def main() -> None:
     )
     encoder = PromptEncoder(loaded.tokenizer, load_template(), titles)
     stage("throughput", lambda: throughput(loaded.model, encoder, examples, args.batches))
+    stage("int8", lambda: int8_trial(loaded.model, encoder, examples[:16]))
     trained = (ranker_dir(args.workdir, "ml-100k", args.ranker) / "manifest.json").is_file()
     stage("serve", lambda: serve_latency(args.workdir, args.serve_users, args.ranker if trained else "zero-shot"))
     stage("gpu", lambda: gpu_llama7b(titles, examples, args.lengths) if torch.cuda.is_available() else None)

@@ -107,7 +107,7 @@ def one_run(args) -> dict:
     import torch
 
     from llamarec_cli.retrieval.candidates import export_candidates
-    from llamarec_cli.retrieval.checkpoint import load_state, partial_dir
+    from llamarec_cli.retrieval.checkpoint import partial_dir
     from llamarec_cli.retrieval.contract import parse_value
     from llamarec_cli.retrieval.retrieve_train import retriever_class, train_retriever
 
@@ -308,7 +308,7 @@ def table(title: str, dataset: str, rows: dict) -> list[str]:
             deltas = " | ".join(f"{run['test'][c] / paper[c] - 1:+.1%}" if c in paper else "" for c in COLUMNS)
             lines.append(f"| ours vs paper | {deltas} | | | | | | |")
     lines.append("")
-    for name, run in sorted(rows.items()):
+    for _, run in sorted(rows.items()):
         if "test_users" in run:
             lines.append(noise(run, PAPER.get(dataset, {}).get(run["retriever"], {})))
     for name, run in sorted(rows.items()):

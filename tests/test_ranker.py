@@ -4,6 +4,8 @@ left padding, rank-train (resume, refusals) and evaluate."""
 from __future__ import annotations
 
 import json
+import math
+import statistics
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from typer.testing import CliRunner
 from llamarec_cli.cli import build_app
 from llamarec_cli.errors import ArtifactError, ConfigError, DataFormatError
 from llamarec_cli.ranking.config import RankerConfig
-from llamarec_cli.ranking.evaluate import evaluate
+from llamarec_cli.ranking.evaluate import evaluate, load_ranker, paired_difference
 from llamarec_cli.ranking.examples import random_negative_examples, training_examples, valid_subset
 from llamarec_cli.ranking.prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
 from llamarec_cli.ranking.scoring import score_examples
@@ -182,6 +184,22 @@ def test_rank_train_keeps_the_best_adapter_in_peft_format(chain_with_candidates,
     assert any("lora_A" in name for name, _ in loaded.named_parameters())
 
 
+def test_a_full_precision_ranker_is_served_merged_with_the_same_scores(chain_with_candidates, workdir, tiny_llama_dir):
+    from peft import PeftModel
+
+    train_ranker("chain", workdir=workdir, config=fast_config(tiny_llama_dir), device="cpu")
+    merged, encoder, _ = load_ranker(chain_with_candidates, workdir, device="cpu")
+    assert not isinstance(merged, PeftModel)
+    folder = ranker_dir(workdir, "chain", "default") / "adapter"
+    wrapped = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), folder).eval()
+    assert any(p.abs().sum() > 0 for n, p in wrapped.named_parameters() if "lora_B" in n)  # a trained adapter
+    frame, _ = load_candidates(workdir, chain_with_candidates)
+    examples = valid_subset(chain_with_candidates, frame, "test").examples[:6]
+    a = score_examples(merged, encoder, examples, batch_size=3)
+    b = score_examples(wrapped, encoder, examples, batch_size=3)
+    assert torch.allclose(torch.stack(a), torch.stack(b), atol=1e-5)
+
+
 def test_rank_train_resumes_exactly(chain_with_candidates, workdir, tiny_llama_dir, tmp_path):
     config = fast_config(tiny_llama_dir)
     whole = train_ranker("chain", workdir=workdir, config=config, device="cpu")
@@ -227,6 +245,15 @@ def test_retrieved_negatives_are_the_retrievers_candidates(chain_with_candidates
         assert not set(example.candidates) & set(example.history)
 
 
+def test_paired_difference_by_hand():
+    # ranks 1 vs 3, 11 vs 1, 2 vs 2: NDCG@10 differences 1 - 0.5, 0 - 1, 0
+    d = paired_difference([1, 11, 2], [3, 1, 2])
+    diffs = [0.5, -1.0, 0.0]
+    assert d["difference"] == pytest.approx(-0.5 / 3)
+    assert d["half_width"] == pytest.approx(1.96 * statistics.stdev(diffs) / math.sqrt(3))
+    assert (d["users"], d["better"], d["worse"]) == (3, 1, 1)
+
+
 def test_evaluate_reports_both_views(chain_with_candidates, workdir, tiny_llama_dir):
     train_ranker("chain", workdir=workdir, config=fast_config(tiny_llama_dir), device="cpu")
     report = evaluate("chain", workdir=workdir, device="cpu")
@@ -241,6 +268,10 @@ def test_evaluate_reports_both_views(chain_with_candidates, workdir, tiny_llama_
     assert report["overall"]["retriever"]["NDCG@10"] == pytest.approx(manifest["splits"]["test"]["NDCG@10"])
     text = (workdir / "chain" / "reports" / "evaluate-default.md").read_text()
     assert "| ranker |" in text and "| retriever |" in text and "Ranker: default" in text
+    ranks = report["ranks"]
+    assert ranks["retriever"] == [e.target_index + 1.0 for e in subset.examples]
+    assert report["paired"] == paired_difference(ranks["ranker"], ranks["retriever"])
+    assert "Ranker minus retriever order, NDCG@10" in text
 
     retriever_only = evaluate("chain", workdir=workdir, ranker="none")
     assert "ranker" not in retriever_only and retriever_only["subset"]["retriever"] == report["subset"]["retriever"]

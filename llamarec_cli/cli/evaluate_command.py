@@ -59,12 +59,21 @@ def evaluate(
     if json_output:
         print_json(report)
         return
-    stdout.print(report_table(report, "subset", "valid retrieval subset"))
-    stdout.print(report_table(report, "overall", "all test users"))
+    print_report(report)
     stderr.print(
         f"{report['subset_users']:,} of {report['test_users']:,} test users have the true item among the "
         f"{report['k']} candidates (hit-rate {report['hit_rate']:.4f}). Report: {report['report_files'][1]}"
     )
+
+
+def print_report(report: dict) -> None:
+    """Both views as tables, then whether the ranker's gain over the retriever's order is more than chance."""
+    from ..ranking.evaluate import paired_summary
+
+    stdout.print(report_table(report, "subset", "valid retrieval subset"))
+    stdout.print(report_table(report, "overall", "all test users"))
+    if "paired" in report:
+        stdout.print(paired_summary(report["paired"]))
 
 
 def report_table(report: dict, view: str, title: str):

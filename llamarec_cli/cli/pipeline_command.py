@@ -9,7 +9,7 @@ import typer
 
 from .. import settings
 from .options import Device, Json, Workdir
-from .output import print_json, stderr, stdout
+from .output import print_json, stderr
 
 EPILOG = (
     "Examples:  llamarec pipeline   (ml-100k, smollm2-135m, about 20 minutes on 2 CPU cores)   ·   "
@@ -45,7 +45,7 @@ def pipeline(
     """Run every stage on a CPU-sized budget and print the metrics; run again to continue after an interruption."""
     from ..pipeline import Budget, run_pipeline
     from ..retrieval.train import RichReporter
-    from .evaluate_command import report_table
+    from .evaluate_command import print_report
 
     budget = Budget(
         retriever_epochs=retriever_epochs,
@@ -74,8 +74,7 @@ def pipeline(
     if json_output:
         print_json(report)
         return
-    stdout.print(report_table(report, "subset", "valid retrieval subset"))
-    stdout.print(report_table(report, "overall", "all test users"))
+    print_report(report)
     stderr.print(f"Report: {report['report_files'][1]}")
 
 
