@@ -14,6 +14,7 @@ Run (from the repository root)::
 
     .venv/bin/python benchmarks/ranking.py                       # the budget below, about an hour per ranker
     .venv/bin/python benchmarks/ranking.py --train-examples 1024 --fresh
+    .venv/bin/python benchmarks/ranking.py --reevaluate            # new evaluation code, same trained rankers
 """
 
 from __future__ import annotations
@@ -118,23 +119,31 @@ def markdown(data: dict) -> str:
         "",
         "## Valid retrieval subset",
         "",
-        "| order | NDCG@10 | Recall@10 | MRR@10 | NDCG@5 | Recall@5 | time |",
-        "|---|---|---|---|---|---|---|",
+        "| order | NDCG@10 | Recall@10 | MRR@10 | NDCG@5 | Recall@5 | NDCG@10 minus retriever order (95%) "
+        "| users up / down | time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, stage in stages.items():
         m = stage.get("subset")
         if m:
+            d = stage.get("paired")
+            paired = f"{d['difference']:+.4f} ± {d['half_width']:.4f} | {d['better']} / {d['worse']}" if d else " | "
             lines.append(
                 f"| {name} | {m['NDCG@10']:.4f} | {m['Recall@10']:.4f} | {m['MRR@10']:.4f} | {m['NDCG@5']:.4f} | "
-                f"{m['Recall@5']:.4f} | {stage.get('time', '')} |"
+                f"{m['Recall@5']:.4f} | {paired} | {stage.get('time', '')} |"
             )
     m = random_order(20)
     lines.append(
         f"| random order (expected) | {m['NDCG@10']:.4f} | {m['Recall@10']:.4f} | {m['MRR@10']:.4f} | "
-        f"{m['NDCG@5']:.4f} | {m['Recall@5']:.4f} | |"
+        f"{m['NDCG@5']:.4f} | {m['Recall@5']:.4f} | | | |"
     )
     for name, m in PAPER_SUBSET.items():
-        lines.append(f"| paper: {name} | {m['NDCG@10']:.4f} | {m['Recall@10']:.4f} | | | | |")
+        lines.append(f"| paper: {name} | {m['NDCG@10']:.4f} | {m['Recall@10']:.4f} | | | | | | |")
+    lines += [
+        "",
+        "The paired column is each ranker's NDCG@10 minus the retriever order's, user by user, with a 95% interval:",
+        "an interval that contains 0 is a difference this subset cannot tell from chance.",
+    ]
     lines += ["", "## All test users", "", "| order | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, stage in stages.items():
         m = stage.get("overall")
@@ -192,6 +201,7 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=8)
     parser.add_argument("--negatives", nargs="+", default=["random", "retrieved"])
     parser.add_argument("--fresh", action="store_true", help="forget earlier results and rerun every stage")
+    parser.add_argument("--reevaluate", action="store_true", help="evaluate again, keeping the trained rankers")
     args = parser.parse_args()
 
     env = os.environ | {"LLAMAREC_WORKDIR": str(args.workdir)}
@@ -204,6 +214,8 @@ def main() -> None:
         f"{args.warmup_steps}, validation on {args.val_examples} sampled users every {args.eval_every} steps",
     }
     data.setdefault("stages", {})
+    if args.reevaluate:
+        data["stages"] = {}
     data.setdefault("training", {})
     if args.fresh:
         shutil.rmtree(args.workdir, ignore_errors=True)
@@ -222,6 +234,7 @@ def main() -> None:
             data["stages"][stage] = {
                 "subset": report["subset"]["ranker"],
                 "overall": report["overall"]["ranker"],
+                "paired": report["paired"],
                 "time": minutes(seconds),
             }
         save(data)
