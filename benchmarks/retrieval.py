@@ -18,11 +18,13 @@ Run (from the repository root)::
     .venv/bin/python benchmarks/retrieval.py --profile --datasets ml-100k beauty
     .venv/bin/python benchmarks/retrieval.py --throughput --datasets ml-100k beauty games   # steps/s only
     .venv/bin/python benchmarks/retrieval.py --resume          # continue interrupted runs (exact, see --resume)
+    .venv/bin/python benchmarks/retrieval.py --grid --resume --datasets games --dropouts 0.3 0.4 0.5
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -368,6 +370,9 @@ def main() -> None:
     parser.add_argument("--progress", action="store_true", help="show the training progress bar")
     parser.add_argument("--resume", action="store_true", help="continue interrupted runs instead of restarting")
     parser.add_argument("--interim", action="store_true", help="evaluate the best weights so far of unfinished runs")
+    parser.add_argument("--grid", action="store_true", help="the paper's grid: every --dropouts x --weight-decays")
+    parser.add_argument("--dropouts", nargs="+", default=["0.1", "0.2", "0.3", "0.4", "0.5"])
+    parser.add_argument("--weight-decays", nargs="+", default=["0", "0.01"])
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a single run, in this process
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     parser.add_argument("--retriever", help=argparse.SUPPRESS)
@@ -381,42 +386,48 @@ def main() -> None:
         return
 
     command = "python benchmarks/retrieval.py " + shlex.join(sys.argv[1:])
-    for dataset in args.datasets:
-        for retriever in args.retrievers:
-            child = [
-                sys.executable,
-                __file__,
-                "--one",
-                "--dataset",
-                dataset,
-                "--retriever",
-                retriever,
-                "--workdir",
-                args.workdir,
-                *(f"--set={s}" for s in args.set),
-            ]
-            child += (
-                ["--throughput"] * args.throughput
-                + ["--profile"] * args.profile
-                + ["--progress"] * args.progress
-                + ["--resume"] * args.resume
-                + ["--interim"] * args.interim
-            )
-            print(f"== {dataset} / {retriever} {' '.join(args.set)}", flush=True)
-            done_key = key({"dataset": dataset, "retriever": retriever, "flags": parse_sets(args.set)})
-            if args.resume and not (args.throughput or args.profile or args.interim) and done_key in finished():
-                print("   finished already (see results/retrieval.json); skipped", flush=True)
-                continue
-            completed = subprocess.run(child, stdout=subprocess.PIPE, text=True)
-            if completed.returncode != 0:
-                print(f"   failed (exit {completed.returncode})", flush=True)
-                continue
-            output = completed.stdout.strip().splitlines()
-            result = json.loads(output[-1])
-            print("\n".join(output[:-1]))
-            print("  ", json.dumps(result), flush=True)
-            if not args.profile:
-                merge(result, "throughput" if args.throughput else "interim" if args.interim else "runs", command)
+    settings = [(args.set, args.workdir)]
+    if args.grid:  # each grid point in its own work directory, so that all of them can be resumed
+        settings = [
+            (args.set + [f"dropout={d}", f"weight_decay={w}"], f"{args.workdir}-grid/dropout={d},weight_decay={w}")
+            for d in args.dropouts
+            for w in args.weight_decays
+        ]
+    for (sets, workdir), dataset, retriever in itertools.product(settings, args.datasets, args.retrievers):
+        child = [
+            sys.executable,
+            __file__,
+            "--one",
+            "--dataset",
+            dataset,
+            "--retriever",
+            retriever,
+            "--workdir",
+            workdir,
+            *(f"--set={s}" for s in sets),
+        ]
+        child += (
+            ["--throughput"] * args.throughput
+            + ["--profile"] * args.profile
+            + ["--progress"] * args.progress
+            + ["--resume"] * args.resume
+            + ["--interim"] * args.interim
+        )
+        print(f"== {dataset} / {retriever} {' '.join(sets)}", flush=True)
+        done_key = key({"dataset": dataset, "retriever": retriever, "flags": parse_sets(sets)})
+        if args.resume and not (args.throughput or args.profile or args.interim) and done_key in finished():
+            print("   finished already (see results/retrieval.json); skipped", flush=True)
+            continue
+        completed = subprocess.run(child, stdout=subprocess.PIPE, text=True)
+        if completed.returncode != 0:
+            print(f"   failed (exit {completed.returncode})", flush=True)
+            continue
+        output = completed.stdout.strip().splitlines()
+        result = json.loads(output[-1])
+        print("\n".join(output[:-1]))
+        print("  ", json.dumps(result), flush=True)
+        if not args.profile:
+            merge(result, "throughput" if args.throughput else "interim" if args.interim else "runs", command)
 
 
 if __name__ == "__main__":
