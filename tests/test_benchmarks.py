@@ -25,3 +25,39 @@ def test_benchmark_imports_exist(path):
     imports = llamarec_imports(path)
     missing = [f"{module}.{name}" for module, name in imports if not hasattr(importlib.import_module(module), name)]
     assert not missing, f"{path.name} imports names llamarec_cli no longer has: {missing}"
+
+
+def test_the_gpu_comparison_runs_on_a_tiny_shape(llama2_tokenizer_dir):
+    """The Llama-2-7B-shaped GPU run is only reachable with a GPU; the same code on a tiny shape on the CPU."""
+    import sys
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from llamarec_cli.ranking.prompts import Example
+
+    sys.path.insert(0, str(BENCHMARKS[0].parent))
+    import efficiency
+
+    tokenizer = AutoTokenizer.from_pretrained(llama2_tokenizer_dir)
+    titles = {i: f"Movie number {i} ({1950 + i})" for i in range(1, 41)}
+    examples = [Example(list(range(1, 11)), list(range(11, 31)), 0)]
+    tiny = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+    gpu = efficiency.shaped_model_run(titles, examples, [5], tokenizer, shape=tiny, device="cpu", dtype=torch.float32)
+    (row,) = gpu["rows"]
+    assert row["title_tokens"] == 5 and row["generated_tokens"] >= 20 * 5 and row["prompt_tokens"] > 30 * 5
+    assert 0 < row["floor_s"] and row["speedup"] == row["generation_s"] / row["verbalizer_s"]
+    data = {
+        "command": "python benchmarks/efficiency.py",
+        "date": "today",
+        "machine": "test",
+        "threads": 1,
+        "cpu_parameters": gpu["parameters"],
+        "cpu_matmul_gflops": gpu["matmul_tflops"] * 1000,
+        "cpu": gpu["rows"],
+        "throughput": {"1": {"requests": 1, "seconds": 1.0, "requests_per_second": 1.0}},
+        "serve": {"ranker": "zero-shot", "requests": 1, "p50_s": 1.0, "p95_s": 1.0},
+        "gpu": gpu,
+    }
+    text = efficiency.markdown(data)
+    assert "Llama-2-7B shape (random weights, fp16) on cpu" in text and f"| 5 | {row['prompt_tokens']} |" in text
