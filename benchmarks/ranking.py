@@ -127,7 +127,9 @@ def markdown(data: dict) -> str:
         m = stage.get("subset")
         if m:
             d = stage.get("paired")
-            paired = f"{d['difference']:+.4f} ± {d['half_width']:.4f} | {d['better']} / {d['worse']}" if d else " | "
+            paired = " | "
+            if d:
+                paired = f"{d['difference']:+.4f} ± {d['half_width'] or 0:.4f} | {d['better']} / {d['worse']}"
             lines.append(
                 f"| {name} | {m['NDCG@10']:.4f} | {m['Recall@10']:.4f} | {m['MRR@10']:.4f} | {m['NDCG@5']:.4f} | "
                 f"{m['Recall@5']:.4f} | {paired} | {stage.get('time', '')} |"

@@ -252,6 +252,7 @@ def test_paired_difference_by_hand():
     assert d["difference"] == pytest.approx(-0.5 / 3)
     assert d["half_width"] == pytest.approx(1.96 * statistics.stdev(diffs) / math.sqrt(3))
     assert (d["users"], d["better"], d["worse"]) == (3, 1, 1)
+    assert paired_difference([1], [2])["half_width"] is None  # one user: no interval (and no NaN in the JSON)
 
 
 def test_evaluate_reports_both_views(chain_with_candidates, workdir, tiny_llama_dir):

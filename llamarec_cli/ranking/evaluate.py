@@ -38,7 +38,7 @@ def paired_difference(ranker: list[float], retriever: list[float], k: int = 10) 
     """Ranker minus retriever order in NDCG@k over the same users, with a 95% interval (normal, paired): whether
     a gain on a subset of a few hundred users is more than chance."""
     diffs = [ndcg_at(a, k) - ndcg_at(b, k) for a, b in zip(ranker, retriever)]
-    half = 1.96 * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    half = 1.96 * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None  # JSON has no NaN
     return {
         "metric": f"NDCG@{k}",
         "difference": statistics.fmean(diffs) if diffs else 0.0,
@@ -50,10 +50,10 @@ def paired_difference(ranker: list[float], retriever: list[float], k: int = 10) 
 
 
 def paired_summary(d: dict) -> str:
+    interval = f" ± {d['half_width']:.4f} (95%," if d["half_width"] is not None else " ("
     return (
-        f"Ranker minus retriever order, {d['metric']} on the subset: {d['difference']:+.4f} ± {d['half_width']:.4f} "
-        f"(95%, paired over {d['users']:,} users); the true item ranked higher for {d['better']:,} users, "
-        f"lower for {d['worse']:,}."
+        f"Ranker minus retriever order, {d['metric']} on the subset: {d['difference']:+.4f}{interval} paired over "
+        f"{d['users']:,} users); the true item ranked higher for {d['better']:,} users, lower for {d['worse']:,}."
     )
 
 
