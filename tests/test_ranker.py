@@ -175,6 +175,7 @@ def test_rank_train_keeps_the_best_adapter_in_peft_format(chain_with_candidates,
     best = max(manifest["validations"], key=lambda v: v["NDCG@10"])  # the first of equals
     assert manifest["best_step"] == best["step"]
     assert manifest["val_metrics"] == {k: v for k, v in best.items() if k not in ("step", "epoch")}
+    assert manifest["val_retriever_metrics"]["Recall@10"] == 1.0  # every subset user has the item among the 10
     assert not ranker_dir(workdir, "chain", ".default.partial").exists()
 
     from peft import PeftModel
@@ -298,6 +299,16 @@ def test_template_files_with_errors_are_refused_before_loading_a_model(tmp_path)
     bad.write_text('layout = "{input}"\n')
     with pytest.raises(DataFormatError, match="missing the field"):
         load_template(bad)
+
+
+def test_rank_train_command_ends_with_the_bar_to_clear(chain_with_candidates, workdir, tiny_llama_dir):
+    args = ["rank-train", "chain", "--model", str(tiny_llama_dir), "-w", str(workdir), "--device", "cpu"]
+    args += ["--batch-size", "2", "--max-train-examples", "8", "--eval-every", "2", "--max-val-examples", "4"]
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((ranker_dir(workdir, "chain", "default") / "manifest.json").read_text())
+    bar = manifest["val_retriever_metrics"]["NDCG@10"]
+    assert f"the retriever's order of the same users: NDCG@10 {bar:.4f}" in " ".join(result.output.split())
 
 
 def test_rank_train_runs_on_two_processes_under_accelerate_launch(chain_with_candidates, workdir, tiny_llama_dir):

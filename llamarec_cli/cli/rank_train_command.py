@@ -130,7 +130,8 @@ def rank_train(
     stderr.print(
         f"{manifest['steps']:,} steps on {manifest['train_examples']:,} examples, best at step "
         f"{manifest['best_step']:,}: validation subset NDCG@10 {metrics.get('NDCG@10', 0):.4f}, "
-        f"Recall@10 {metrics.get('Recall@10', 0):.4f}. Adapter: "
+        f"Recall@10 {metrics.get('Recall@10', 0):.4f} (the retriever's order of the same users: NDCG@10 "
+        f"{manifest['val_retriever_metrics']['NDCG@10']:.4f}). Adapter: "
         f"{Path(settings.workdir(workdir)) / dataset / 'ranker' / name / 'adapter'}"
     )
 

@@ -319,6 +319,7 @@ def train_ranker(
         "processes": accelerator.num_processes,
         "device": str(accelerator.device),
         "val_metrics": best_metrics,
+        "val_retriever_metrics": subset_metrics([e.target_index + 1.0 for e in val_examples]),  # the bar to clear
         "validations": validations,
         "versions": _versions(),
     }
