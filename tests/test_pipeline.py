@@ -31,9 +31,14 @@ def test_pipeline_runs_every_stage_then_reuses_them(smollm2_dir, workdir, monkey
     assert set(report["subset"]) == {"retriever", "ranker"}
     manifest = json.loads((workdir / "ml-100k" / "ranker" / "default" / "manifest.json").read_text())
     assert manifest["model"]["name"] == "smollm2-135m" and manifest["train_examples"] == 8
+    assert manifest["config"]["negatives"] == "retrieved"
     tokenizer_letters = manifest["letter_token_ids"]
     assert len(tokenizer_letters) == 20 and len(set(tokenizer_letters)) == 20
 
     again = runner.invoke(build_app(), ["pipeline", "-w", str(workdir), "--json", *REDUCED])
     assert again.exit_code == 0, again.output
     assert "the ranker exists" in again.output and "checkpoint exists" in again.output
+
+    other = runner.invoke(build_app(), ["pipeline", "-w", str(workdir), *REDUCED, "--negatives", "random"])
+    assert other.exit_code == 1 and "negatives retrieved (now random)" in " ".join(other.output.split())
+    assert (workdir / "ml-100k" / "ranker" / "default" / "adapter").is_dir()  # refused, not overwritten

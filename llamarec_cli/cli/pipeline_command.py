@@ -31,6 +31,9 @@ def pipeline(
     eval_every: Annotated[int, _budget("Validate the ranker every N steps.", "--eval-every")] = 16,
     batch_size: Annotated[int, _budget("Ranker examples per step.", "--batch-size")] = 4,
     lr: Annotated[float, _budget("Ranker learning rate.", "--lr")] = 5e-4,
+    negatives: Annotated[
+        str, _budget("Training candidates: the retriever's own (retrieved) or random.", "--negatives")
+    ] = "retrieved",
     test_examples: Annotated[
         int | None, _budget("Rank a sample of this many test users [default: all].", "--test-examples")
     ] = None,
@@ -55,6 +58,7 @@ def pipeline(
         batch_size=batch_size,
         lr=lr,
         warmup_steps=min(4, train_examples // batch_size),
+        negatives=negatives,
         test_examples=test_examples,
     )
     try:
