@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ArtifactError
+from .errors import ArtifactError, ConfigError
+from .ranking.examples import NEGATIVES
 
 
 @dataclass
@@ -52,6 +53,8 @@ def run_pipeline(
     from .retrieval.retrieve_train import train_retriever
 
     budget = budget or Budget()
+    if budget.negatives not in NEGATIVES:  # now, not after the retriever has trained
+        raise ConfigError(f"Unknown --negatives '{budget.negatives}'. Use one of: {', '.join(NEGATIVES)}.")
     try:
         data = load_dataset(workdir, dataset)
         log(f"1/5 preprocess: {dataset} is already in {workdir}.")

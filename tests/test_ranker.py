@@ -290,6 +290,8 @@ def test_cli_errors_are_one_line(chain, workdir, tiny_llama_dir):
     assert result.exit_code == 1 and "llamarec rank-train chain" in result.output
     result = runner.invoke(app, ["rank-train", "chain", "--negatives", "hard", "-w", str(workdir)])
     assert result.exit_code == 2 and "random, retrieved" in result.output
+    result = runner.invoke(app, ["pipeline", "chain", "--negatives", "hard", "-w", str(workdir)])
+    assert result.exit_code == 2 and "random, retrieved" in result.output and "1/5" not in result.output
     result = runner.invoke(app, ["templates", "show", "nope"])
     assert result.exit_code == 2 and "Known prompt templates: alpaca-short, plain" in result.output
 
