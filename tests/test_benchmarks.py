@@ -61,3 +61,15 @@ def test_the_gpu_comparison_runs_on_a_tiny_shape(llama2_tokenizer_dir):
     }
     text = efficiency.markdown(data)
     assert "Llama-2-7B shape (random weights, fp16) on cpu" in text and f"| 5 | {row['prompt_tokens']} |" in text
+
+
+def test_the_retrieval_interval_by_hand():
+    import sys
+
+    sys.path.insert(0, str(BENCHMARKS[0].parent))
+    import retrieval
+
+    run = {"dataset": "ml-100k", "retriever": "lrurec", "test": {"Recall@10": 0.1}, "test_users": 100}
+    line = retrieval.noise(run, {"Recall@10": 0.2})  # 1.96 * sqrt(0.1 * 0.9 / 100) = 0.0588
+    assert "0.1000 ± 0.0588" in line and "0.2000 is outside it" in line
+    assert "inside it" in retrieval.noise(run, {"Recall@10": 0.15})
