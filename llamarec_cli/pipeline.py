@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ArtifactError, ConfigError
-from .ranking.examples import NEGATIVES
+from .errors import ArtifactError
+from .ranking.examples import check_negatives
 
 
 @dataclass
@@ -53,8 +53,7 @@ def run_pipeline(
     from .retrieval.retrieve_train import train_retriever
 
     budget = budget or Budget()
-    if budget.negatives not in NEGATIVES:  # now, not after the retriever has trained
-        raise ConfigError(f"Unknown --negatives '{budget.negatives}'. Use one of: {', '.join(NEGATIVES)}.")
+    check_negatives(budget.negatives)  # now, not after the retriever has trained
     try:
         data = load_dataset(workdir, dataset)
         log(f"1/5 preprocess: {dataset} is already in {workdir}.")

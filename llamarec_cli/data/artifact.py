@@ -100,7 +100,7 @@ class Dataset:
         found = self.users.filter(pl.col("original_id") == str(user))["user"]
         if found.len():
             return int(found[0])
-        if str(user).isdigit() and int(user) in set(self.users["user"].to_list()):
+        if str(user).isdigit() and self.users.filter(pl.col("user") == int(user)).height:
             return int(user)
         return None
 

@@ -15,6 +15,8 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+
 from ..data.artifact import load_dataset
 from ..errors import ArtifactError
 from ..retrieval.candidates import load_candidates
@@ -30,14 +32,15 @@ def _pick(metrics: dict, ks=KS) -> dict[str, float]:
     return {f"{name}@{k}": metrics.get(f"{name}@{k}", 0.0) for k in ks for name in NAMES}
 
 
-def ndcg_at(rank: float, k: int = 10) -> float:
-    return 1 / math.log2(rank + 1) if rank <= k else 0.0
-
-
 def paired_difference(ranker: list[float], retriever: list[float], k: int = 10) -> dict:
     """Ranker minus retriever order in NDCG@k over the same users, with a 95% interval (normal, paired): whether
     a gain on a subset of a few hundred users is more than chance."""
-    diffs = [ndcg_at(a, k) - ndcg_at(b, k) for a, b in zip(ranker, retriever)]
+    from ..evaluation.metrics import metrics_at
+
+    def per_user(ranks: list[float]):
+        return metrics_at(torch.tensor(ranks, dtype=torch.float64), ks=(k,))[f"NDCG@{k}"]
+
+    diffs = (per_user(ranker) - per_user(retriever)).tolist()
     half = 1.96 * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None  # JSON has no NaN
     return {
         "metric": f"NDCG@{k}",

@@ -79,6 +79,11 @@ def retrieved_examples(
     return examples
 
 
+def check_negatives(negatives: str) -> None:
+    if negatives not in NEGATIVES:
+        raise ConfigError(f"Unknown --negatives '{negatives}'. Use one of: {', '.join(NEGATIVES)}.")
+
+
 def training_examples(
     dataset,
     *,
@@ -90,8 +95,7 @@ def training_examples(
     device="cpu",
 ) -> list[Example]:
     """The training requests, in a seeded random order; at most ``max_examples`` of them."""
-    if negatives not in NEGATIVES:
-        raise ConfigError(f"Unknown --negatives '{negatives}'. Use one of: {', '.join(NEGATIVES)}.")
+    check_negatives(negatives)
     train = dataset.sequences("train")
     pairs = prefixes(train)
     order = np.random.default_rng(seed).permutation(len(pairs))
