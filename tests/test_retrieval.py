@@ -17,7 +17,7 @@ from llamarec_cli.retrieval.candidates import export_candidates, load_candidates
 from llamarec_cli.retrieval.checkpoint import partial_dir, retriever_dir
 from llamarec_cli.retrieval.contract import ConfigError, parse_value
 from llamarec_cli.retrieval.data import eval_set, pad_left, training_windows
-from llamarec_cli.retrieval.lru import LRURecConfig
+from llamarec_cli.retrieval.lru import LRURec, LRURecConfig
 from llamarec_cli.retrieval.retrieve_train import resolve_config, retriever_class, train_retriever
 
 FAST = {"hidden": 16, "val_every": 10, "patience": 3, "max_epochs": 12}
@@ -33,11 +33,23 @@ def weights(workdir, name="lrurec"):
 
 def test_training_windows_cover_every_label_once():
     seq = list(range(1, 12))  # 11 items, max_len 4: windows of 5 from the end, stepping by 4
-    assert training_windows([seq], 4) == [[7, 8, 9, 10, 11], [3, 4, 5, 6, 7], [1, 2, 3]]
+    assert training_windows([seq], 4) == [[7, 8, 9, 10, 11], [3, 4, 5, 6, 7], [0, 1, 2, 3]]
     labels = [x for w in training_windows([seq], 4) for x in w[1:]]
-    assert sorted(labels) == seq[1:]
+    assert labels == [8, 9, 10, 11, 4, 5, 6, 7, 1, 2, 3]  # the first item too: it has room after a padding input
+    assert training_windows([[1, 2, 3, 4, 5]], 4) == [[1, 2, 3, 4, 5]]  # four inputs fill the window
     assert training_windows([[5]], 4) == []  # nothing to predict
     assert pad_left([[1, 2], [3]]).tolist() == [[1, 2], [0, 3]]
+
+
+def test_a_windows_loss_does_not_depend_on_its_batch():
+    """Left padding to the batch's longest window must not add or drop labels of the shorter ones."""
+    torch.manual_seed(0)
+    model = LRURec(LRURecConfig(hidden=8), num_items=20).eval()
+    short, long = training_windows([[3, 4, 5], list(range(1, 9))], 8)
+    with torch.no_grad():
+        alone = [model.loss(pad_left([w])) * (len(w) - 1) for w in (short, long)]
+        together = model.loss(pad_left([short, long])) * (len(short) - 1 + len(long) - 1)
+    assert torch.allclose(sum(alone), together, atol=1e-5)
 
 
 def test_eval_inputs_follow_the_split(chain):

@@ -19,13 +19,18 @@ def pad_left(sequences: list[list[int]], length: int | None = None) -> torch.Ten
 
 def training_windows(sequences: list[list[int]], max_len: int) -> list[list[int]]:
     """Each training sequence whole if its max_len inputs fit, else windows of max_len + 1 items taken from the
-    end (max_len inputs and their next items), stepping by max_len so every item is a label exactly once.
-    Sequences of one item have nothing to predict and give no window."""
+    end (max_len inputs and their next items), stepping by max_len so every later item is a label exactly once.
+
+    A window that starts its sequence and has room begins with a padding id, so its first item is a label read
+    from the empty history (as in the reference) whatever shares its batch: before, it was one only when a longer
+    window in the batch made left padding put a padding input before it. One-item sequences give no window."""
     windows = []
     for seq in sequences:
         end = len(seq)
         while end >= 2:
-            windows.append(seq[max(0, end - max_len - 1) : end])
+            start = max(0, end - max_len - 1)
+            window = seq[start:end]
+            windows.append([0, *window] if start == 0 and len(window) <= max_len else window)
             end -= max_len
     return windows
 
