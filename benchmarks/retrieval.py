@@ -314,11 +314,11 @@ def table(title: str, dataset: str, rows: dict) -> list[str]:
         if "test_users" in run:
             lines.append(noise(run, PAPER.get(dataset, {}).get(run["retriever"], {})))
     for name, run in sorted(rows.items()):
-        extra = (
-            f", {run['validations_without_gain']} validations without gain so far"
-            if "validations_without_gain" in run
-            else ""
-        )
+        extra = ""
+        if "validations_without_gain" in run:
+            extra = f", {run['validations_without_gain']} validations without gain so far"
+        elif run.get("stopped_early") is False:
+            extra = f", stopped by the cap of {run['config']['max_epochs']} epochs, not by early stopping"
         lines.append(
             f"- `{name}`: `{run['command']}` ({run['date']}, {run['machine']}, {run['threads']} threads{extra})"
         )

@@ -73,3 +73,21 @@ def test_the_retrieval_interval_by_hand():
     line = retrieval.noise(run, {"Recall@10": 0.2})  # 1.96 * sqrt(0.1 * 0.9 / 100) = 0.0588
     assert "0.1000 ± 0.0588" in line and "0.2000 is outside it" in line
     assert "inside it" in retrieval.noise(run, {"Recall@10": 0.15})
+
+
+def test_a_retrieval_run_stopped_by_the_epoch_cap_says_so():
+    import sys
+
+    sys.path.insert(0, str(BENCHMARKS[0].parent))
+    import retrieval
+
+    run = {
+        "dataset": "ml-100k", "retriever": "bert4rec", "test": dict.fromkeys(retrieval.COLUMNS, 0.1),
+        "test_users": 610, "epochs": 500.0, "steps": 26500, "best_step": 26000, "train_seconds": 600.0,
+        "steps_per_second": 3.0, "peak_rss_mib": 1000.0, "command": "python benchmarks/retrieval.py",
+        "date": "2026-11-22", "machine": "x86_64, 2 cores", "threads": 1, "config": {"max_epochs": 500},
+        "stopped_early": False,
+    }  # fmt: skip
+    assert "stopped by the cap of 500 epochs" in "\n".join(retrieval.table("ml-100k", "ml-100k", {"b": run}))
+    run["stopped_early"] = True
+    assert "cap of" not in "\n".join(retrieval.table("ml-100k", "ml-100k", {"b": run}))
