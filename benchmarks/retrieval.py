@@ -19,6 +19,8 @@ Run (from the repository root)::
     .venv/bin/python benchmarks/retrieval.py --throughput --datasets ml-100k beauty games   # steps/s only
     .venv/bin/python benchmarks/retrieval.py --resume          # continue interrupted runs (exact, see --resume)
     .venv/bin/python benchmarks/retrieval.py --grid --resume --datasets games --dropouts 0.3 0.4 0.5
+    # finished runs minus the default run, user by user on the same test users (95% paired interval):
+    .venv/bin/python benchmarks/retrieval.py --paired /tmp/llamarec-bench-retrieval --grid --datasets games ...
 """
 
 from __future__ import annotations
@@ -256,6 +258,36 @@ def interim(args) -> dict:
     }
 
 
+def test_ranks(workdir: Path, dataset_name: str, retriever: str) -> list[float]:
+    """The test item's rank for every test user, from a finished checkpoint."""
+    from llamarec_cli.data.artifact import load_dataset
+    from llamarec_cli.evaluation.metrics import ranks
+    from llamarec_cli.retrieval.data import eval_set
+    from llamarec_cli.retrieval.evaluate import scored_batches
+    from llamarec_cli.retrieval.retrieve_train import load_retriever
+
+    dataset = load_dataset(workdir, dataset_name)
+    model, _ = load_retriever(workdir, dataset, retriever)
+    return [r for _, scores, targets in scored_batches(model, eval_set(dataset, "test"), "cpu")
+            for r in ranks(scores, targets).tolist()]  # fmt: skip
+
+
+def paired(args) -> dict:
+    """A finished run minus the run in --paired (same dataset and retriever), per test user: whether a gap that
+    looks like chance between two independent figures is more than chance when both rank the same users."""
+    from llamarec_cli.ranking.evaluate import paired_difference
+
+    ours = test_ranks(Path(args.workdir), args.dataset, args.retriever)
+    base = test_ranks(Path(args.paired), args.dataset, args.retriever)
+    return {
+        "dataset": args.dataset,
+        "retriever": args.retriever,
+        "flags": parse_sets(args.set),
+        "against": args.paired,
+        **{m: paired_difference(ours, base, k=10, metric=m) for m in ("Recall", "NDCG")},
+    }
+
+
 def finished() -> dict:
     path = RESULTS / "retrieval.json"
     return json.loads(path.read_text()).get("runs", {}) if path.is_file() else {}
@@ -325,6 +357,26 @@ def table(title: str, dataset: str, rows: dict) -> list[str]:
     return lines + [""]
 
 
+def paired_table(dataset: str, rows: dict) -> list[str]:
+    def cell(d):
+        return f"{d['difference']:+.4f} ± {d['half_width']:.4f}"
+
+    lines = [
+        f"## {dataset}: paired against another run (same test users)",
+        "",
+        "| run | minus | Recall@10 (95%, paired) | NDCG@10 (95%, paired) | test item ranked higher / lower |",
+        "|---|---|---|---|---|",
+    ]
+    for name, run in sorted(rows.items()):
+        n = run["NDCG"]
+        lines.append(
+            f"| {name} | `{run['against']}` | {cell(run['Recall'])} | {cell(n)} | {n['better']:,} / {n['worse']:,} |"
+        )
+    lines.append("")
+    lines += [f"- `{name}`: `{run['command']}` ({run['date']})" for name, run in sorted(rows.items())]
+    return lines + [""]
+
+
 def markdown(data: dict) -> str:
     lines = [
         "# Retrieval benchmark",
@@ -340,6 +392,9 @@ def markdown(data: dict) -> str:
             rows = {k: v for k, v in data.get(section, {}).items() if v["dataset"] == dataset}
             if rows:
                 lines += table(dataset + label, dataset, rows)
+        rows = {k: v for k, v in data.get("paired", {}).items() if v["dataset"] == dataset}
+        if rows:
+            lines += paired_table(dataset, rows)
     if data.get("throughput"):
         lines += [
             "## Training throughput (step alone, median of 5 rounds of 20 steps, default config)",
@@ -370,6 +425,7 @@ def main() -> None:
     parser.add_argument("--progress", action="store_true", help="show the training progress bar")
     parser.add_argument("--resume", action="store_true", help="continue interrupted runs instead of restarting")
     parser.add_argument("--interim", action="store_true", help="evaluate the best weights so far of unfinished runs")
+    parser.add_argument("--paired", metavar="WORKDIR", help="compare finished runs with the run in WORKDIR, paired")
     parser.add_argument("--grid", action="store_true", help="the paper's grid: every --dropouts x --weight-decays")
     parser.add_argument("--dropouts", nargs="+", default=["0.1", "0.2", "0.3", "0.4", "0.5"])
     parser.add_argument("--weight-decays", nargs="+", default=["0", "0.01"])
@@ -378,7 +434,9 @@ def main() -> None:
     parser.add_argument("--retriever", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        if args.interim:
+        if args.paired:
+            result = paired(args)
+        elif args.interim:
             result = interim(args)
         else:
             result = throughput(args) if (args.throughput or args.profile) else one_run(args)
@@ -412,10 +470,15 @@ def main() -> None:
             + ["--progress"] * args.progress
             + ["--resume"] * args.resume
             + ["--interim"] * args.interim
+            + ([f"--paired={args.paired}"] if args.paired else [])
         )
         print(f"== {dataset} / {retriever} {' '.join(sets)}", flush=True)
         done_key = key({"dataset": dataset, "retriever": retriever, "flags": parse_sets(sets)})
-        if args.resume and not (args.throughput or args.profile or args.interim) and done_key in finished():
+        if (
+            args.resume
+            and not (args.throughput or args.profile or args.interim or args.paired)
+            and done_key in finished()
+        ):
             print("   finished already (see results/retrieval.json); skipped", flush=True)
             continue
         completed = subprocess.run(child, stdout=subprocess.PIPE, text=True)
@@ -427,7 +490,10 @@ def main() -> None:
         print("\n".join(output[:-1]))
         print("  ", json.dumps(result), flush=True)
         if not args.profile:
-            merge(result, "throughput" if args.throughput else "interim" if args.interim else "runs", command)
+            section = (
+                "paired" if args.paired else "throughput" if args.throughput else "interim" if args.interim else "runs"
+            )
+            merge(result, section, command)
 
 
 if __name__ == "__main__":

@@ -91,3 +91,23 @@ def test_a_retrieval_run_stopped_by_the_epoch_cap_says_so():
     assert "stopped by the cap of 500 epochs" in "\n".join(retrieval.table("ml-100k", "ml-100k", {"b": run}))
     run["stopped_early"] = True
     assert "cap of" not in "\n".join(retrieval.table("ml-100k", "ml-100k", {"b": run}))
+
+
+def test_paired_retrieval_runs_by_hand():
+    import sys
+
+    sys.path.insert(0, str(BENCHMARKS[0].parent))
+    import retrieval
+
+    from llamarec_cli.ranking.evaluate import paired_difference
+
+    ours, base = [1, 3, 12, 40], [2, 11, 12, 5]  # Recall@10 per user: 1,1,0,0 against 1,0,0,1
+    recall = paired_difference(ours, base, k=10, metric="Recall")
+    assert (
+        recall["metric"] == "Recall@10"
+        and recall["difference"] == 0.0
+        and (recall["better"], recall["worse"]) == (2, 1)
+    )
+    run = {"dataset": "games", "against": "/base", "command": "c", "date": "d", "Recall": recall}
+    run["NDCG"] = paired_difference(ours, base, k=10)
+    assert "| g | `/base` | +0.0000 ± " in "\n".join(retrieval.paired_table("games", {"g": run}))

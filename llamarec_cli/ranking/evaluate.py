@@ -32,18 +32,18 @@ def _pick(metrics: dict, ks=KS) -> dict[str, float]:
     return {f"{name}@{k}": metrics.get(f"{name}@{k}", 0.0) for k in ks for name in NAMES}
 
 
-def paired_difference(ranker: list[float], retriever: list[float], k: int = 10) -> dict:
-    """Ranker minus retriever order in NDCG@k over the same users, with a 95% interval (normal, paired): whether
-    a gain on a subset of a few hundred users is more than chance."""
+def paired_difference(ranker: list[float], retriever: list[float], k: int = 10, metric: str = "NDCG") -> dict:
+    """Ranker minus retriever order in NDCG@k (or another metric) over the same users, with a 95% interval
+    (normal, paired): whether a gain on a subset of a few hundred users is more than chance."""
     from ..evaluation.metrics import metrics_at
 
     def per_user(ranks: list[float]):
-        return metrics_at(torch.tensor(ranks, dtype=torch.float64), ks=(k,))[f"NDCG@{k}"]
+        return metrics_at(torch.tensor(ranks, dtype=torch.float64), ks=(k,))[f"{metric}@{k}"]
 
     diffs = (per_user(ranker) - per_user(retriever)).tolist()
     half = 1.96 * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None  # JSON has no NaN
     return {
-        "metric": f"NDCG@{k}",
+        "metric": f"{metric}@{k}",
         "difference": statistics.fmean(diffs) if diffs else 0.0,
         "half_width": half,
         "users": len(diffs),
