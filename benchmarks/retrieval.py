@@ -275,7 +275,7 @@ def test_ranks(workdir: Path, dataset_name: str, retriever: str) -> list[float]:
 def paired(args) -> dict:
     """A finished run minus the run in --paired (same dataset and retriever), per test user: whether a gap that
     looks like chance between two independent figures is more than chance when both rank the same users."""
-    from llamarec_cli.ranking.evaluate import paired_difference
+    from llamarec_cli.evaluation.metrics import paired_difference
 
     ours = test_ranks(Path(args.workdir), args.dataset, args.retriever)
     base = test_ranks(Path(args.paired), args.dataset, args.retriever)

@@ -3,6 +3,7 @@ into a run. Every name they import from llamarec_cli must exist."""
 
 import ast
 import importlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,14 @@ def llamarec_imports(path: Path) -> list[tuple[str, str]]:
     ]
 
 
+def benchmark(name: str):
+    """A script of benchmarks/ as a module (the folder is not a package)."""
+    folder = str(BENCHMARKS[0].parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
 @pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: p.name)
 def test_benchmark_imports_exist(path):
     imports = llamarec_imports(path)
@@ -29,15 +38,12 @@ def test_benchmark_imports_exist(path):
 
 def test_the_gpu_comparison_runs_on_a_tiny_shape(llama2_tokenizer_dir):
     """The Llama-2-7B-shaped GPU run is only reachable with a GPU; the same code on a tiny shape on the CPU."""
-    import sys
-
     import torch
     from transformers import AutoTokenizer
 
     from llamarec_cli.ranking.prompts import Example
 
-    sys.path.insert(0, str(BENCHMARKS[0].parent))
-    import efficiency
+    efficiency = benchmark("efficiency")
 
     tokenizer = AutoTokenizer.from_pretrained(llama2_tokenizer_dir)
     titles = {i: f"Movie number {i} ({1950 + i})" for i in range(1, 41)}
@@ -64,11 +70,7 @@ def test_the_gpu_comparison_runs_on_a_tiny_shape(llama2_tokenizer_dir):
 
 
 def test_the_retrieval_interval_by_hand():
-    import sys
-
-    sys.path.insert(0, str(BENCHMARKS[0].parent))
-    import retrieval
-
+    retrieval = benchmark("retrieval")
     run = {"dataset": "ml-100k", "retriever": "lrurec", "test": {"Recall@10": 0.1}, "test_users": 100}
     line = retrieval.noise(run, {"Recall@10": 0.2})  # 1.96 * sqrt(0.1 * 0.9 / 100) = 0.0588
     assert "0.1000 ± 0.0588" in line and "0.2000 is outside it" in line
@@ -76,11 +78,7 @@ def test_the_retrieval_interval_by_hand():
 
 
 def test_a_retrieval_run_stopped_by_the_epoch_cap_says_so():
-    import sys
-
-    sys.path.insert(0, str(BENCHMARKS[0].parent))
-    import retrieval
-
+    retrieval = benchmark("retrieval")
     run = {
         "dataset": "ml-100k", "retriever": "bert4rec", "test": dict.fromkeys(retrieval.COLUMNS, 0.1),
         "test_users": 610, "epochs": 500.0, "steps": 26500, "best_step": 26000, "train_seconds": 600.0,
@@ -94,12 +92,8 @@ def test_a_retrieval_run_stopped_by_the_epoch_cap_says_so():
 
 
 def test_paired_retrieval_runs_by_hand():
-    import sys
-
-    sys.path.insert(0, str(BENCHMARKS[0].parent))
-    import retrieval
-
-    from llamarec_cli.ranking.evaluate import paired_difference
+    retrieval = benchmark("retrieval")
+    from llamarec_cli.evaluation.metrics import paired_difference
 
     ours, base = [1, 3, 12, 40], [2, 11, 12, 5]  # Recall@10 per user: 1,1,0,0 against 1,0,0,1
     recall = paired_difference(ours, base, k=10, metric="Recall")

@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from llamarec_cli.cli import build_app
 from llamarec_cli.errors import ArtifactError, ConfigError, DataFormatError
+from llamarec_cli.evaluation.metrics import paired_difference
 from llamarec_cli.ranking.config import RankerConfig
-from llamarec_cli.ranking.evaluate import evaluate, load_ranker, paired_difference
+from llamarec_cli.ranking.evaluate import evaluate, load_ranker
 from llamarec_cli.ranking.examples import random_negative_examples, training_examples, valid_subset
 from llamarec_cli.ranking.prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
 from llamarec_cli.ranking.scoring import score_examples

@@ -10,15 +10,12 @@ The report goes to ``<workdir>/<dataset>/reports/evaluate-<ranker>.{json,md}``.
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
 from pathlib import Path
 
-import torch
-
 from ..data.artifact import load_dataset
 from ..errors import ArtifactError
+from ..evaluation.metrics import paired_difference
 from ..retrieval.candidates import load_candidates
 from ..retrieval.checkpoint import write_json
 from .examples import valid_subset
@@ -30,26 +27,6 @@ NAMES = ("MRR", "NDCG", "Recall")
 
 def _pick(metrics: dict, ks=KS) -> dict[str, float]:
     return {f"{name}@{k}": metrics.get(f"{name}@{k}", 0.0) for k in ks for name in NAMES}
-
-
-def paired_difference(ranker: list[float], retriever: list[float], k: int = 10, metric: str = "NDCG") -> dict:
-    """Ranker minus retriever order in NDCG@k (or another metric) over the same users, with a 95% interval
-    (normal, paired): whether a gain on a subset of a few hundred users is more than chance."""
-    from ..evaluation.metrics import metrics_at
-
-    def per_user(ranks: list[float]):
-        return metrics_at(torch.tensor(ranks, dtype=torch.float64), ks=(k,))[f"{metric}@{k}"]
-
-    diffs = (per_user(ranker) - per_user(retriever)).tolist()
-    half = 1.96 * statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None  # JSON has no NaN
-    return {
-        "metric": f"{metric}@{k}",
-        "difference": statistics.fmean(diffs) if diffs else 0.0,
-        "half_width": half,
-        "users": len(diffs),
-        "better": sum(a < b for a, b in zip(ranker, retriever)),
-        "worse": sum(a > b for a, b in zip(ranker, retriever)),
-    }
 
 
 def paired_summary(d: dict) -> str:
