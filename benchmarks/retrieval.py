@@ -299,19 +299,29 @@ def key(result: dict) -> str:
 
 
 def merge(result: dict, section: str, command: str) -> None:
+    """Add one result to retrieval.json and rewrite retrieval.md. Benchmarks run side by side (one per core), so
+    the read-modify-write holds a lock and each file is replaced atomically: no result is lost, none half-written."""
+    import fcntl
+
+    from llamarec_cli.retrieval.checkpoint import write_json
+
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "retrieval.json"
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data.setdefault(section, {})[key(result)] = {
-        **result,
-        "command": command,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    if section == "runs":  # a finished run replaces its interim figures
-        data.get("interim", {}).pop(key(result), None)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    (RESULTS / "retrieval.md").write_text(markdown(data))
+    with open(RESULTS / ".retrieval.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        data.setdefault(section, {})[key(result)] = {
+            **result,
+            "command": command,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "date": time.strftime("%Y-%m-%d"),
+        }
+        if section == "runs":  # a finished run replaces its interim figures
+            data.get("interim", {}).pop(key(result), None)
+        write_json(path, data)
+        tmp = RESULTS / f".retrieval.md.tmp-{os.getpid()}"
+        tmp.write_text(markdown(data))
+        os.replace(tmp, RESULTS / "retrieval.md")
 
 
 def noise(run: dict, paper: dict) -> str:
