@@ -303,8 +303,6 @@ def merge(result: dict, section: str, command: str) -> None:
     the read-modify-write holds a lock and each file is replaced atomically: no result is lost, none half-written."""
     import fcntl
 
-    from llamarec_cli.retrieval.checkpoint import write_json
-
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "retrieval.json"
     with open(RESULTS / ".retrieval.lock", "w") as lock:
@@ -318,10 +316,15 @@ def merge(result: dict, section: str, command: str) -> None:
         }
         if section == "runs":  # a finished run replaces its interim figures
             data.get("interim", {}).pop(key(result), None)
-        write_json(path, data)
-        tmp = RESULTS / f".retrieval.md.tmp-{os.getpid()}"
-        tmp.write_text(markdown(data))
-        os.replace(tmp, RESULTS / "retrieval.md")
+        replace_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        replace_text(RESULTS / "retrieval.md", markdown(data))
+
+
+def replace_text(path: Path, text: str) -> None:
+    """A reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def noise(run: dict, paper: dict) -> str:

@@ -3,6 +3,7 @@ into a run. Every name they import from llamarec_cli must exist."""
 
 import ast
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -105,3 +106,24 @@ def test_paired_retrieval_runs_by_hand():
     run = {"dataset": "games", "against": "/base", "command": "c", "date": "d", "Recall": recall}
     run["NDCG"] = paired_difference(ours, base, k=10)
     assert "| g | `/base` | +0.0000 ± " in "\n".join(retrieval.paired_table("games", {"g": run}))
+
+
+def test_retrieval_results_from_processes_side_by_side_are_all_kept(tmp_path, monkeypatch):
+    """Benchmarks run one per core and each merges its result when it ends: none may overwrite another's."""
+    import multiprocessing
+
+    retrieval = benchmark("retrieval")
+    monkeypatch.setattr(retrieval, "RESULTS", tmp_path)
+    monkeypatch.setattr(retrieval, "markdown", lambda data: "")  # the table is tested above
+    fork = multiprocessing.get_context("fork")
+    workers = [
+        fork.Process(target=retrieval.merge, args=({"dataset": "games", "retriever": f"r{i}"}, "runs", "c"))
+        for i in range(8)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    runs = json.loads((tmp_path / "retrieval.json").read_text())["runs"]
+    assert sorted(runs) == [f"games/r{i}" for i in range(8)]
+    assert not list(tmp_path.glob(".*.tmp-*"))  # no half-written file left behind
