@@ -390,6 +390,40 @@ def paired_table(dataset: str, rows: dict) -> list[str]:
     return lines + [""]
 
 
+def default_config(dataset: str, retriever: str) -> dict:
+    """The config ``llamarec retrieve-train DATASET --retriever NAME`` uses today, without flags."""
+    from llamarec_cli.retrieval.retrieve_train import resolve_config, retriever_class
+
+    return resolve_config(retriever_class(retriever), dataset, {})[0].to_dict()
+
+
+def defaults_table(runs: dict, default_config=default_config) -> list[str]:
+    """The headline: each finished run whose config is today's default, against the paper. Picked by config, not
+    by name, so a row trained under an older default never passes for the current one."""
+    lines = [
+        "## Today's default settings against the paper",
+        "",
+        "| dataset | retriever | Recall@10 (95%) | paper | ours - paper | NDCG@10 | paper | ours - paper | run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for dataset, retrievers in PAPER.items():
+        for retriever, paper in retrievers.items():
+            if not any(run["dataset"] == dataset and run["retriever"] == retriever for run in runs.values()):
+                continue  # e.g. the baselines' plugin is not installed
+            config = default_config(dataset, retriever)
+            for name, run in sorted(runs.items()):
+                if run["dataset"] != dataset or run["retriever"] != retriever or run["config"] != config:
+                    continue
+                recall, ndcg = run["test"]["Recall@10"], run["test"]["NDCG@10"]
+                half = 1.96 * math.sqrt(recall * (1 - recall) / run["test_users"])
+                lines.append(
+                    f"| {dataset} | {retriever} | {recall:.4f} ± {half:.4f} | {paper['Recall@10']:.4f} "
+                    f"| {recall - paper['Recall@10']:+.4f} | {ndcg:.4f} | {paper['NDCG@10']:.4f} "
+                    f"| {ndcg - paper['NDCG@10']:+.4f} | `{name}` |"
+                )
+    return lines + [""] if len(lines) > 4 else []
+
+
 def markdown(data: dict) -> str:
     lines = [
         "# Retrieval benchmark",
@@ -399,6 +433,7 @@ def markdown(data: dict) -> str:
         "names the command that produced it.",
         "",
     ]
+    lines += defaults_table(data.get("runs", {}))
     sections = [("runs", ""), ("interim", " (interim: not early-stopped yet, best weights so far)")]
     for dataset in ("ml-100k", "beauty", "games"):
         for section, label in sections:

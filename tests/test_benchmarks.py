@@ -127,3 +127,21 @@ def test_retrieval_results_from_processes_side_by_side_are_all_kept(tmp_path, mo
     runs = json.loads((tmp_path / "retrieval.json").read_text())["runs"]
     assert sorted(runs) == [f"games/r{i}" for i in range(8)]
     assert not list(tmp_path.glob(".*.tmp-*"))  # no half-written file left behind
+
+
+def test_the_retrieval_headline_picks_runs_by_todays_default_config():
+    retrieval = benchmark("retrieval")
+    test = {"Recall@10": 0.15, "NDCG@10": 0.08}
+    runs = {
+        "games/lrurec [dropout=0.2]": {"dataset": "games", "retriever": "lrurec", "config": {"dropout": 0.2}},
+        "games/lrurec": {"dataset": "games", "retriever": "lrurec", "config": {"dropout": 0.5}},
+    }
+    for run in runs.values():
+        run |= {"test": test, "test_users": 10_000}
+    lines = retrieval.defaults_table(runs, default_config=lambda dataset, retriever: {"dropout": 0.5})
+    rows = [line for line in lines if line.startswith("| games")]
+    # 1.96 * sqrt(0.15 * 0.85 / 10000) = 0.0070; the paper's games figures are 0.1463 / 0.0800
+    assert rows == [
+        "| games | lrurec | 0.1500 ± 0.0070 | 0.1463 | +0.0037 | 0.0800 | 0.0800 | +0.0000 | `games/lrurec` |"
+    ]
+    assert retrieval.defaults_table(runs, default_config=lambda dataset, retriever: {"dropout": 0.1}) == []
