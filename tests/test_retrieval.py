@@ -112,10 +112,11 @@ def test_user_flags_beat_dataset_and_retriever_defaults(monkeypatch):
     cls = retriever_class("lrurec")
     config, sources = resolve_config(cls, "ml-100k", {})
     assert (config.batch_size, config.max_len) == (16, 200) and sources["batch_size"] == "dataset"
-    config, _ = resolve_config(cls, "beauty", {})
-    assert (config.batch_size, config.max_len, config.dropout) == (64, 50, 0.2)
-    config, sources = resolve_config(cls, "games", {})  # the grid's choice for games
+    config, sources = resolve_config(cls, "beauty", {})  # the grid's choice for beauty and games
+    assert (config.batch_size, config.max_len, config.dropout) == (64, 50, 0.5) and sources["dropout"] == "retriever"
+    config, sources = resolve_config(cls, "games", {})
     assert config.dropout == 0.5 and sources["dropout"] == "retriever"
+    assert resolve_config(cls, "ml-100k", {})[0].dropout == 0.2
     assert resolve_config(cls, "games", {"dropout": 0.1})[0].dropout == 0.1
     monkeypatch.setattr(cls, "dataset_defaults", {"beauty": {"dropout": 0.3, "batch_size": 32}})
     config, sources = resolve_config(cls, "beauty", {"batch_size": 8})
