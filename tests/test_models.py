@@ -274,6 +274,8 @@ def test_4bit_on_cpu_loads_runs_and_trains_lora(tiny_llama_dir):
     quant = model.config.quantization_config
     assert (quant.bnb_4bit_quant_type, quant.bnb_4bit_use_double_quant) == ("nf4", True)
     assert quant.bnb_4bit_compute_dtype == torch.float32  # CPU: the model dtype; bf16 on GPUs that support it
+    # bitsandbytes' AVX512-BF16 layout, taken at an eval forward, passes no gradient: it must stay off, on any CPU
+    assert not any(m.support_avx512bf16_for_cpu for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
 
     ids = loaded.tokenizer(["### Response:\nA"], return_tensors="pt").input_ids
     with torch.no_grad():

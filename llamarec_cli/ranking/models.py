@@ -279,6 +279,18 @@ def quantization_config(quantization: str, dtype: str):
     )
 
 
+def _keep_4bit_trainable(model) -> None:
+    """bitsandbytes repacks a 4-bit weight for its AVX512-BF16 CPU kernel at the first eval forward without grad,
+    and the packed kernel passes no gradient to its input, for good: a LoRA trained after any evaluation (the
+    zero-shot figures, a validation) would silently stop learning on CPUs with AVX512-BF16. Keep the layout that
+    trains."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
@@ -323,6 +335,8 @@ def load_model(
             local_files_only=offline,
         )
     model.eval()
+    if quantization == "4bit" and torch_device.type == "cpu":
+        _keep_4bit_trainable(model)
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
