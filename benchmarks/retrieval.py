@@ -327,10 +327,14 @@ def replace_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def recall_half_width(run: dict) -> float:
+    """How far Recall@10 can move by chance alone: half the 95% interval of a proportion over the test users."""
+    p = run["test"]["Recall@10"]
+    return 1.96 * math.sqrt(p * (1 - p) / run["test_users"])
+
+
 def noise(run: dict, paper: dict) -> str:
-    """How far Recall@10 can move by chance alone: the 95% interval of a proportion over the test users."""
-    p, n = run["test"]["Recall@10"], run["test_users"]
-    half = 1.96 * math.sqrt(p * (1 - p) / n)
+    p, n, half = run["test"]["Recall@10"], run["test_users"], recall_half_width(run)
     line = f"- `{key(run)}`: Recall@10 {p:.4f} ± {half:.4f} (95% interval over {n:,} test users)"
     if "Recall@10" in paper:
         inside = abs(paper["Recall@10"] - p) <= half
@@ -414,8 +418,7 @@ def defaults_table(runs: dict, default_config=default_config) -> list[str]:
             for name, run in sorted(runs.items()):
                 if run["dataset"] != dataset or run["retriever"] != retriever or run["config"] != config:
                     continue
-                recall, ndcg = run["test"]["Recall@10"], run["test"]["NDCG@10"]
-                half = 1.96 * math.sqrt(recall * (1 - recall) / run["test_users"])
+                recall, ndcg, half = run["test"]["Recall@10"], run["test"]["NDCG@10"], recall_half_width(run)
                 lines.append(
                     f"| {dataset} | {retriever} | {recall:.4f} ± {half:.4f} | {paper['Recall@10']:.4f} "
                     f"| {recall - paper['Recall@10']:+.4f} | {ndcg:.4f} | {paper['NDCG@10']:.4f} "
