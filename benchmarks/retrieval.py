@@ -427,6 +427,37 @@ def defaults_table(runs: dict, default_config=default_config) -> list[str]:
     return lines + [""] if len(lines) > 4 else []
 
 
+def settings_table(dataset: str, runs: dict, default_config=default_config) -> list[str]:
+    """Every finished run of a retriever tried with more than one config on DATASET, best validation Recall@10
+    first: the paper's grid search as far as it has run. The paper chooses by validation; the test columns show
+    what each choice gives. Only the config keys that differ between the runs are shown."""
+    lines = []
+    for retriever in sorted({run["retriever"] for run in runs.values() if run["dataset"] == dataset}):
+        rows = {k: r for k, r in runs.items() if r["dataset"] == dataset and r["retriever"] == retriever}
+        configs = [run["config"] for run in rows.values()]
+        keys = sorted(k for k in set().union(*configs) if len({str(c.get(k)) for c in configs}) > 1)
+        if not keys:
+            continue  # one run, or runs that differ in nothing
+        default = default_config(dataset, retriever)
+        header = " | ".join(k.replace("_", " ") for k in keys)
+        lines += [
+            f"## {dataset}: {retriever} settings tried, best validation first",
+            "",
+            f"| {header} | validation Recall@10 | test Recall@10 | test NDCG@10 | best step | date | run |",
+            "|" + "---|" * (len(keys) + 6),
+        ]
+        for name, run in sorted(rows.items(), key=lambda item: -item[1]["val"]["Recall@10"]):
+            settings = " | ".join(str(run["config"].get(k, "")) for k in keys)
+            val, test = run["val"]["Recall@10"], run["test"]
+            mark = " (today's default)" if run["config"] == default else ""
+            lines.append(
+                f"| {settings} | {val:.4f} | {test['Recall@10']:.4f} | {test['NDCG@10']:.4f} "
+                f"| {run['best_step']:,} | {run['date']} | `{name}`{mark} |"
+            )
+        lines.append("")
+    return lines
+
+
 def markdown(data: dict) -> str:
     lines = [
         "# Retrieval benchmark",
@@ -443,6 +474,7 @@ def markdown(data: dict) -> str:
             rows = {k: v for k, v in data.get(section, {}).items() if v["dataset"] == dataset}
             if rows:
                 lines += table(dataset + label, dataset, rows)
+        lines += settings_table(dataset, data.get("runs", {}))
         rows = {k: v for k, v in data.get("paired", {}).items() if v["dataset"] == dataset}
         if rows:
             lines += paired_table(dataset, rows)

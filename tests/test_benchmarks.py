@@ -145,3 +145,28 @@ def test_the_retrieval_headline_picks_runs_by_todays_default_config():
         "| games | lrurec | 0.1500 ± 0.0070 | 0.1463 | +0.0037 | 0.0800 | 0.0800 | +0.0000 | `games/lrurec` |"
     ]
     assert retrieval.defaults_table(runs, default_config=lambda dataset, retriever: {"dropout": 0.1}) == []
+
+
+def test_the_settings_tried_are_listed_best_validation_first_with_only_the_keys_that_differ():
+    retrieval = benchmark("retrieval")
+
+    def run(dropout, weight_decay, val):
+        config = {"dropout": dropout, "weight_decay": weight_decay, "lr": 0.001}
+        return {
+            "dataset": "games", "retriever": "lrurec", "config": config, "val": {"Recall@10": val},
+            "test": {"Recall@10": val - 0.01, "NDCG@10": 0.07}, "best_step": 7000, "date": "2026-12-02",
+        }  # fmt: skip
+
+    runs = {"a": run(0.2, 0.01, 0.148), "b": run(0.5, 0.01, 0.158), "c": run(0.5, 0.0, 0.150)}
+    runs["other"] = run(0.2, 0.01, 0.2) | {"dataset": "beauty"}
+    lines = retrieval.settings_table("games", runs, default_config=lambda d, r: runs["b"]["config"])
+    assert (
+        lines[2]
+        == "| dropout | weight decay | validation Recall@10 | test Recall@10 | test NDCG@10 | best step | date | run |"
+    )
+    assert lines[4:7] == [
+        "| 0.5 | 0.01 | 0.1580 | 0.1480 | 0.0700 | 7,000 | 2026-12-02 | `b` (today's default) |",
+        "| 0.5 | 0.0 | 0.1500 | 0.1400 | 0.0700 | 7,000 | 2026-12-02 | `c` |",
+        "| 0.2 | 0.01 | 0.1480 | 0.1380 | 0.0700 | 7,000 | 2026-12-02 | `a` |",
+    ]
+    assert retrieval.settings_table("beauty", runs) == []  # one run: nothing was compared
