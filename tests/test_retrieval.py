@@ -116,7 +116,8 @@ def test_user_flags_beat_dataset_and_retriever_defaults(monkeypatch):
     assert (config.batch_size, config.max_len, config.dropout) == (64, 50, 0.5) and sources["dropout"] == "retriever"
     config, sources = resolve_config(cls, "games", {})
     assert config.dropout == 0.5 and sources["dropout"] == "retriever"
-    assert resolve_config(cls, "ml-100k", {})[0].dropout == 0.2
+    assert resolve_config(cls, "ml-100k", {})[0].dropout == 0.5
+    assert resolve_config(cls, "my-plugin-dataset", {})[0].dropout == 0.2  # METHOD.md's, for any other dataset
     assert resolve_config(cls, "games", {"dropout": 0.1})[0].dropout == 0.1
     monkeypatch.setattr(cls, "dataset_defaults", {"beauty": {"dropout": 0.3, "batch_size": 32}})
     config, sources = resolve_config(cls, "beauty", {"batch_size": 8})
