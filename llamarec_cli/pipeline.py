@@ -105,7 +105,7 @@ def run_pipeline(
         )
 
     log("5/5 evaluate")
-    return evaluate(dataset, workdir=workdir, device=device, max_examples=budget.test_examples)
+    return evaluate(dataset, workdir=workdir, device=device, max_examples=budget.test_examples, log=log)
 
 
 def _finished_ranker(workdir: Path, data) -> dict | None:

@@ -17,6 +17,11 @@ def isolated_env(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LLAMAREC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("LLAMAREC_OFFLINE", "1")
+    # --dtype auto on a CPU follows a measured probe: pinned here to a CPU without fast bf16 (fp32), so that a test
+    # means the same on every machine; tests of the choice itself (test_precision.py) set their own rates.
+    from llamarec_cli.ranking import precision
+
+    monkeypatch.setattr(precision, "matmul_gflops", lambda dtype, **kw: {"fp32": 100.0, "bf16": 50.0}[dtype])
 
 
 @pytest.fixture
@@ -107,6 +112,36 @@ def chain(workdir):
         yield preprocess("chain", workdir=workdir)
     finally:
         plugins.unregister_plugin("chain-plugin")
+
+
+@pytest.fixture
+def chain_with_candidates(chain, workdir):
+    """'chain' with a small LRURec trained and its top-10 candidates exported."""
+    from llamarec_cli.retrieval.candidates import export_candidates
+    from llamarec_cli.retrieval.retrieve_train import train_retriever
+
+    flags = {"hidden": 16, "val_every": 10, "patience": 2, "max_epochs": 6}
+    train_retriever("chain", workdir=workdir, device="cpu", flags=flags)
+    export_candidates("chain", workdir=workdir, k=10, device="cpu")
+    return chain
+
+
+def fast_config(tiny_llama_dir, **changes):
+    """A rank-train config for the tiny Llama on 'chain': a few seconds."""
+    from llamarec_cli.ranking.config import RankerConfig
+
+    values = dict(
+        model=str(tiny_llama_dir),
+        batch_size=4,
+        max_train_examples=24,
+        eval_every=2,
+        patience=50,
+        warmup_steps=1,
+        lr=1e-3,
+        max_val_examples=8,
+        eval_batch_size=8,
+    )
+    return RankerConfig(**(values | changes))
 
 
 # --- LLM fixtures (session-scoped: built once, read-only for the tests) ---------------------------------------------

@@ -23,7 +23,6 @@ from llamarec_cli.ranking.models import (
     load_tokenizer,
     lora_target_modules,
     quantization_config,
-    resolve_dtype,
     resolve_model,
 )
 
@@ -300,12 +299,7 @@ def test_quantization_and_dtype_choices(monkeypatch, tiny_llama_dir):
     assert default_quantization("cpu") == "none"
     assert default_quantization("cuda") == default_quantization("cuda:1") == "4bit"
 
-    assert resolve_dtype("auto", "cpu") == "fp32" and resolve_dtype("bf16", "cpu") == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert resolve_dtype("auto", "cuda:0") == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert resolve_dtype("auto", "cuda:0") == "fp32"
-
+    # --dtype auto: tests/test_precision.py
     four = quantization_config("4bit", "bf16")
     assert four.load_in_4bit and four.bnb_4bit_quant_type == "nf4" and four.bnb_4bit_use_double_quant
     assert four.bnb_4bit_compute_dtype == torch.bfloat16

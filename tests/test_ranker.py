@@ -9,13 +9,13 @@ import statistics
 
 import pytest
 import torch
+from conftest import fast_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
 from llamarec_cli.cli import build_app
 from llamarec_cli.errors import ArtifactError, ConfigError, DataFormatError
 from llamarec_cli.evaluation.metrics import paired_difference
-from llamarec_cli.ranking.config import RankerConfig
 from llamarec_cli.ranking.evaluate import evaluate, load_ranker
 from llamarec_cli.ranking.examples import random_negative_examples, training_examples, valid_subset
 from llamarec_cli.ranking.prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
@@ -23,8 +23,7 @@ from llamarec_cli.ranking.scoring import score_examples
 from llamarec_cli.ranking.templates import load_template
 from llamarec_cli.ranking.train import label_loss, ranker_dir, train_ranker
 from llamarec_cli.ranking.verbalizer import VerbalizerError, derive_verbalizer
-from llamarec_cli.retrieval.candidates import export_candidates, load_candidates
-from llamarec_cli.retrieval.retrieve_train import train_retriever
+from llamarec_cli.retrieval.candidates import load_candidates
 
 TITLES = {i: f"Movie number {i} ({1990 + i % 30})" for i in range(1, 41)}
 LLAMA_LETTER_A = 29909  # the piece "A" after "\n"; tokenizer.encode("A") alone is "▁A" (319), the reference's bug
@@ -141,29 +140,6 @@ def test_random_negatives_follow_the_reference():
     assert len(positions) > 5  # shuffled, not always in one slot
 
 
-@pytest.fixture
-def chain_with_candidates(chain, workdir):
-    flags = {"hidden": 16, "val_every": 10, "patience": 2, "max_epochs": 6}
-    train_retriever("chain", workdir=workdir, device="cpu", flags=flags)
-    export_candidates("chain", workdir=workdir, k=10, device="cpu")
-    return chain
-
-
-def fast_config(tiny_llama_dir, **changes) -> RankerConfig:
-    values = dict(
-        model=str(tiny_llama_dir),
-        batch_size=4,
-        max_train_examples=24,
-        eval_every=2,
-        patience=50,
-        warmup_steps=1,
-        lr=1e-3,
-        max_val_examples=8,
-        eval_batch_size=8,
-    )
-    return RankerConfig(**(values | changes))
-
-
 def test_rank_train_keeps_the_best_adapter_in_peft_format(chain_with_candidates, workdir, tiny_llama_dir):
     manifest = train_ranker("chain", workdir=workdir, config=fast_config(tiny_llama_dir), device="cpu")
     folder = ranker_dir(workdir, "chain", "default")
@@ -190,7 +166,9 @@ def test_a_full_precision_ranker_is_served_merged_with_the_same_scores(chain_wit
     from peft import PeftModel
 
     train_ranker("chain", workdir=workdir, config=fast_config(tiny_llama_dir), device="cpu")
-    merged, encoder, _ = load_ranker(chain_with_candidates, workdir, device="cpu")
+    ranker = load_ranker(chain_with_candidates, workdir, device="cpu")
+    merged, encoder = ranker.model, ranker.encoder
+    assert ranker.dtype == "fp32"
     assert not isinstance(merged, PeftModel)
     folder = ranker_dir(workdir, "chain", "default") / "adapter"
     wrapped = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), folder).eval()

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import settings
-from .options import DatasetName, Device, Json, RetrieverName, TemplatesDir, TrustRemoteCode, Workdir
+from .options import DatasetName, Device, Dtype, Json, RetrieverName, TemplatesDir, TrustRemoteCode, Workdir
 from .output import print_json, stderr, stdout
 
 EPILOG = (
@@ -33,6 +33,7 @@ def evaluate(
         int | None, typer.Option("--max-examples", help="Rank a seeded sample of this many subset users.")
     ] = None,
     quantization: Annotated[str | None, typer.Option("--quantization", help="4bit, 8bit, none or auto.")] = None,
+    dtype: Dtype = None,
     device: Device = "auto",
     trust_remote_code: TrustRemoteCode = False,
     workdir: Workdir = None,
@@ -51,10 +52,12 @@ def evaluate(
         template=template,
         device=device,
         quantization=quantization,
+        dtype=dtype,
         batch_size=batch_size,
         max_examples=max_examples,
         templates_dir=templates_dir,
         trust_remote_code=trust_remote_code,
+        log=lambda message: stderr.print(message, highlight=False),
     )
     if json_output:
         print_json(report)

@@ -35,3 +35,12 @@ TemplatesDir = Annotated[
 TrustRemoteCode = Annotated[
     bool, typer.Option("--trust-remote-code", help="Let transformers run the model repository's own Python code.")
 ]
+Dtype = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype",
+        help="bf16, fp16, fp32 or auto (bf16 where the GPU supports it or the CPU multiplies it fast) "
+        "\\[default: the ranker's].",
+        show_default=False,
+    ),
+]

@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from .. import settings
-from .options import DatasetName, Device, Json, RetrieverName, Workdir
-from .output import print_json, stdout
+from .options import DatasetName, Device, Dtype, Json, RetrieverName, Workdir
+from .output import print_json, stderr, stdout
 
 EPILOG = (
     "Examples:  llamarec serve-shell ml-100k   ·   llamarec serve-shell ml-100k --user 1 --json   ·   "
@@ -28,6 +28,7 @@ def serve_shell(
     adapter: Annotated[str | None, typer.Option("--adapter", help="none: the base model zero-shot.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Base model for --adapter none.")] = None,
     retriever: RetrieverName = "lrurec",
+    dtype: Dtype = None,
     device: Device = "auto",
     workdir: Workdir = None,
     json_output: Json = False,
@@ -43,15 +44,21 @@ def serve_shell(
         ranker=ranker,
         adapter=adapter,
         model=model,
+        dtype=dtype,
         device=device,
     )
+    if recommender.dtype_reason:
+        stderr.print(recommender.dtype_reason, highlight=False)
     if user is not None or history is not None:
         items = recommender.user_history(user) if user is not None else parse_history(recommender, history)
         rec = recommender.recommend(items)
         if json_output:
             result = rec.to_dict()
             result["ranked"] = result["ranked"][:top] if result["ranked"] is not None else None
-            print_json({"dataset": dataset, "user": user, "ranker": recommender.ranker_name, **result})
+            print_json(
+                {"dataset": dataset, "user": user, "ranker": recommender.ranker_name, "dtype": recommender.dtype}
+                | result
+            )
         else:
             print_recommendation(stdout, rec, top, f"User {user}" if user is not None else "Your history")
         return

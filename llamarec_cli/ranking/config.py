@@ -10,6 +10,7 @@ from ..errors import ConfigError
 from ..retrieval.contract import option
 from .examples import NEGATIVES
 from .models import DEFAULT_MODEL, QUANTIZATIONS
+from .precision import DTYPES
 from .templates import DEFAULT_TEMPLATE
 
 
@@ -19,7 +20,11 @@ class RankerConfig:
     template: str = option(DEFAULT_TEMPLATE, "Prompt template: a name (llamarec templates list) or a .toml path.")
     retriever: str = option("lrurec", "Whose candidates to rank (llamarec candidates --retriever).")
     quantization: str = option("auto", "4bit (QLoRA, NF4), 8bit or none; auto: 4bit on CUDA, none on CPU.")
-    dtype: str = option("auto", "Compute dtype: bf16, fp16 or fp32; auto: bf16 where the GPU supports it, else fp32.")
+    dtype: str = option(
+        "auto",
+        "Compute dtype of the frozen base: bf16, fp16 or fp32 (LoRA weights and optimizer state stay fp32); auto: "
+        "bf16 where the GPU supports it or the CPU multiplies it fast (measured once), else fp32.",
+    )
     lora_r: int = option(8, "LoRA rank.")
     lora_alpha: int = option(32, "LoRA alpha (scale = alpha / r).")
     lora_dropout: float = option(0.05, "Dropout on the LoRA input.")
@@ -38,6 +43,11 @@ class RankerConfig:
     patience: int = option(20, "Stop after this many validations without a better NDCG@10.")
     max_val_examples: int | None = option(None, "Validate on a seeded sample of this many validation users.")
     eval_batch_size: int = option(8, "Requests per forward pass when scoring.")
+    tokens_per_pass: int | None = option(
+        None,
+        "Most tokens per forward pass: a step's batch is split into passes whose gradients add up to the batch's, "
+        "and scoring batches are cut alike; auto: 1,024 on CPU (less memory, no slower), the whole batch on GPU.",
+    )
     clip: float = option(1.0, "Gradient-norm clipping (the reference's transformers Trainer default).")
     gradient_checkpointing: bool | None = option(None, "Recompute activations to save memory; auto: on with CUDA.")
     seed: int = option(42, "Seed for example sampling, negatives, batch order and LoRA init.")
@@ -46,13 +56,15 @@ class RankerConfig:
         for name in ("lora_r", "lora_alpha", "epochs", "batch_size", "eval_every", "patience", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("max_train_examples", "max_val_examples"):
+        for name in ("max_train_examples", "max_val_examples", "tokens_per_pass"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
         if self.lr <= 0 or self.clip <= 0 or not 0 <= self.lora_dropout < 1 or self.warmup_steps < 0:
             raise ConfigError("lr and clip must be positive, lora_dropout in [0, 1) and warmup_steps >= 0")
         if self.negatives not in NEGATIVES:
             raise ConfigError(f"Unknown negatives '{self.negatives}'. Use one of: {', '.join(NEGATIVES)}.")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"Unknown dtype '{self.dtype}'. Use one of: {', '.join(DTYPES)}.")
         if self.quantization not in QUANTIZATIONS:
             raise ConfigError(f"Unknown quantization '{self.quantization}'. Use one of: {', '.join(QUANTIZATIONS)}.")
 

@@ -11,7 +11,10 @@ The report goes to ``<workdir>/<dataset>/reports/evaluate-<ranker>.{json,md}``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..data.artifact import load_dataset
 from ..errors import ArtifactError
@@ -37,6 +40,15 @@ def paired_summary(d: dict) -> str:
     )
 
 
+@dataclass
+class Ranker:
+    model: Any  # the LLM, in eval mode, with the adapter applied (merged where that is exact)
+    encoder: Any  # PromptEncoder
+    description: str
+    dtype: str  # the compute dtype chosen (bf16, fp16, fp32)
+    dtype_reason: str  # why, in one line
+
+
 def load_ranker(
     dataset,
     workdir: Path,
@@ -47,10 +59,12 @@ def load_ranker(
     template: str | None = None,
     device: str = "auto",
     quantization: str | None = None,
+    dtype: str | None = None,
     templates_dir: Path | None = None,
     trust_remote_code: bool = False,
-):
-    """(model, PromptEncoder, description) for a trained ranker, or a zero-shot one with ``adapter="none"``."""
+) -> Ranker:
+    """A trained ranker, or a zero-shot one with ``adapter="none"``. ``dtype``: as the ranker was trained (its
+    --dtype, usually auto, decided again for this machine) unless given."""
     from .models import DEFAULT_MODEL, load_model
     from .prompts import PromptEncoder
     from .templates import DEFAULT_TEMPLATE, load_template
@@ -68,7 +82,7 @@ def load_ranker(
         model or config.get("model", DEFAULT_MODEL),
         quantization=quantization or config.get("quantization", "auto"),
         device=device,
-        dtype=config.get("dtype", "auto"),
+        dtype=dtype or config.get("dtype", "auto"),
         trust_remote_code=trust_remote_code,
     )
     prompt = load_template(template or config.get("template", DEFAULT_TEMPLATE), templates_dir)
@@ -84,12 +98,14 @@ def load_ranker(
 
         folder = Path(adapter) if adapter else ranker_dir(workdir, dataset.name, ranker) / "adapter"
         llm = PeftModel.from_pretrained(llm, folder)
-        if loaded.quantization == "none":
-            llm = llm.merge_and_unload()  # exact in full precision, and about 5% faster to run than the LoRA wrapper
+        if loaded.quantization == "none" and loaded.dtype == "fp32":
+            # Exact in full precision, and a little faster than the LoRA wrapper. Not in bf16: W + BA rounded to
+            # bf16's 8 mantissa bits loses most of the small update BA, while the wrapper adds it in fp32.
+            llm = llm.merge_and_unload()
         description = f"{ranker} ({manifest['config']['model']} + LoRA)"
     else:
         description = f"zero-shot {model or config.get('model', DEFAULT_MODEL)}"
-    return llm.eval(), encoder, description
+    return Ranker(llm.eval(), encoder, description, loaded.dtype, loaded.dtype_reason)
 
 
 def evaluate(
@@ -103,10 +119,12 @@ def evaluate(
     template: str | None = None,
     device: str = "auto",
     quantization: str | None = None,
+    dtype: str | None = None,
     batch_size: int = 8,
     max_examples: int | None = None,
     templates_dir: Path | None = None,
     trust_remote_code: bool = False,
+    log: Callable[[str], None] = lambda message: None,
 ) -> dict:
     """Rank the test subset (unless ``ranker == "none"``) and write the report; returns it.
 
@@ -132,7 +150,7 @@ def evaluate(
     }
     name = "retriever"
     if ranker != "none":
-        llm, encoder, description = load_ranker(
+        loaded = load_ranker(
             dataset,
             workdir,
             ranker=ranker,
@@ -141,15 +159,23 @@ def evaluate(
             template=template,
             device=device,
             quantization=quantization,
+            dtype=dtype,
             templates_dir=templates_dir,
             trust_remote_code=trust_remote_code,
         )
+        log(loaded.dtype_reason)
         began = time.perf_counter()
-        ranks = rank_subset(llm, encoder, examples, batch_size)
+        ranks = rank_subset(loaded.model, loaded.encoder, examples, batch_size)
         seconds = time.perf_counter() - began
         subset_view = _pick(subset_metrics(ranks))
         name = "zero-shot" if adapter == "none" else ranker
-        report["ranker"] = {"name": name, "description": description, "seconds": round(seconds, 1)}
+        report["ranker"] = {
+            "name": name,
+            "description": loaded.description,
+            "dtype": loaded.dtype,
+            "dtype_reason": loaded.dtype_reason,
+            "seconds": round(seconds, 1),
+        }
         report["subset"]["ranker"] = subset_view
         report["overall"]["ranker"] = {key: value * subset.hit_rate for key, value in subset_view.items()}
         report["paired"] = paired_difference(ranks, retriever_ranks)
@@ -176,7 +202,8 @@ def to_markdown(report: dict) -> str:
     if report["ranked_users"] < report["subset_users"]:
         lines.append(f"Estimate: a seeded sample of {report['ranked_users']:,} subset users was ranked.")
     if "ranker" in report:
-        lines.append(f"Ranker: {report['ranker']['description']}, {report['ranker']['seconds']} s for the subset.")
+        r = report["ranker"]
+        lines.append(f"Ranker: {r['description']} in {r.get('dtype', 'fp32')}, {r['seconds']} s for the subset.")
     if "paired" in report:
         lines.append(paired_summary(report["paired"]))
     for view, title in (("subset", "Valid retrieval subset"), ("overall", "All test users")):

@@ -24,10 +24,10 @@ from typing import Any
 
 from .. import settings
 from ..errors import ConfigError, ModelError
+from .precision import DTYPES, choose_dtype
 
 DEFAULT_MODEL = "meta-llama/Llama-2-7b-hf"
 QUANTIZATIONS = ("auto", "4bit", "8bit", "none")
-DTYPES = ("auto", "bf16", "fp16", "fp32")
 LORA_DEFAULT_TARGETS = ["q_proj", "v_proj"]  # the LlamaRec / QLoRA choice for Llama-like attention
 
 LOCAL_COPY = "pass --model /path/to/a/local/copy (a directory with config.json, the weights and the tokenizer)"
@@ -51,6 +51,7 @@ class LoadedModel:
     quantization: str  # 4bit, 8bit or none
     dtype: str  # bf16, fp16 or fp32
     device: str
+    dtype_reason: str = ""  # why that dtype, in one line
 
 
 # --- names to sources ---------------------------------------------------------------------------------------------
@@ -240,16 +241,6 @@ def default_quantization(device: str) -> str:
     return "4bit" if str(device).startswith("cuda") else "none"
 
 
-def resolve_dtype(dtype: str, device) -> str:
-    """bf16 on GPUs that support it; fp32 elsewhere (fp16 training without loss scaling overflows)."""
-    import torch
-
-    _check(dtype, DTYPES, "dtype")
-    if dtype != "auto":
-        return dtype
-    return "bf16" if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-
-
 def _torch_dtype(dtype: str):
     import torch
 
@@ -300,7 +291,8 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> LoadedModel:
     """The causal LM and its tokenizer, on ``device``, in eval mode. ``quantization`` auto: 4bit on CUDA, none on
-    CPU; ``dtype`` auto: bf16 on GPUs that support it, else fp32 (also the 4-bit compute dtype)."""
+    CPU; ``dtype`` auto: bf16 where the GPU supports it or the CPU multiplies it fast, else fp32 (precision.py); it is
+    also the 4-bit compute dtype."""
     _check(quantization, QUANTIZATIONS, "quantization")
     _check(dtype, DTYPES, "dtype")
     for module in ("transformers", "accelerate"):
@@ -314,7 +306,8 @@ def load_model(
     if torch_device.type == "cuda" and torch_device.index is None:
         torch_device = torch.device("cuda", torch.cuda.current_device())  # device_map needs an index
     quantization = default_quantization(torch_device.type) if quantization == "auto" else quantization
-    dtype = resolve_dtype(dtype, torch_device)
+    choice = choose_dtype(dtype, torch_device)
+    dtype = choice.dtype
     bnb = quantization_config(quantization, dtype)
 
     source = resolve_model(name)
@@ -340,7 +333,7 @@ def load_model(
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return LoadedModel(model, tokenizer, source, quantization, dtype, str(torch_device))
+    return LoadedModel(model, tokenizer, source, quantization, dtype, str(torch_device), choice.reason)
 
 
 @contextmanager

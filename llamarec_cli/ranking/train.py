@@ -40,7 +40,7 @@ from ..retrieval.train import Reporter, resolve_device
 from .config import RankerConfig
 from .examples import training_examples, valid_subset
 from .prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
-from .scoring import rank_of_target, score_examples
+from .scoring import passes, rank_of_target, score_examples, tokens_per_pass
 from .verbalizer import position_ids
 
 EARLY_STOP_METRIC = "NDCG@10"
@@ -72,18 +72,44 @@ def label_loss(model, input_ids, attention_mask, labels) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, -span:].reshape(-1), ignore_index=IGNORE)
 
 
+def accumulate_step(model, accelerator, encoder, examples: list[Example], pad: int, token_cap: int | None):
+    """Gradients of one step's mean label loss, in forward passes of at most ``token_cap`` tokens each.
+
+    Activations kept for the backward pass cost about a megabyte per token (30 layers of SmolLM2 in bf16), so a step
+    of 16 prompts of 600 tokens in one pass needs gigabytes; passes of a prompt or two keep it near one, at the same
+    speed on a CPU (scoring.py says why). Each pass's mean is weighted by its share of the step's label tokens, so
+    the gradient is the whole batch's. Returns the step's loss."""
+    from contextlib import nullcontext
+
+    encoded = [encoder.training_ids(e) for e in examples]
+    counts = [sum(label != IGNORE for label in labels) for _, labels in encoded]
+    groups = passes([len(ids) for ids, _ in encoded], len(encoded), token_cap)
+    total = torch.zeros((), device=accelerator.device)
+    for n, group in enumerate(groups):
+        batch = pad_left([encoded[i][0] for i in group], pad, [encoded[i][1] for i in group]).to(accelerator.device)
+        weight = sum(counts[i] for i in group) / sum(counts)
+        last = n == len(groups) - 1
+        with nullcontext() if last else accelerator.no_sync(model):  # all-reduce the gradients once per step
+            loss = label_loss(model, batch.input_ids, batch.attention_mask, batch.labels) * weight
+            accelerator.backward(loss)
+        total += loss.detach()
+    return total
+
+
 def subset_metrics(ranks: list[float]) -> dict[str, float]:
     sums = MetricSums(ks=(1, 5, 10))
     sums.add(torch.tensor(ranks, dtype=torch.float64))
     return sums.result()
 
 
-def rank_subset(model, encoder: PromptEncoder, examples: list[Example], batch_size: int, accelerator=None):
+def rank_subset(
+    model, encoder: PromptEncoder, examples: list[Example], batch_size: int, accelerator=None, max_tokens=None
+):
     """Ranks of the true candidates, each process scoring its share (all gathered on every process)."""
     share = examples
     if accelerator is not None and accelerator.num_processes > 1:
         share = examples[accelerator.process_index :: accelerator.num_processes]
-    scores = score_examples(model, encoder, share, batch_size=batch_size)
+    scores = score_examples(model, encoder, share, batch_size=batch_size, max_tokens=max_tokens)
     ranks = [rank_of_target(s, e.target_index) for s, e in zip(scores, share)]
     if accelerator is not None and accelerator.num_processes > 1:
         from accelerate.utils import gather_object
@@ -172,6 +198,7 @@ def train_ranker(
         dtype=config.dtype,
         trust_remote_code=trust_remote_code,
     )
+    reporter.note(loaded.dtype_reason)
     encoder = PromptEncoder(loaded.tokenizer, template, dataset.titles)
     k = candidates_manifest["k"]
     encoder.verbalizer.ids(k)  # more candidates than letters: refused before any training
@@ -235,7 +262,7 @@ def train_ranker(
 
     def validate(batch_done: int) -> bool:
         nonlocal best, best_step, best_metrics, bad
-        ranks = rank_subset(model, encoder, val_examples, config.eval_batch_size, accelerator)
+        ranks = rank_subset(model, encoder, val_examples, config.eval_batch_size, accelerator, config.tokens_per_pass)
         metrics = subset_metrics(ranks)
         improved = metrics.get(EARLY_STOP_METRIC, 0.0) > best
         if improved:
@@ -257,6 +284,7 @@ def train_ranker(
         return bad >= config.patience
 
     pad = pad_id(loaded.tokenizer)
+    token_cap = tokens_per_pass(accelerator.device, config.tokens_per_pass)
     stopped = interrupted = False
     model.train()
     try:
@@ -270,18 +298,14 @@ def train_ranker(
                 began = time.perf_counter()
                 rows = order[batch_index * global_batch : (batch_index + 1) * global_batch].tolist()
                 rows = rows[accelerator.process_index :: accelerator.num_processes]
-                encoded = [encoder.training_ids(examples[i]) for i in rows]
-                batch = pad_left([ids for ids, _ in encoded], pad, [labels for _, labels in encoded])
-                batch = batch.to(accelerator.device)
-                loss = label_loss(model, batch.input_ids, batch.attention_mask, batch.labels)
-                accelerator.backward(loss)
+                loss = accumulate_step(model, accelerator, encoder, [examples[i] for i in rows], pad, token_cap)
                 accelerator.clip_grad_norm_(trainable, config.clip)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 train_seconds += time.perf_counter() - began
-                reporter.step(accelerator.reduce(loss.detach(), reduction="mean").item())
+                reporter.step(accelerator.reduce(loss, reduction="mean").item())
                 if step % config.eval_every == 0 and validate(batch_index + 1):
                     stopped = True
                     break
@@ -304,6 +328,7 @@ def train_ranker(
             "source": loaded.source,
             "quantization": loaded.quantization,
             "dtype": loaded.dtype,
+            "dtype_reason": loaded.dtype_reason,
         },
         "template": {"name": template.name, "sha256": sha256_of(template.path)},
         "letter_token_ids": list(encoder.verbalizer.token_ids),

@@ -47,6 +47,9 @@ class Reporter:
 
     def validated(self, step: int, metrics: dict[str, float], best: float, bad: int, patience: int) -> None: ...
 
+    def note(self, message: str) -> None:
+        """One line worth telling before the training starts (e.g. the dtype chosen, and why)."""
+
     def close(self) -> None: ...
 
 
@@ -92,6 +95,9 @@ class RichReporter(Reporter):
             f"(best {self.metric} {best:.4f}, {bad}/{patience} without gain)"
         )
         self.progress.update(self.task, status=self._status())
+
+    def note(self, message):
+        self.progress.console.print(message, highlight=False)
 
     def close(self):
         self.progress.stop()

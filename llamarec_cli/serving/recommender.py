@@ -94,6 +94,7 @@ class Recommender:
         ranker: str = "default",
         adapter: str | None = None,
         model: str | None = None,
+        dtype: str | None = None,
         device: str = "auto",
         candidates: int = 20,
     ):
@@ -112,12 +113,14 @@ class Recommender:
         self.index = TitleIndex(self.titles)
         full = self.dataset.interactions.group_by("user", maintain_order=True).agg("item")
         self.histories = dict(zip(full["user"].to_list(), full["item"].to_list()))
-        self.llm = self.encoder = None
-        self.ranker_name = "none"
+        self.llm = self.encoder = self.dtype = None
+        self.ranker_name, self.dtype_reason = "none", ""
         if ranker != "none":
-            self.llm, self.encoder, self.ranker_name = load_ranker(
-                self.dataset, workdir, ranker=ranker, adapter=adapter, model=model, device=device
+            loaded = load_ranker(
+                self.dataset, workdir, ranker=ranker, adapter=adapter, model=model, dtype=dtype, device=device
             )
+            self.llm, self.encoder, self.ranker_name = loaded.model, loaded.encoder, loaded.description
+            self.dtype, self.dtype_reason = loaded.dtype, loaded.dtype_reason
             self.encoder.verbalizer.ids(candidates)  # more candidates than letters: refused now, not per request
 
     def user_history(self, user: str) -> list[int]:
