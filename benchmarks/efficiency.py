@@ -209,6 +209,30 @@ def throughput(model, encoder, examples, batch_sizes, rounds: int = 3) -> dict:
     return out
 
 
+def profile_forward(model, encoder, example) -> dict:
+    """Where one verbalizer forward pass spends its time (torch's profiler, self CPU time): matrix multiplies, the
+    attention kernel, and the rest (norms, rotary embedding, SiLU, residual adds, copies), in milliseconds."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from llamarec_cli.ranking.scoring import score_examples
+
+    score_examples(model, encoder, [example], batch_size=1)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        score_examples(model, encoder, [example], batch_size=1)
+    shares = {"matrix multiplies": 0.0, "attention": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        if event.key in ("aten::mm", "aten::addmm", "aten::bmm"):
+            shares["matrix multiplies"] += event.self_cpu_time_total
+        elif "scaled_dot_product" in event.key:
+            shares["attention"] += event.self_cpu_time_total
+        else:
+            shares["other"] += event.self_cpu_time_total
+    result = {name: us / 1000 for name, us in shares.items()}
+    result["prompt_tokens"] = len(encoder.prompt_ids(example))
+    print(f"profile: {result}", flush=True)
+    return result
+
+
 def dtype_agreement(workdir: Path, ranker: str, count: int) -> dict:
     """The same trained ranker in fp32 and in bf16 on ``count`` real prompts (validation then test subset users):
     same top letter, rank correlation of the letter logits, and NDCG@10 bf16 minus fp32, paired."""
@@ -451,6 +475,17 @@ def markdown(data: dict) -> str:
             f"{at20['over_floor']:.2f}x its arithmetic floor (target: within 1.5x). One generated token costs "
             f"{at20['decode_ms_per_token']:.0f} ms and one prompt token {at20['prefill_ms_per_token']:.2f} ms.",
         ]
+    prof = data.get("profile")
+    if prof:
+        total = sum(prof[k] for k in ("matrix multiplies", "attention", "other"))
+        lines += [
+            "",
+            f"Where one verbalizer pass of {prof['prompt_tokens']} tokens spends its time (torch profiler, self "
+            f"CPU time, {total:.0f} ms in all): matrix multiplies {prof['matrix multiplies']:.0f} ms, the "
+            f"attention kernel {prof['attention']:.0f} ms, everything else (norms, rotary embedding, SiLU, "
+            f"residual adds, copies) {prof['other']:.0f} ms. The floor counts only the multiplies (linear layers "
+            "and attention).",
+        ]
     lines += ["", "Requests per second (verbalizer, real titles, the same requests at each batch size, medians):", ""]
     for b, t in data["throughput"].items():
         how = " (one forward pass per batch, as before)" if "one pass" in b else ""
@@ -591,6 +626,8 @@ def main() -> None:
     )
     encoder = PromptEncoder(loaded.tokenizer, load_template(), titles)
     stage("throughput", lambda: throughput(loaded.model, encoder, examples, args.batches))
+    long_titles = PromptEncoder(loaded.tokenizer, load_template(), titles_of_length(titles, 20, loaded.tokenizer))
+    stage("profile", lambda: profile_forward(loaded.model, long_titles, examples[0]))
     trained = (ranker_dir(args.workdir, "ml-100k", args.ranker) / "manifest.json").is_file()
     stage(
         "serve",

@@ -54,20 +54,50 @@ def test_the_gpu_comparison_runs_on_a_tiny_shape(llama2_tokenizer_dir):
     (row,) = gpu["rows"]
     assert row["title_tokens"] == 5 and row["generated_tokens"] >= 20 * 5 and row["prompt_tokens"] > 30 * 5
     assert 0 < row["floor_s"] and row["speedup"] == row["generation_s"] / row["verbalizer_s"]
+    assert row["over_floor"] == row["verbalizer_s"] / row["floor_s"]
     data = {
         "command": "python benchmarks/efficiency.py",
         "date": "today",
         "machine": "test",
         "threads": 1,
         "cpu_parameters": gpu["parameters"],
-        "cpu_matmul_gflops": gpu["matmul_tflops"] * 1000,
+        "dtype": "fp32",
         "cpu": gpu["rows"],
-        "throughput": {"1": {"requests": 1, "seconds": 1.0, "requests_per_second": 1.0}},
+        "throughput": {
+            "1": {"requests": 1, "seconds": 1.0, "requests_per_second": 1.0},
+            "8, one pass": {"requests": 1, "seconds": 2.0, "requests_per_second": 0.5},
+        },
         "serve": {"ranker": "zero-shot", "requests": 1, "p50_s": 1.0, "p95_s": 1.0},
         "gpu": gpu,
     }
     text = efficiency.markdown(data)
     assert "Llama-2-7B shape (random weights, fp16) on cpu" in text and f"| 5 | {row['prompt_tokens']} |" in text
+    assert "- batch 8 (one forward pass per batch, as before): 0.50 requests/s" in text
+
+
+def test_the_floor_counts_the_forward_pass_multiplies():
+    """forward_flops against torch's own FLOP counter on a tiny Llama with grouped-query attention: they differ by
+    exactly the upper triangle of the attention, which a causal kernel need not compute."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    efficiency = benchmark("efficiency")
+    config = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        attn_implementation="eager",  # plain matmuls, which the counter sees
+    )
+    model = LlamaForCausalLM(config).eval()
+    tokens = 50
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(input_ids=torch.randint(0, 1000, (1, tokens)), logits_to_keep=1)
+    upper_triangle = 2 * config.num_hidden_layers * config.hidden_size * tokens * tokens
+    assert counter.get_total_flops() == efficiency.forward_flops(config, tokens) + upper_triangle
 
 
 def test_the_retrieval_interval_by_hand():

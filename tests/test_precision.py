@@ -89,7 +89,7 @@ def test_bf16_scores_agree_with_fp32(llama2_tokenizer_dir, tiny_llama_dir):
     assert shuffled["spearman_mean"] < 0.5
 
 
-def test_rank_train_in_bf16_keeps_lora_in_fp32_and_serves_unmerged(
+def test_rank_train_in_bf16_keeps_lora_in_fp32_and_scores_like_fp32(
     monkeypatch, chain_with_candidates, workdir, tiny_llama_dir
 ):
     from peft import PeftModel
@@ -107,7 +107,14 @@ def test_rank_train_in_bf16_keeps_lora_in_fp32_and_serves_unmerged(
     assert any(t.abs().sum() > 0 for k, t in weights.items() if "lora_B" in k)  # it learned
 
     ranker = load_ranker(chain_with_candidates, workdir, device="cpu")
-    assert ranker.dtype == "bf16" and isinstance(ranker.model, PeftModel)  # bf16 would round a merged update away
+    assert ranker.dtype == "bf16" and not isinstance(ranker.model, PeftModel)  # merged, as in fp32
+    full = load_ranker(chain_with_candidates, workdir, device="cpu", dtype="fp32")
+    g = torch.Generator().manual_seed(1)
+    examples = [Example([1, 2, 3], (torch.randperm(40, generator=g)[:10] + 1).tolist()) for _ in range(12)]
+    same = agreement(
+        score_examples(full.model, full.encoder, examples), score_examples(ranker.model, ranker.encoder, examples)
+    )
+    assert same["top1_agreement"] >= 0.9 and same["spearman_mean"] >= 0.95, same
     report = evaluate("chain", workdir=workdir, device="cpu", max_examples=4)
     assert report["ranker"]["dtype"] == "bf16"
     fp32 = evaluate("chain", workdir=workdir, device="cpu", max_examples=4, dtype="fp32")

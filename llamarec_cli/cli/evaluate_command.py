@@ -57,7 +57,7 @@ def evaluate(
         max_examples=max_examples,
         templates_dir=templates_dir,
         trust_remote_code=trust_remote_code,
-        log=lambda message: stderr.print(message, highlight=False),
+        log=lambda message: stderr.print(message, highlight=False, soft_wrap=True),
     )
     if json_output:
         print_json(report)

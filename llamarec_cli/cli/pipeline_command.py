@@ -69,7 +69,9 @@ def pipeline(
             budget=budget,
             raw_dir=settings.raw_dir(raw_dir),
             device=device,
-            log=lambda message: stderr.print(message, style="bold" if message[1] == "/" else "dim", highlight=False),
+            log=lambda message: stderr.print(
+                message, style="bold" if message[1] == "/" else "dim", highlight=False, soft_wrap=True
+            ),
             reporter=None if json_output else RichReporter(1, metric="NDCG@10"),
         )
     except KeyboardInterrupt:

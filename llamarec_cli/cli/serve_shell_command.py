@@ -48,7 +48,7 @@ def serve_shell(
         device=device,
     )
     if recommender.dtype_reason:
-        stderr.print(recommender.dtype_reason, highlight=False)
+        stderr.print(recommender.dtype_reason, highlight=False, soft_wrap=True)
     if user is not None or history is not None:
         items = recommender.user_history(user) if user is not None else parse_history(recommender, history)
         rec = recommender.recommend(items)

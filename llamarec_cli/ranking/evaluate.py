@@ -98,9 +98,11 @@ def load_ranker(
 
         folder = Path(adapter) if adapter else ranker_dir(workdir, dataset.name, ranker) / "adapter"
         llm = PeftModel.from_pretrained(llm, folder)
-        if loaded.quantization == "none" and loaded.dtype == "fp32":
-            # Exact in full precision, and a little faster than the LoRA wrapper. Not in bf16: W + BA rounded to
-            # bf16's 8 mantissa bits loses most of the small update BA, while the wrapper adds it in fp32.
+        if loaded.quantization == "none":
+            # Exact in fp32. In bf16, W + BA is rounded once, an error of the order of the base weights' own
+            # rounding: over 40 ml-100k prompts the merged and the wrapped ranker were equally close to fp32
+            # (mean |letter logit error| 0.100 and 0.103, same top letter for all 40), and the wrapper's 60 small
+            # LoRA layers cost 0.15 s a request on a CPU (0.42 s against 0.27 s).
             llm = llm.merge_and_unload()
         description = f"{ranker} ({manifest['config']['model']} + LoRA)"
     else:

@@ -97,7 +97,7 @@ class RichReporter(Reporter):
         self.progress.update(self.task, status=self._status())
 
     def note(self, message):
-        self.progress.console.print(message, highlight=False)
+        self.progress.console.print(message, highlight=False, soft_wrap=True)
 
     def close(self):
         self.progress.stop()
