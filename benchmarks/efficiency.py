@@ -14,7 +14,7 @@ measured in that dtype on the model's MLP shape at that prompt length.
 
 Also, with the real titles: requests per second at batch 1, 8 and 32 (as llamarec batches, and in one forward pass
 per batch as before 2026-12-02); the p50 / p95 end-to-end latency of one ``serve-shell`` request (retrieval over all
-items plus ranking); bf16 against fp32 on the same trained ranker over at least 200 real prompts (same top letter,
+items plus ranking); bf16 against fp32 on the same trained ranker over 200 real prompts (same top letter,
 rank correlation of the letter logits, paired NDCG@10); and a short ``rank-train`` in each dtype on the same
 examples (loss curves, validation NDCG@10, examples per second). With a CUDA GPU, the verbalizer/generation
 comparison runs on a Llama-2-7B-shaped model with random weights (timing does not depend on the weights).
@@ -199,7 +199,7 @@ def throughput(model, encoder, examples, batch_sizes, rounds: int = 3) -> dict:
     for _ in range(rounds):
         for name, b, cap in settings:
             began = time.perf_counter()
-            score_examples(model, encoder, examples, batch_size=b, max_tokens=cap)
+            score_examples(model, encoder, examples, batch_size=b, tokens_per_pass=cap)
             times[name].append(time.perf_counter() - began)
     out = {}
     for name, seconds in times.items():
@@ -541,7 +541,7 @@ def markdown(data: dict) -> str:
     if "ranking_p50_s" in s:
         lines.append(
             f"Median split: retrieval {1000 * s['retrieval_p50_s']:.0f} ms, ranking {s['ranking_p50_s']:.3f} s "
-            f"for a median prompt of {s['prompt_tokens_p50']} tokens."
+            f"for a median prompt of {s.get('prompt_tokens_p50', '?')} tokens."
         )
     lines += [
         "",
@@ -616,14 +616,12 @@ def main() -> None:
     torch_dtype = next(loaded.model.parameters()).dtype
     stage(
         "cpu",
-        lambda: with_floor(
-            compare(
-                loaded.model, loaded.tokenizer, titles, examples, args.lengths, args.requests, args.generation_requests
-            ),
-            config,
-            lambda t: matmul_rate("cpu", torch_dtype, t, config.hidden_size, config.intermediate_size, 20),
+        lambda: compare(
+            loaded.model, loaded.tokenizer, titles, examples, args.lengths, args.requests, args.generation_requests
         ),
     )
+    rate = lambda t: matmul_rate("cpu", torch_dtype, t, config.hidden_size, config.intermediate_size, 20)  # noqa: E731
+    with_floor(data["cpu"], config, rate)  # measured once per row, kept in the row
     encoder = PromptEncoder(loaded.tokenizer, load_template(), titles)
     stage("throughput", lambda: throughput(loaded.model, encoder, examples, args.batches))
     long_titles = PromptEncoder(loaded.tokenizer, load_template(), titles_of_length(titles, 20, loaded.tokenizer))

@@ -15,7 +15,7 @@ from llamarec_cli.ranking import precision
 from llamarec_cli.ranking.evaluate import evaluate, load_ranker
 from llamarec_cli.ranking.models import load_model
 from llamarec_cli.ranking.prompts import Example, PromptEncoder, pad_id
-from llamarec_cli.ranking.scoring import agreement, passes, score_examples, tokens_per_pass
+from llamarec_cli.ranking.scoring import agreement, pass_token_cap, passes, score_examples
 from llamarec_cli.ranking.templates import load_template
 from llamarec_cli.ranking.train import accumulate_step, ranker_dir, train_ranker
 
@@ -121,6 +121,18 @@ def test_rank_train_in_bf16_keeps_lora_in_fp32_and_scores_like_fp32(
     assert fp32["ranker"]["dtype"] == "fp32" and "as asked" in fp32["ranker"]["dtype_reason"]
 
 
+def test_resume_keeps_the_dtype_the_run_started_in(
+    monkeypatch, chain_with_candidates, workdir, tiny_llama_dir, tmp_path
+):
+    config = fast_config(tiny_llama_dir)
+    stopped = train_ranker("chain", workdir=workdir, config=config, device="cpu", stop_after_steps=2)
+    assert stopped["interrupted"] and stopped["model"]["dtype"] == "fp32"  # conftest's CPU: no fast bf16
+    (tmp_path / "cache" / precision.PROBE_FILE).unlink()
+    fake_rates(monkeypatch, fp32=300.0, bf16=2000.0)  # measured again, auto now says bf16
+    resumed = train_ranker("chain", workdir=workdir, config=config, device="cpu", resume=True)
+    assert resumed["model"]["dtype"] == "fp32" and not resumed["interrupted"]
+
+
 def test_a_step_split_into_passes_has_the_whole_batchs_gradient(llama2_tokenizer_dir, tiny_llama_dir):
     from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model
@@ -129,7 +141,10 @@ def test_a_step_split_into_passes_has_the_whole_batchs_gradient(llama2_tokenizer
     encoder = PromptEncoder(tokenizer, load_template(), TITLES)
     examples = [Example(list(range(1, 2 + 3 * i)), list(range(20, 40)), i) for i in range(5)]  # unequal lengths
     grads = []
-    for cap in (None, 1):  # one pass, or one prompt per pass
+    lengths = [len(encoder.training_ids(e)[0]) for e in examples]
+    uneven = 2 * max(lengths)  # passes of 2, 2 and 1 prompts: each pass's weight is its share of the labels
+    assert [len(g) for g in passes(lengths, len(examples), uneven)] == [2, 2, 1]
+    for cap in (None, uneven):
         torch.manual_seed(0)
         base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
         model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
@@ -139,7 +154,7 @@ def test_a_step_split_into_passes_has_the_whole_batchs_gradient(llama2_tokenizer
         model.train()
         loss = accumulate_step(model, Accelerator(cpu=True), encoder, examples, pad_id(tokenizer), cap)
         grads.append((loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
-    (whole, g1), (split, g2) = grads
+    (whole, g1), (split, g2) = grads[0], grads[1]
     torch.testing.assert_close(whole, split, atol=1e-5, rtol=1e-5)
     assert g1.keys() == g2.keys() and all(torch.allclose(g1[n], g2[n], atol=1e-6, rtol=1e-4) for n in g1)
 
@@ -152,4 +167,4 @@ def test_passes_respect_rows_and_tokens():
         assert len(group) == 1 or len(group) * max(lengths[i] for i in group) <= 1024
     assert groups[-1] == [5]  # longer than the cap: a pass of its own
     assert passes(lengths, rows_cap=2, token_cap=None) == [[4, 1], [2, 3], [0, 5]]
-    assert tokens_per_pass("cpu") == 1024 and tokens_per_pass("cuda") is None and tokens_per_pass("cpu", 64) == 64
+    assert pass_token_cap("cpu") == 1024 and pass_token_cap("cuda") is None and pass_token_cap("cpu", 64) == 64

@@ -199,14 +199,20 @@ def test_rank_train_resumes_exactly(chain_with_candidates, workdir, tiny_llama_d
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_rank_train_in_4bit_on_cpu(chain_with_candidates, workdir, tiny_llama_dir):
-    """QLoRA's path (NF4 base, double quantisation, k-bit preparation) trains and saves an adapter on a CPU too."""
-    config = fast_config(tiny_llama_dir, quantization="4bit", max_train_examples=8, eval_every=1, max_val_examples=4)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_rank_train_in_4bit_on_cpu(chain_with_candidates, workdir, tiny_llama_dir, dtype):
+    """QLoRA's path (NF4 base, double quantisation, k-bit preparation) trains and saves an adapter on a CPU too, with
+    either compute dtype."""
+    config = fast_config(
+        tiny_llama_dir, quantization="4bit", dtype=dtype, max_train_examples=8, eval_every=1, max_val_examples=4
+    )
     manifest = train_ranker("chain", workdir=workdir, config=config, device="cpu")
     assert manifest["model"]["quantization"] == "4bit" and manifest["steps"] == 2
+    assert manifest["model"]["dtype"] == dtype
     assert (ranker_dir(workdir, "chain", "default") / "adapter" / "adapter_model.safetensors").is_file()
     report = evaluate("chain", workdir=workdir, device="cpu", max_examples=4)  # loads 4-bit again, with the adapter
     assert report["ranked_users"] == 4 and set(report["subset"]) == {"retriever", "ranker"}
+    assert report["ranker"]["dtype"] == dtype
 
 
 def test_retrieved_negatives_are_the_retrievers_candidates(chain_with_candidates, workdir):

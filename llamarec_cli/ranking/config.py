@@ -45,11 +45,13 @@ class RankerConfig:
     eval_batch_size: int = option(8, "Requests per forward pass when scoring.")
     tokens_per_pass: int | None = option(
         None,
-        "Most tokens per forward pass: a step's batch is split into passes whose gradients add up to the batch's, "
-        "and scoring batches are cut alike; auto: 1,024 on CPU (less memory, no slower), the whole batch on GPU.",
+        "Most tokens per forward pass in training and validation: a step's batch is split into passes whose "
+        "gradients add up to the batch's; unset: 1,024 on CPU (less memory, no slower), the whole batch on GPU.",
     )
     clip: float = option(1.0, "Gradient-norm clipping (the reference's transformers Trainer default).")
-    gradient_checkpointing: bool | None = option(None, "Recompute activations to save memory; auto: on with CUDA.")
+    gradient_checkpointing: bool | None = option(
+        None, "Recompute activations in the backward pass: far less memory, about a quarter slower; auto: on."
+    )
     seed: int = option(42, "Seed for example sampling, negatives, batch order and LoRA init.")
 
     def __post_init__(self):

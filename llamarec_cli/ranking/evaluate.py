@@ -42,7 +42,7 @@ def paired_summary(d: dict) -> str:
 
 @dataclass
 class Ranker:
-    model: Any  # the LLM, in eval mode, with the adapter applied (merged where that is exact)
+    model: Any  # the LLM, in eval mode, with the adapter applied (merged unless the model is quantised)
     encoder: Any  # PromptEncoder
     description: str
     dtype: str  # the compute dtype chosen (bf16, fp16, fp32)
@@ -205,7 +205,8 @@ def to_markdown(report: dict) -> str:
         lines.append(f"Estimate: a seeded sample of {report['ranked_users']:,} subset users was ranked.")
     if "ranker" in report:
         r = report["ranker"]
-        lines.append(f"Ranker: {r['description']} in {r.get('dtype', 'fp32')}, {r['seconds']} s for the subset.")
+        dtype = f" in {r['dtype']}" if "dtype" in r else ""
+        lines.append(f"Ranker: {r['description']}{dtype}, {r['seconds']} s for the subset.")
     if "paired" in report:
         lines.append(paired_summary(report["paired"]))
     for view, title in (("subset", "Valid retrieval subset"), ("overall", "All test users")):

@@ -3,8 +3,10 @@
 On a CPU a forward pass is cut to at most ``CPU_TOKENS_PER_PASS`` tokens (rows x padded length): one prompt of a
 few hundred tokens already gives the matrix multiplies all the rows they can use, while a wider pass only pads
 more and pushes every activation (8 prompts x 600 tokens x 1,536 MLP features is 15 MB in bf16) out of the
-cores' caches, so its element-wise work runs at memory speed: 8 padded prompts per pass ranked 0.79 requests/s
-against 0.80 one at a time, 32 ranked 0.55 (benchmarks/results/efficiency.md). GPUs take the whole batch.
+cores' caches, so its element-wise work runs at memory speed. On the same 32 ml-100k requests in bf16, one pass
+per batch ranked 3.05 requests/s at batch 8 and 1.97 at batch 32 against 3.7 one at a time (the profiler put the
+loss in element-wise multiplies, SiLU and attention); cut at 1,024 tokens, 3.56 and 3.49. GPUs take the whole
+batch (benchmarks/results/efficiency.md has today's figures).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .verbalizer import letter_logits
 CPU_TOKENS_PER_PASS = 1024
 
 
-def tokens_per_pass(device, requested: int | None = None) -> int | None:
+def pass_token_cap(device, requested: int | None = None) -> int | None:
     """The most tokens one forward pass may hold: ``requested``, else CPU_TOKENS_PER_PASS on a CPU, else no cap."""
     if requested is not None:
         return requested
@@ -51,14 +53,14 @@ def score_examples(
     examples: list[Example],
     *,
     batch_size: int = 8,
-    max_tokens: int | None = None,
+    tokens_per_pass: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[torch.Tensor]:
     """The letter logits of each example's candidates (a tensor of its k scores), in the examples' order.
 
     Prompts of similar length are batched together, so padding (wasted compute) stays small; the scores do not
     depend on the batching because positions are counted from each row's first real token. A pass holds at most
-    ``batch_size`` prompts and ``max_tokens`` tokens (default: ``tokens_per_pass`` for the model's device).
+    ``batch_size`` prompts and ``tokens_per_pass`` tokens (default: ``pass_token_cap`` for the model's device).
     """
     was_training = model.training
     model.eval()
@@ -68,7 +70,7 @@ def score_examples(
     results: list[torch.Tensor | None] = [None] * len(examples)
     pad = pad_id(encoder.tokenizer)
     try:
-        for rows in passes([len(p) for p in prompts], batch_size, tokens_per_pass(device, max_tokens)):
+        for rows in passes([len(p) for p in prompts], batch_size, pass_token_cap(device, tokens_per_pass)):
             batch = pad_left([prompts[i] for i in rows], pad).to(device)
             logits = letter_logits(model, batch.input_ids, batch.attention_mask, letter_ids).cpu()
             for row, i in zip(logits, rows):
@@ -96,8 +98,11 @@ def agreement(first: list[torch.Tensor], second: list[torch.Tensor]) -> dict:
     """How alike two scorings of the same requests are (e.g. bf16 against fp32): the share with the same top
     candidate, and the mean and lowest Spearman rank correlation of the candidates' scores."""
 
-    def ranks(scores: torch.Tensor) -> torch.Tensor:
-        return scores.float().argsort().argsort().double()
+    def ranks(scores: torch.Tensor) -> torch.Tensor:  # average ranks: bf16 logits can tie
+        s = scores.double()
+        below = (s[None, :] < s[:, None]).sum(1)
+        equal = (s[None, :] == s[:, None]).sum(1)
+        return below + (equal + 1) / 2
 
     rhos = []
     for a, b in zip(first, second, strict=True):
