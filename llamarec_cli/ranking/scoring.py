@@ -3,10 +3,9 @@
 On a CPU a forward pass is cut to at most ``CPU_TOKENS_PER_PASS`` tokens (rows x padded length): one prompt of a
 few hundred tokens already gives the matrix multiplies all the rows they can use, while a wider pass only pads
 more and pushes every activation (8 prompts x 600 tokens x 1,536 MLP features is 15 MB in bf16) out of the
-cores' caches, so its element-wise work runs at memory speed. On the same 32 ml-100k requests in bf16, one pass
-per batch ranked 3.05 requests/s at batch 8 and 1.97 at batch 32 against 3.7 one at a time (the profiler put the
-loss in element-wise multiplies, SiLU and attention); cut at 1,024 tokens, 3.56 and 3.49. GPUs take the whole
-batch (benchmarks/results/efficiency.md has today's figures).
+cores' caches, so its element-wise work runs at memory speed. On the same 32 ml-100k requests in bf16
+(benchmarks/results/efficiency.md): one at a time 3.29 requests/s; one pass per batch 3.79 at batch 8 but 2.56 at
+batch 32; cut at 1,024 tokens 3.37 and 3.22. GPUs take the whole batch.
 """
 
 from __future__ import annotations
