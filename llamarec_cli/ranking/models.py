@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import settings
 from ..errors import ConfigError, ModelError
-from .precision import DTYPES, choose_dtype
+from .precision import choose_dtype
 
 DEFAULT_MODEL = "meta-llama/Llama-2-7b-hf"
 QUANTIZATIONS = ("auto", "4bit", "8bit", "none")
@@ -294,7 +294,6 @@ def load_model(
     CPU; ``dtype`` auto: bf16 where the GPU supports it or the CPU multiplies it fast, else fp32 (precision.py); it is
     also the 4-bit compute dtype."""
     _check(quantization, QUANTIZATIONS, "quantization")
-    _check(dtype, DTYPES, "dtype")
     for module in ("transformers", "accelerate"):
         _require(module, "pip install transformers peft accelerate")
     import torch
