@@ -240,8 +240,8 @@ def dtype_agreement(workdir: Path, ranker: str, count: int) -> dict:
     from llamarec_cli.evaluation.metrics import paired_difference
     from llamarec_cli.ranking.evaluate import load_ranker
     from llamarec_cli.ranking.examples import valid_subset
-    from llamarec_cli.ranking.scoring import agreement, rank_of_target, score_examples
-    from llamarec_cli.ranking.train import subset_metrics
+    from llamarec_cli.ranking.scoring import agreement, score_examples
+    from llamarec_cli.ranking.train import subset_metrics, target_ranks
     from llamarec_cli.retrieval.candidates import load_candidates
 
     dataset = load_dataset(workdir, "ml-100k")
@@ -254,7 +254,7 @@ def dtype_agreement(workdir: Path, ranker: str, count: int) -> dict:
         scores[dtype] = score_examples(loaded.model, loaded.encoder, examples)
         seconds[dtype] = time.perf_counter() - began
         print(f"{dtype}: {len(examples)} prompts in {seconds[dtype]:.0f} s", flush=True)
-    ranks = {d: [rank_of_target(s, e.target_index) for s, e in zip(scores[d], examples)] for d in scores}
+    ranks = {d: target_ranks(examples, scores[d]) for d in scores}
     result = agreement(scores["fp32"], scores["bf16"]) | {
         "ranker": ranker,
         "seconds": seconds,

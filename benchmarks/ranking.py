@@ -1,20 +1,23 @@
-"""Benchmark: the LLM ranker on ml-100k with smollm2-135m on CPU, next to the paper's Tables 1 and 3 (METHOD.md §7).
+"""Benchmark: the LLM ranker against the retriever's own order on ml-100k, beauty and games (METHOD.md §7).
 
-Four orders of the same test requests (the valid retrieval subset: test users whose true item is among LRURec's top
-20): the retriever's own order, the zero-shot ranker, and the ranker trained with random negatives (the paper) and
-with retrieved negatives (the retriever's own candidates for training prefixes). Overall metrics (all test users)
-follow from subset x hit-rate@20. Each stage runs as the CLI command a user would type, in a subprocess; its wall
-time is recorded. Results go to ``benchmarks/results/ranking.json`` and ``ranking.md`` after every stage, so an
-interrupted benchmark keeps what it measured, and a rerun skips finished stages.
+For each dataset, the same test requests (the valid retrieval subset: test users whose true item is among LRURec's
+top 20, or a seeded sample of them, the same users for every order) ranked by: the retriever's own order, zero-shot
+SmolLM2, and SmolLM2 trained with retrieved negatives (the retriever's candidates for training prefixes) and with
+random negatives (the paper's), each both pure and fused with the retriever's scores at the α that rank-train chose
+on validation. Overall metrics (all test users) follow from subset x hit-rate@20.
 
-The retriever is taken from a finished retrieval benchmark (``--retrieval-workdir``, the default of
-benchmarks/retrieval.py) when there is one, else trained here with the default settings (hours on a CPU).
+Each stage runs as the CLI command a user would type, in a subprocess, and is timed. Results go to
+``benchmarks/results/ranking.json`` and ``ranking.md`` after every stage, so an interrupted benchmark keeps what it
+measured, and a rerun skips what is done (``--redo`` forgets one dataset's results).
+
+The dataset is preprocessed here (ml-100k from the MovieLens raw files in ../shared, beauty and games from the
+paper's splits); the retriever is copied from ``--retrieval-workdir`` when it holds a trained one (the layout
+benchmarks/retrieval.py leaves), else trained here with the default settings.
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/ranking.py                       # the budget below, about an hour per ranker
-    .venv/bin/python benchmarks/ranking.py --train-examples 1024 --fresh
-    .venv/bin/python benchmarks/ranking.py --reevaluate            # new evaluation code, same trained rankers
+    .venv/bin/python benchmarks/ranking.py --datasets games --negatives retrieved --train-examples 768
+    .venv/bin/python benchmarks/ranking.py                     # every dataset, both negatives: many hours on 2 cores
 """
 
 from __future__ import annotations
@@ -36,31 +39,16 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("LLAMAREC_SHARED", REPO.parent / "shared"))
 RESULTS = REPO / "benchmarks" / "results"
 LLAMAREC = [sys.executable, "-m", "llamarec_cli"]
+DATASETS = ("ml-100k", "beauty", "games")
 
-# METHOD.md §7: Table 3 (valid retrieval subset) and Table 1 (all users), ML-100k.
+# METHOD.md §7, Table 3: NDCG@10 / Recall@10 on the valid retrieval subset.
 PAPER_SUBSET = {
-    "LRURec order": {"NDCG@10": 0.3367, "Recall@10": 0.6654},
-    "LlamaRec (Llama 2 7B)": {"NDCG@10": 0.3766, "Recall@10": 0.7560},
+    "ml-100k": {"LRURec order": (0.3367, 0.6654), "LlamaRec (Llama 2 7B)": (0.3766, 0.7560)},
+    "beauty": {"LRURec order": (0.4168, 0.7170), "LlamaRec (Llama 2 7B)": (0.4337, 0.7600)},
+    "games": {"LRURec order": (0.3760, 0.6879), "LlamaRec (Llama 2 7B)": (0.4173, 0.7522)},
 }
-PAPER_OVERALL = {
-    "LRURec": {
-        "MRR@5": 0.0390,
-        "NDCG@5": 0.0468,
-        "Recall@5": 0.0705,
-        "MRR@10": 0.0491,
-        "NDCG@10": 0.0705,
-        "Recall@10": 0.1426,
-    },
-    "LlamaRec": {
-        "MRR@5": 0.0440,
-        "NDCG@5": 0.0543,
-        "Recall@5": 0.0852,
-        "MRR@10": 0.0529,
-        "NDCG@10": 0.0759,
-        "Recall@10": 0.1524,
-    },
-}
-COLUMNS = ("MRR@5", "NDCG@5", "Recall@5", "MRR@10", "NDCG@10", "Recall@10")
+SUBSET_COLUMNS = ("NDCG@10", "Recall@10", "MRR@10")
+OVERALL_COLUMNS = ("NDCG@10", "Recall@10", "MRR@10")
 
 
 def run(args: list[str], env: dict) -> float:
@@ -71,22 +59,26 @@ def run(args: list[str], env: dict) -> float:
     return time.perf_counter() - began
 
 
-def prepare(workdir: Path, retrieval_workdir: Path, env: dict) -> str:
-    """The dataset and a trained LRURec in ``workdir``: copied from the retrieval benchmark, or made here."""
-    source = retrieval_workdir / "ml-100k"
-    target = workdir / "ml-100k"
+def prepare(dataset: str, workdir: Path, retrieval_workdir: Path, env: dict) -> str:
+    """The dataset, a trained LRURec and its candidates in ``workdir``; says where the retriever came from."""
+    source, target = retrieval_workdir / dataset, workdir / dataset
     for part in ("dataset", "retriever/lrurec"):
         if not (target / part).exists() and (source / part / "manifest.json").is_file():
             shutil.copytree(source / part, target / part)
-    if not (target / "dataset").exists():
-        run(
-            ["preprocess", "ml-100k", "-w", str(workdir), "--raw-dir", str(SHARED / "datasets" / "ml-latest-small")],
-            env,
-        )
+    if not (target / "dataset" / "manifest.json").is_file():
+        if dataset == "ml-100k":
+            raw = ["--raw-dir", str(SHARED / "datasets" / "ml-latest-small")]
+        else:
+            raw = ["--from-split", str(SHARED / "datasets" / dataset / "llamarec-split.json")]
+        run(["preprocess", dataset, *raw], env)
+    how = f"copied from {source / 'retriever' / 'lrurec'}"
     if not (target / "retriever" / "lrurec" / "manifest.json").is_file():
-        run(["retrieve-train", "ml-100k", "-w", str(workdir)], env)
-        return "trained here (default settings)"
-    return f"copied from {source / 'retriever' / 'lrurec'}"
+        run(["retrieve-train", dataset], env)
+        how = "trained here (default settings)"
+    if not (target / "candidates" / "lrurec.json").is_file():
+        run(["candidates", dataset], env)
+    manifest = json.loads((target / "retriever" / "lrurec" / "manifest.json").read_text())
+    return f"{how}; best step {manifest.get('best_step', '?')}"
 
 
 def load(path: Path) -> dict:
@@ -99,73 +91,75 @@ def save(data: dict) -> None:
     (RESULTS / "ranking.md").write_text(markdown(data))
 
 
+def paired_cell(d: dict | None) -> str:
+    if not d:
+        return " | "
+    return f"{d['difference']:+.4f} ± {d['half_width'] or 0:.4f} | {d['better']} / {d['worse']}"
+
+
 def markdown(data: dict) -> str:
     lines = [
-        "# Ranking benchmark (ml-100k, smollm2-135m, CPU)",
+        "# Ranking benchmark: the LLM ranker against the retriever's own order (smollm2-135m, CPU)",
         "",
         "Written by `benchmarks/ranking.py`. Test users whose true item is among LRURec's top 20 (the valid",
-        "retrieval subset, paper Table 3), ranked by each order; overall = subset x hit-rate@20 (paper Table 1).",
-        "",
-        f"- command: `{data.get('command', '')}` ({data.get('date', '')}, {data.get('machine', '')})",
-        f"- retriever: {data.get('retriever', '')}",
-        f"- budget: {data.get('budget', '')}",
+        "retrieval subset, paper Table 3), or a seeded sample of them (the same users for every order), ranked by each",
+        "order; overall = subset x hit-rate@20 (paper Table 1). *Fused*: α · log_softmax(letter logits) + (1 − α) ·",
+        "log_softmax(retriever scores), α chosen by rank-train on validation users only. The paired column is each",
+        "order's NDCG@10 minus the retriever order's, user by user, with a 95% interval: an interval that contains 0",
+        "is a difference these users cannot tell from chance. *First = A*: the share of users for whom the ranker puts",
+        "first the candidate shown first (letter A, the retriever's top); on the retriever order's row, the share",
+        "whose true item is A. A ranker far above that share leans on the position (position bias).",
     ]
-    stages = data.get("stages", {})
-    if "subset_users" in data:
-        lines.append(
-            f"- subset: {data['subset_users']} of {data['test_users']} test users (hit-rate@20 {data['hit_rate']:.4f})"
-        )
-    lines += [
-        "",
-        "## Valid retrieval subset",
-        "",
-        "| order | NDCG@10 | Recall@10 | MRR@10 | NDCG@5 | Recall@5 | NDCG@10 minus retriever order (95%) "
-        "| users up / down | time |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, stage in stages.items():
-        m = stage.get("subset")
-        if m:
-            d = stage.get("paired")
-            paired = " | "
-            if d:
-                paired = f"{d['difference']:+.4f} ± {d['half_width'] or 0:.4f} | {d['better']} / {d['worse']}"
+    for dataset, d in data.get("datasets", {}).items():
+        lines += ["", f"## {dataset}", ""]
+        lines += [f"- command: `{d.get('command', '')}` ({d.get('date', '')}, {d.get('machine', '')})"]
+        lines += [f"- retriever: {d.get('retriever', '')}", f"- budget: {d.get('budget', '')}"]
+        if "subset_users" in d:
             lines.append(
-                f"| {name} | {m['NDCG@10']:.4f} | {m['Recall@10']:.4f} | {m['MRR@10']:.4f} | {m['NDCG@5']:.4f} | "
-                f"{m['Recall@5']:.4f} | {paired} | {stage.get('time', '')} |"
+                f"- test users ranked: {d['ranked_users']:,} of the {d['subset_users']:,} in the subset "
+                f"({d['test_users']:,} test users, hit-rate@20 {d['hit_rate']:.4f})"
             )
-    m = random_order(20)
-    lines.append(
-        f"| random order (expected) | {m['NDCG@10']:.4f} | {m['Recall@10']:.4f} | {m['MRR@10']:.4f} | "
-        f"{m['NDCG@5']:.4f} | {m['Recall@5']:.4f} | | | |"
-    )
-    for name, m in PAPER_SUBSET.items():
-        lines.append(f"| paper: {name} | {m['NDCG@10']:.4f} | {m['Recall@10']:.4f} | | | | | | |")
-    lines += [
-        "",
-        "The paired column is each ranker's NDCG@10 minus the retriever order's, user by user, with a 95% interval:",
-        "an interval that contains 0 is a difference this subset cannot tell from chance.",
-    ]
-    lines += ["", "## All test users", "", "| order | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    for name, stage in stages.items():
-        m = stage.get("overall")
-        if m:
-            lines.append(f"| {name} | " + " | ".join(f"{m[c]:.4f}" for c in COLUMNS) + " |")
-    for name, m in PAPER_OVERALL.items():
-        lines.append(f"| paper: {name} | " + " | ".join(f"{m[c]:.4f}" for c in COLUMNS) + " |")
-    if data.get("training"):
         lines += [
             "",
-            "## Training",
-            "",
-            "| ranker | examples | steps | best step | val NDCG@10 (sample) | time |",
-            "|---|---|---|---|---|---|",
+            "| order | "
+            + " | ".join(f"subset {c}" for c in SUBSET_COLUMNS)
+            + " | overall NDCG@10 | overall Recall@10 | NDCG@10 minus retriever order (95%) | users up / down "
+            "| α | first = A | time |",
+            "|---" * (len(SUBSET_COLUMNS) + 8) + "|",
         ]
-        for name, t in data["training"].items():
+        for name, stage in d.get("stages", {}).items():
+            s, o = stage["subset"], stage["overall"]
+            alpha = "" if stage.get("alpha") is None else f"{stage['alpha']:g}"
+            first = "" if stage.get("first_is_a") is None else f"{stage['first_is_a']:.2f}"
             lines.append(
-                f"| {name} | {t['train_examples']} | {t['steps']} | {t['best_step']} | "
-                f"{t['val_metrics'].get('NDCG@10', 0):.4f} | {t['time']} |"
+                f"| {name} | "
+                + " | ".join(f"{s[c]:.4f}" for c in SUBSET_COLUMNS)
+                + f" | {o['NDCG@10']:.4f} | {o['Recall@10']:.4f} | {paired_cell(stage.get('paired'))} | {alpha} "
+                f"| {first} | {stage.get('time', '')} |"
             )
+        m = random_order(20)
+        lines.append(
+            "| random order (expected) | " + " | ".join(f"{m[c]:.4f}" for c in SUBSET_COLUMNS) + " | | | | | | | |"
+        )
+        for name, (ndcg, recall) in PAPER_SUBSET.get(dataset, {}).items():
+            lines.append(f"| paper: {name} | {ndcg:.4f} | {recall:.4f} | | | | | | | | |")
+        if d.get("training"):
+            lines += [
+                "",
+                "| ranker | examples | steps | best step | val NDCG@10 | val NDCG@10, retriever order | α (val users) "
+                "| val NDCG@10 at α | train time |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            for name, t in d["training"].items():
+                fusion = t.get("fusion") or {}
+                at_alpha = fusion.get("val", {}).get(f"{fusion.get('alpha', 1):g}")
+                lines.append(
+                    f"| {name} | {t['train_examples']} | {t['steps']} | {t['best_step']} | "
+                    f"{t['val_metrics'].get('NDCG@10', 0):.4f} | "
+                    f"{t.get('val_retriever_metrics', {}).get('NDCG@10', 0):.4f} | "
+                    f"{fusion.get('alpha', '')} ({fusion.get('users', '')}) | "
+                    f"{'' if at_alpha is None else f'{at_alpha:.4f}'} | {t['time']} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -180,86 +174,109 @@ def random_order(k: int) -> dict[str, float]:
     return out
 
 
-def resume_or_restart(workdir: Path, name: str) -> str:
-    """Continue an interrupted training of this benchmark (same flags), else start afresh."""
-    state = workdir / "ml-100k" / "ranker" / f".{name}.partial" / "training" / "state.safetensors"
-    return "--resume" if state.is_file() else "--restart"
-
-
 def minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/llamarec-bench-ranking"))
-    parser.add_argument("--retrieval-workdir", type=Path, default=Path("/tmp/llamarec-bench-retrieval"))
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--train-examples", type=int, default=256)
-    parser.add_argument("--val-examples", type=int, default=32)
-    parser.add_argument("--eval-every", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--warmup-steps", type=int, default=8)
-    parser.add_argument("--negatives", nargs="+", default=["random", "retrieved"])
-    parser.add_argument("--fresh", action="store_true", help="forget earlier results and rerun every stage")
-    parser.add_argument("--reevaluate", action="store_true", help="evaluate again, keeping the trained rankers")
-    args = parser.parse_args()
-
-    env = os.environ | {"LLAMAREC_WORKDIR": str(args.workdir)}
-    data = {} if args.fresh else load(RESULTS / "ranking.json")
-    data |= {
+def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
+    """Every order of one dataset: retriever, zero-shot, and each trained ranker pure and fused."""
+    d = data["datasets"].setdefault(dataset, {"stages": {}, "training": {}})
+    d |= {
         "command": "python benchmarks/ranking.py " + shlex.join(sys.argv[1:]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
-        "budget": f"{args.train_examples} training examples, batch {args.batch_size}, lr {args.lr}, warm-up "
-        f"{args.warmup_steps}, validation on {args.val_examples} sampled users every {args.eval_every} steps",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "budget": budget,
     }
-    data.setdefault("stages", {})
-    if args.reevaluate:
-        data["stages"] = {}
-    data.setdefault("training", {})
-    if args.fresh:
-        shutil.rmtree(args.workdir, ignore_errors=True)
-    data["retriever"] = prepare(args.workdir, args.retrieval_workdir, env)
-    run(["candidates", "ml-100k"], env)
+    d["retriever"] = prepare(dataset, args.workdir, args.retrieval_workdir, env)
+    save(data)
+    reports = args.workdir / dataset / "reports"
 
     def evaluate(stage: str, extra: list[str], report_name: str) -> None:
-        if stage in data["stages"]:
+        if stage in d["stages"]:
             return
-        seconds = run(["evaluate", "ml-100k", *extra], env)
-        report = load(args.workdir / "ml-100k" / "reports" / f"evaluate-{report_name}.json")
-        data.update(test_users=report["test_users"], subset_users=report["subset_users"], hit_rate=report["hit_rate"])
-        if stage == "retriever order":
-            data["stages"][stage] = {"subset": report["subset"]["retriever"], "overall": report["overall"]["retriever"]}
-        else:
-            data["stages"][stage] = {
-                "subset": report["subset"]["ranker"],
-                "overall": report["overall"]["ranker"],
-                "paired": report["paired"],
+        sample = ["--max-examples", str(args.test_examples)]
+        seconds = run(["evaluate", dataset, *sample, *extra], env)
+        report = load(reports / f"evaluate-{report_name}.json")
+        d.update({k: report[k] for k in ("test_users", "subset_users", "hit_rate", "ranked_users")})
+        orders = report["subset"]
+        d["stages"].setdefault(
+            "retriever order",
+            {
+                "subset": orders["retriever"],
+                "overall": report["overall"]["retriever"],
+                "first_is_a": report["true_is_first_candidate"],
+            },
+        )
+        for who in orders:
+            if who == "retriever":
+                continue
+            name = stage if who == "ranker" else f"{stage}, {who}"
+            d["stages"][name] = {
+                "subset": orders[who],
+                "overall": report["overall"][who],
+                "paired": report["paired_by_order"][who],
+                "alpha": report["fusion"]["alpha"] if who != "ranker" else None,
+                "first_is_a": report["ranker"]["top_is_first_candidate"] if who == "ranker" else None,
                 "time": minutes(seconds),
             }
         save(data)
 
-    evaluate("retriever order", ["--ranker", "none"], "retriever")
     evaluate(f"zero-shot {args.model}", ["--adapter", "none", "--model", args.model], "zero-shot")
     for negatives in args.negatives:
         name = f"trained, {negatives} negatives"
-        if name not in data["training"]:
+        if name not in d["training"]:
+            state = args.workdir / dataset / "ranker" / f".{negatives}.partial" / "training" / "state.safetensors"
             seconds = run(
                 [
-                    *("rank-train", "ml-100k", "--name", negatives, "--model", args.model, "--negatives", negatives),
-                    *("--max-train-examples", str(args.train_examples), "--max-val-examples", str(args.val_examples)),
-                    *("--eval-every", str(args.eval_every), "--batch-size", str(args.batch_size), "--lr", str(args.lr)),
-                    *("--warmup-steps", str(args.warmup_steps), resume_or_restart(args.workdir, negatives)),
+                    *("rank-train", dataset, "--name", negatives, "--model", args.model, "--negatives", negatives),
+                    *("--max-train-examples", str(args.train_examples)),
+                    *("--max-val-examples", str(args.val_examples), "--eval-every", str(args.eval_every)),
+                    *("--batch-size", str(args.batch_size), "--lr", str(args.lr)),
+                    *("--warmup-steps", str(args.warmup_steps), "--resume" if state.is_file() else "--restart"),
                 ],
                 env,
             )
-            manifest = load(args.workdir / "ml-100k" / "ranker" / negatives / "manifest.json")
-            keep = ("train_examples", "steps", "best_step", "val_metrics", "validations")
-            data["training"][name] = {k: manifest[k] for k in keep} | {"time": minutes(seconds)}
+            manifest = load(args.workdir / dataset / "ranker" / negatives / "manifest.json")
+            keep = ("train_examples", "steps", "best_step", "val_metrics", "val_retriever_metrics", "fusion")
+            d["training"][name] = {k: manifest.get(k) for k in keep} | {
+                "validations": manifest["validations"],
+                "train_seconds": manifest["train_seconds"],
+                "dtype": manifest["model"]["dtype"],
+                "time": minutes(seconds),
+            }
             save(data)
         evaluate(name, ["--ranker", negatives], negatives)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/llamarec-bench-ranking"))
+    parser.add_argument("--retrieval-workdir", type=Path, default=Path("/tmp/llamarec-bench-retrieval"))
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--train-examples", type=int, default=1024)
+    parser.add_argument("--val-examples", type=int, default=200, help="validation users (early stopping and α)")
+    parser.add_argument("--test-examples", type=int, default=1000, help="seeded sample of the test subset")
+    parser.add_argument("--eval-every", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--warmup-steps", type=int, default=8)
+    parser.add_argument("--negatives", nargs="+", default=["retrieved", "random"])
+    parser.add_argument("--redo", action="store_true", help="forget the named datasets' results and rerun them")
+    args = parser.parse_args()
+
+    env = os.environ | {"LLAMAREC_WORKDIR": str(args.workdir)}
+    data = load(RESULTS / "ranking.json")
+    if "datasets" not in data:  # the single-dataset layout of before 2026-12-02: not comparable, start over
+        data = {"datasets": {}}
+    budget = (
+        f"{args.train_examples} training examples, batch {args.batch_size}, lr {args.lr}, warm-up "
+        f"{args.warmup_steps}, validation on {args.val_examples} sampled users every {args.eval_every} steps"
+    )
+    for dataset in args.datasets:
+        if args.redo:
+            data["datasets"].pop(dataset, None)
+        run_dataset(dataset, data, budget, args, env)
     save(data)
     print((RESULTS / "ranking.md").read_text())
 

@@ -23,7 +23,7 @@ from .ranking.examples import check_negatives
 class Budget:
     retriever_epochs: int = 20  # ~1,000 LRURec steps on ml-100k; the full early-stopped run takes hours on a CPU
     train_examples: int = 128
-    val_examples: int = 32
+    val_examples: int = 128  # all of ml-100k's validation subset (about 120 users): early stopping and fusion's α
     eval_every: int = 16
     batch_size: int = 4
     lr: float = 5e-4  # a few dozen steps: a larger step than the paper's 1e-4 (its runs take thousands)

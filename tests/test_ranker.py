@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from llamarec_cli.cli import build_app
 from llamarec_cli.errors import ArtifactError, ConfigError, DataFormatError
 from llamarec_cli.evaluation.metrics import paired_difference
-from llamarec_cli.ranking.evaluate import evaluate, load_ranker
+from llamarec_cli.ranking.evaluate import evaluate, fused_name, load_ranker
 from llamarec_cli.ranking.examples import random_negative_examples, training_examples, valid_subset
 from llamarec_cli.ranking.prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
 from llamarec_cli.ranking.scoring import score_examples
@@ -211,7 +211,8 @@ def test_rank_train_in_4bit_on_cpu(chain_with_candidates, workdir, tiny_llama_di
     assert manifest["model"]["dtype"] == dtype
     assert (ranker_dir(workdir, "chain", "default") / "adapter" / "adapter_model.safetensors").is_file()
     report = evaluate("chain", workdir=workdir, device="cpu", max_examples=4)  # loads 4-bit again, with the adapter
-    assert report["ranked_users"] == 4 and set(report["subset"]) == {"retriever", "ranker"}
+    assert report["ranked_users"] == 4 and report["fusion"]["alpha"] == manifest["fusion"]["alpha"]
+    assert set(report["subset"]) == {"retriever", "ranker", fused_name(manifest["fusion"]["alpha"])}
     assert report["ranker"]["dtype"] == dtype
 
 

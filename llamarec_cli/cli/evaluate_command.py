@@ -7,12 +7,13 @@ from typing import Annotated
 import typer
 
 from .. import settings
-from .options import DatasetName, Device, Dtype, Json, RetrieverName, TemplatesDir, TrustRemoteCode, Workdir
+from .options import DatasetName, Device, Dtype, Fusion, Json, RetrieverName, TemplatesDir, TrustRemoteCode, Workdir
 from .output import print_json, stderr, stdout
 
 EPILOG = (
     "Examples:  llamarec evaluate ml-100k   ·   llamarec evaluate ml-100k --adapter none --model smollm2-135m "
-    "(zero-shot)   ·   llamarec evaluate beauty --ranker none (the retriever alone)"
+    "(zero-shot)   ·   llamarec evaluate beauty --ranker none (the retriever alone)   ·   llamarec evaluate ml-100k "
+    "--fusion none (the ranker alone, no fusion with the retriever's scores)"
 )
 
 
@@ -33,6 +34,7 @@ def evaluate(
         int | None, typer.Option("--max-examples", help="Rank a seeded sample of this many subset users.")
     ] = None,
     quantization: Annotated[str | None, typer.Option("--quantization", help="4bit, 8bit, none or auto.")] = None,
+    fusion: Fusion = "auto",
     dtype: Dtype = None,
     device: Device = "auto",
     trust_remote_code: TrustRemoteCode = False,
@@ -55,6 +57,7 @@ def evaluate(
         dtype=dtype,
         batch_size=batch_size,
         max_examples=max_examples,
+        fusion=fusion,
         templates_dir=templates_dir,
         trust_remote_code=trust_remote_code,
         log=lambda message: stderr.print(message, highlight=False, soft_wrap=True),
@@ -70,13 +73,13 @@ def evaluate(
 
 
 def print_report(report: dict) -> None:
-    """Both views as tables, then whether the ranker's gain over the retriever's order is more than chance."""
-    from ..ranking.evaluate import paired_summary
+    """Both views as tables, then whether each order's gain over the retriever's order is more than chance."""
+    from ..ranking.evaluate import paired_lines
 
     stdout.print(report_table(report, "subset", "valid retrieval subset"))
     stdout.print(report_table(report, "overall", "all test users"))
-    if "paired" in report:
-        stdout.print(paired_summary(report["paired"]))
+    for line in paired_lines(report):
+        stdout.print(line, highlight=False)
 
 
 def report_table(report: dict, view: str, title: str):

@@ -44,3 +44,11 @@ Dtype = Annotated[
         show_default=False,
     ),
 ]
+Fusion = Annotated[
+    str,
+    typer.Option(
+        "--fusion",
+        help="Combine the ranker's letter scores with the retriever's: auto (the α rank-train chose on validation), "
+        "none (the ranker alone) or α from 0 (the retriever's order) to 1 (the ranker's).",
+    ),
+]

@@ -27,7 +27,9 @@ def pipeline(
     model: Annotated[str, typer.Option("--model", help="Ranker base model: alias, hub id or path.")] = "smollm2-135m",
     retriever_epochs: Annotated[int, _budget("Most LRURec epochs.", "--retriever-epochs")] = 20,
     train_examples: Annotated[int, _budget("Ranker training examples.", "--train-examples")] = 128,
-    val_examples: Annotated[int, _budget("Validation users ranked per validation.", "--val-examples")] = 32,
+    val_examples: Annotated[
+        int, _budget("Validation users ranked per validation (early stopping and fusion's α).", "--val-examples")
+    ] = 128,
     eval_every: Annotated[int, _budget("Validate the ranker every N steps.", "--eval-every")] = 16,
     batch_size: Annotated[int, _budget("Ranker examples per step.", "--batch-size")] = 4,
     lr: Annotated[float, _budget("Ranker learning rate.", "--lr")] = 5e-4,

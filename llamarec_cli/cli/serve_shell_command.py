@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import settings
-from .options import DatasetName, Device, Dtype, Json, RetrieverName, Workdir
+from .options import DatasetName, Device, Dtype, Fusion, Json, RetrieverName, Workdir
 from .output import print_json, stderr, stdout
 
 EPILOG = (
@@ -28,6 +28,7 @@ def serve_shell(
     adapter: Annotated[str | None, typer.Option("--adapter", help="none: the base model zero-shot.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Base model for --adapter none.")] = None,
     retriever: RetrieverName = "lrurec",
+    fusion: Fusion = "auto",
     dtype: Dtype = None,
     device: Device = "auto",
     workdir: Workdir = None,
@@ -46,9 +47,13 @@ def serve_shell(
         model=model,
         dtype=dtype,
         device=device,
+        fusion=fusion,
     )
     if recommender.dtype_reason:
         stderr.print(recommender.dtype_reason, highlight=False, soft_wrap=True)
+    if recommender.ranker_name != "none":
+        fused = f"α = {recommender.alpha:g}" if recommender.alpha is not None else "off"
+        stderr.print(f"Fusion with the retriever's scores: {fused} ({recommender.alpha_source}).", highlight=False)
     if user is not None or history is not None:
         items = recommender.user_history(user) if user is not None else parse_history(recommender, history)
         rec = recommender.recommend(items)
@@ -57,6 +62,7 @@ def serve_shell(
             result["ranked"] = result["ranked"][:top] if result["ranked"] is not None else None
             print_json(
                 {"dataset": dataset, "user": user, "ranker": recommender.ranker_name, "dtype": recommender.dtype}
+                | {"fusion_alpha": recommender.alpha}
                 | result
             )
         else:

@@ -22,7 +22,8 @@ from ..evaluation.metrics import paired_difference
 from ..retrieval.candidates import load_candidates
 from ..retrieval.checkpoint import write_json
 from .examples import valid_subset
-from .train import load_ranker_manifest, rank_subset, ranker_dir, sample, subset_metrics
+from .fusion import fused_ranks, order, resolve_alpha
+from .train import load_ranker_manifest, ranker_dir, sample, score_subset, subset_metrics, target_ranks
 
 KS = (5, 10)
 NAMES = ("MRR", "NDCG", "Recall")
@@ -32,12 +33,16 @@ def _pick(metrics: dict, ks=KS) -> dict[str, float]:
     return {f"{name}@{k}": metrics.get(f"{name}@{k}", 0.0) for k in ks for name in NAMES}
 
 
-def paired_summary(d: dict) -> str:
+def paired_summary(d: dict, who: str = "Ranker") -> str:
     interval = f" ± {d['half_width']:.4f} (95%," if d["half_width"] is not None else " ("
     return (
-        f"Ranker minus retriever order, {d['metric']} on the subset: {d['difference']:+.4f}{interval} paired over "
+        f"{who} minus retriever order, {d['metric']} on the subset: {d['difference']:+.4f}{interval} paired over "
         f"{d['users']:,} users); the true item ranked higher for {d['better']:,} users, lower for {d['worse']:,}."
     )
+
+
+def fused_name(alpha: float) -> str:
+    return f"fused (α={alpha:g})"
 
 
 @dataclass
@@ -136,16 +141,22 @@ def evaluate(
     dtype: str | None = None,
     batch_size: int = 8,
     max_examples: int | None = None,
+    fusion: str = "auto",
     templates_dir: Path | None = None,
     trust_remote_code: bool = False,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict:
     """Rank the test subset (unless ``ranker == "none"``) and write the report; returns it.
 
-    ``max_examples``: rank a seeded sample of the subset (a quick estimate, marked as such in the report)."""
+    ``max_examples``: rank a seeded sample of the subset (a quick estimate, marked as such in the report).
+    ``fusion``: auto (the α stored with the ranker), none, or an α in [0, 1]; the fused order is reported beside the
+    pure ranker's."""
     dataset = load_dataset(workdir, dataset_name)
+    stored_fusion = None
     if ranker != "none" and adapter != "none":
-        retriever = load_ranker_manifest(workdir, dataset, ranker)["config"]["retriever"]
+        manifest = load_ranker_manifest(workdir, dataset, ranker)
+        retriever, stored_fusion = manifest["config"]["retriever"], manifest.get("fusion")
+    alpha, alpha_source = resolve_alpha(fusion, stored_fusion) if ranker != "none" else (None, "")
     candidates, candidates_manifest = load_candidates(workdir, dataset, retriever)
     subset = valid_subset(dataset, candidates, "test")
     examples = sample(subset.examples, max_examples, seed=0)
@@ -159,6 +170,7 @@ def evaluate(
         "subset_users": len(subset.examples),
         "hit_rate": subset.hit_rate,
         "ranked_users": len(examples),
+        "true_is_first_candidate": sum(e.target_index == 0 for e in examples) / len(examples) if examples else 0.0,
         "subset": {"retriever": _pick(subset_metrics(retriever_ranks))},
         "overall": {"retriever": _pick(test_summary)},
     }
@@ -179,9 +191,9 @@ def evaluate(
         )
         log(loaded.dtype_reason)
         began = time.perf_counter()
-        ranks = rank_subset(loaded.model, loaded.encoder, examples, batch_size)
+        scores = score_subset(loaded.model, loaded.encoder, examples, batch_size)
         seconds = time.perf_counter() - began
-        subset_view = _pick(subset_metrics(ranks))
+        ranks = target_ranks(examples, scores)
         name = "zero-shot" if adapter == "none" else ranker
         report["ranker"] = {
             "name": name,
@@ -189,11 +201,17 @@ def evaluate(
             "dtype": loaded.dtype,
             "dtype_reason": loaded.dtype_reason,
             "seconds": round(seconds, 1),
+            "top_is_first_candidate": _first_share(scores),  # position bias: the share of users it ranks A first
         }
-        report["subset"]["ranker"] = subset_view
-        report["overall"]["ranker"] = {key: value * subset.hit_rate for key, value in subset_view.items()}
-        report["paired"] = paired_difference(ranks, retriever_ranks)
         report["ranks"] = {"users": [e.user for e in examples], "retriever": retriever_ranks, "ranker": ranks}
+        _add_order(report, "ranker", ranks, retriever_ranks, subset.hit_rate)
+        report["paired"] = report["paired_by_order"]["ranker"]
+        report["fusion"] = {"alpha": alpha, "source": alpha_source}
+        if alpha is not None:
+            fused = fused_ranks(examples, scores, alpha)
+            report["ranks"]["fused"] = fused
+            _add_order(report, fused_name(alpha), fused, retriever_ranks, subset.hit_rate)
+            report["fusion"]["paired"] = report["paired_by_order"][fused_name(alpha)]
     folder = workdir / dataset_name / "reports"
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / f"evaluate-{name}.json", report)
@@ -203,6 +221,31 @@ def evaluate(
     tmp.replace(markdown)
     report["report_files"] = [str(folder / f"evaluate-{name}.json"), str(markdown)]
     return report
+
+
+def paired_lines(report: dict) -> list[str]:
+    """One sentence per order: its gain over the retriever's order, paired, and (for the fused one) its α."""
+    lines = []
+    for who, paired in report.get("paired_by_order", {}).items():
+        lines.append(paired_summary(paired, who="Ranker" if who == "ranker" else who.capitalize()))
+    fusion = report.get("fusion") or {}
+    if fusion.get("alpha") is not None:
+        alpha, source = fusion["alpha"], fusion["source"]
+        lines.append(f"Fusion: α = {alpha:g} ({source}); α = 1 is the ranker alone, 0 the retriever's order.")
+    elif "ranker" in report:
+        lines.append(f"Fusion: off ({fusion.get('source', 'none')}).")
+    return lines
+
+
+def _add_order(report: dict, who: str, ranks: list[float], retriever_ranks: list[float], hit_rate: float) -> None:
+    view = _pick(subset_metrics(ranks))
+    report["subset"][who] = view
+    report["overall"][who] = {key: value * hit_rate for key, value in view.items()}
+    report.setdefault("paired_by_order", {})[who] = paired_difference(ranks, retriever_ranks)
+
+
+def _first_share(scores) -> float:
+    return sum(order(s)[0] == 0 for s in scores) / len(scores) if scores else 0.0
 
 
 def to_markdown(report: dict) -> str:
@@ -219,8 +262,7 @@ def to_markdown(report: dict) -> str:
         r = report["ranker"]
         dtype = f" in {r['dtype']}" if "dtype" in r else ""
         lines.append(f"Ranker: {r['description']}{dtype}, {r['seconds']} s for the subset.")
-    if "paired" in report:
-        lines.append(paired_summary(report["paired"]))
+    lines += paired_lines(report)
     for view, title in (("subset", "Valid retrieval subset"), ("overall", "All test users")):
         lines += ["", f"## {title}", "", "| order | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
         for who, metrics in report[view].items():

@@ -71,11 +71,11 @@ def retrieved_examples(
     from ..retrieval.evaluate import top_k
 
     data = EvalSet("train", [u for u, _ in chosen], [train[u][:i] for u, i in chosen], [train[u][i] for u, i in chosen])
-    items, _, _ = top_k(retriever, data, device, k)
+    items, scores, _ = top_k(retriever, data, device, k)
     examples = []
-    for user, history, target, row in zip(data.users, data.histories, data.targets, items.tolist()):
+    for user, history, target, row, values in zip(data.users, data.histories, data.targets, items.tolist(), scores):
         if target in row:
-            examples.append(Example(history, row, row.index(target), user))
+            examples.append(Example(history, row, row.index(target), user, values.tolist()))
     return examples
 
 
@@ -120,8 +120,9 @@ def valid_subset(dataset, candidates: pl.DataFrame, split: str, k: int | None = 
     val = dataset.sequences("val") if split == "test" else {}
     rows = candidates.filter(pl.col("split") == split)
     examples = []
-    for user, target, items in rows.select("user", "target", "candidates").iter_rows():
-        items = items[:k] if k else items
+    for user, target, items, scores in rows.select("user", "target", "candidates", "scores").iter_rows():
+        items, scores = (items[:k], scores[:k]) if k else (items, scores)
         if target in items:
-            examples.append(Example(train.get(user, []) + val.get(user, []), items, items.index(target), user))
+            history = train.get(user, []) + val.get(user, [])
+            examples.append(Example(history, items, items.index(target), user, scores))
     return Subset(split, examples, rows.height)

@@ -21,12 +21,14 @@ ANSWER_TOKENS = 2  # the letter and EOS
 
 @dataclass
 class Example:
-    """One ranking request: a history, up to 20 candidates in the order shown, and (if known) the true one's index."""
+    """One ranking request: a history, up to 20 candidates in the order shown, (if known) the true one's index, and
+    the retriever's scores of the candidates (for score fusion)."""
 
     history: list[int]
     candidates: list[int]
     target_index: int | None = None
     user: int | None = None
+    retriever_scores: list[float] | None = None
 
 
 class PromptEncoder:

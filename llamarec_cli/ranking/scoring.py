@@ -10,7 +10,6 @@ batch 32; cut at 1,024 tokens 3.37 and 3.22. GPUs take the whole batch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -84,13 +83,6 @@ def score_examples(
 def probabilities(scores: torch.Tensor) -> torch.Tensor:
     """A softmax over the candidates' letter logits (METHOD.md §5)."""
     return torch.softmax(scores, dim=-1)
-
-
-def rank_of_target(scores: torch.Tensor, target_index: int) -> float:
-    """1-based rank of the true candidate among the scores; ties count against it (as in evaluation.metrics)."""
-    if not math.isfinite(float(scores[target_index])):
-        return float(len(scores))
-    return float((scores >= scores[target_index]).sum())
 
 
 def agreement(first: list[torch.Tensor], second: list[torch.Tensor]) -> dict:

@@ -39,8 +39,9 @@ from ..retrieval.checkpoint import (
 from ..retrieval.train import Reporter, resolve_device
 from .config import RankerConfig
 from .examples import training_examples, valid_subset
+from .fusion import choose_alpha, rank
 from .prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
-from .scoring import pass_token_cap, passes, rank_of_target, score_examples
+from .scoring import pass_token_cap, passes, score_examples
 from .verbalizer import position_ids
 
 EARLY_STOP_METRIC = "NDCG@10"
@@ -102,20 +103,28 @@ def subset_metrics(ranks: list[float]) -> dict[str, float]:
     return sums.result()
 
 
-def rank_subset(
+def score_subset(
     model, encoder: PromptEncoder, examples: list[Example], batch_size: int, accelerator=None, tokens_per_pass=None
-):
-    """Ranks of the true candidates, each process scoring its share (all gathered on every process)."""
-    share = examples
-    if accelerator is not None and accelerator.num_processes > 1:
-        share = examples[accelerator.process_index :: accelerator.num_processes]
+) -> list[torch.Tensor]:
+    """The letter logits of every example, each process scoring its share; all of them, in the examples' order, on
+    every process."""
+    indices = list(range(len(examples)))
+    several = accelerator is not None and accelerator.num_processes > 1
+    if several:
+        indices = indices[accelerator.process_index :: accelerator.num_processes]
+    share = [examples[i] for i in indices]
     scores = score_examples(model, encoder, share, batch_size=batch_size, tokens_per_pass=tokens_per_pass)
-    ranks = [rank_of_target(s, e.target_index) for s, e in zip(scores, share)]
-    if accelerator is not None and accelerator.num_processes > 1:
+    if several:
         from accelerate.utils import gather_object
 
-        ranks = gather_object(ranks)
-    return ranks
+        pairs = gather_object([(i, s.tolist()) for i, s in zip(indices, scores)])
+        scores = [torch.tensor(s) for _, s in sorted(pairs)]
+    return scores
+
+
+def target_ranks(examples: list[Example], scores: list[torch.Tensor]) -> list[float]:
+    """The true candidates' ranks in the ranker's order (ties keep the retriever's order)."""
+    return [rank(s, e.target_index) for s, e in zip(scores, examples, strict=True)]
 
 
 def sample(examples: list[Example], n: int | None, seed: int) -> list[Example]:
@@ -242,6 +251,7 @@ def train_ranker(
 
     step, epoch, start_batch, bad, train_seconds = 0, 0, 0, 0, 0.0
     best, best_step, best_metrics, validations = -1.0, 0, {}, []
+    best_scores: list[list[float]] = []  # the best adapter's validation letter logits: α is tuned on them
     if resume and state_path.is_file():
         tensors, saved = load_state(state_path)
         lora = {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")}
@@ -254,6 +264,7 @@ def train_ranker(
         step, epoch, start_batch, bad = saved["step"], saved["epoch"], saved["batch"], saved["bad"]
         best, best_step, best_metrics = saved["best"], saved["best_step"], saved["best_metrics"]
         validations, train_seconds = saved["validations"], saved["train_seconds"]
+        best_scores = saved.get("best_scores", [])
         for _ in range(step):
             scheduler.step()
     elif accelerator.is_main_process:
@@ -264,12 +275,13 @@ def train_ranker(
     accelerator.wait_for_everyone()
 
     def validate(batch_done: int) -> bool:
-        nonlocal best, best_step, best_metrics, bad
-        ranks = rank_subset(model, encoder, val_examples, config.eval_batch_size, accelerator, config.tokens_per_pass)
-        metrics = subset_metrics(ranks)
+        nonlocal best, best_step, best_metrics, best_scores, bad
+        scores = score_subset(model, encoder, val_examples, config.eval_batch_size, accelerator, config.tokens_per_pass)
+        metrics = subset_metrics(target_ranks(val_examples, scores))
         improved = metrics.get(EARLY_STOP_METRIC, 0.0) > best
         if improved:
             best, best_step, best_metrics, bad = metrics[EARLY_STOP_METRIC], step, metrics, 0
+            best_scores = [s.tolist() for s in scores]
             if accelerator.is_main_process:
                 _save_adapter(unwrapped, partial / "adapter")
         else:
@@ -281,6 +293,7 @@ def train_ranker(
             tensors |= optimizer_tensors(optimizer) | rng_tensors(accelerator.device)
             counters = {"step": step, "epoch": epoch, "batch": batch_done, "bad": bad, "best": best}
             counters |= {"best_step": best_step, "best_metrics": best_metrics, "validations": validations}
+            counters |= {"best_scores": best_scores}
             state_path.parent.mkdir(parents=True, exist_ok=True)
             save_state(state_path, tensors, counters | {"train_seconds": train_seconds})
         accelerator.wait_for_everyone()
@@ -350,6 +363,7 @@ def train_ranker(
         "val_metrics": best_metrics,
         "val_retriever_metrics": subset_metrics([e.target_index + 1.0 for e in val_examples]),  # the bar to clear
         "validations": validations,
+        "fusion": choose_alpha(val_examples, [torch.tensor(s) for s in best_scores]) if best_scores else None,
         "versions": _versions(),
     }
     if interrupted or not accelerator.is_main_process:

@@ -72,7 +72,7 @@ class TitleIndex:
 class Recommendation:
     history: list[tuple[int, str]]  # the most recent items, oldest first
     candidates: list[dict]  # retriever order: item, title, score
-    ranked: list[dict] | None  # ranker order: item, title, probability, letter
+    ranked: list[dict] | None  # final order (fused when α is set): item, title, probability, letter
     seconds: dict[str, float]
 
     def to_dict(self) -> dict:
@@ -97,15 +97,21 @@ class Recommender:
         dtype: str | None = None,
         device: str = "auto",
         candidates: int = 20,
+        fusion: str = "auto",
     ):
         from ..data.artifact import load_dataset
         from ..ranking.evaluate import load_ranker
+        from ..ranking.fusion import resolve_alpha
         from ..ranking.train import load_ranker_manifest
         from ..retrieval.retrieve_train import load_retriever
 
         self.dataset = load_dataset(workdir, dataset_name)
+        stored_fusion = None
         if ranker != "none" and adapter != "none":
-            retriever = load_ranker_manifest(workdir, self.dataset, ranker)["config"]["retriever"]
+            manifest = load_ranker_manifest(workdir, self.dataset, ranker)
+            retriever, stored_fusion = manifest["config"]["retriever"], manifest.get("fusion")
+        # α: the weight of the ranker's log-probabilities against the retriever's (ranking/fusion.py); None: ranker only
+        self.alpha, self.alpha_source = resolve_alpha(fusion, stored_fusion) if ranker != "none" else (None, "")
         self.retriever, _ = load_retriever(workdir, self.dataset, retriever, device)
         self.device = next(self.retriever.parameters()).device
         self.k = candidates
@@ -138,8 +144,9 @@ class Recommender:
 
     @torch.no_grad()
     def recommend_many(self, histories: list[list[int]], batch_size: int = 8) -> list[Recommendation]:
+        from ..ranking.fusion import fuse, order
         from ..ranking.prompts import Example
-        from ..ranking.scoring import probabilities, score_examples
+        from ..ranking.scoring import score_examples
         from ..retrieval.data import EvalSet
         from ..retrieval.evaluate import top_k
 
@@ -157,7 +164,7 @@ class Recommender:
         ranking = 0.0
         if self.llm is not None:
             began = time.perf_counter()
-            examples = [Example(h, [i for i, _ in c]) for h, c in zip(histories, lists)]
+            examples = [Example(h, [i for i, _ in c], None, None, [s for _, s in c]) for h, c in zip(histories, lists)]
             ranked_scores = score_examples(self.llm, self.encoder, examples, batch_size=batch_size)
             ranking = time.perf_counter() - began
         results = []
@@ -165,8 +172,9 @@ class Recommender:
             shown = history[-(self.encoder.template.history_length if self.encoder else 20) :]
             ranked = None
             if ranked_scores is not None:
-                probs = probabilities(ranked_scores[n])
-                order = torch.argsort(ranked_scores[n], descending=True, stable=True).tolist()
+                alpha = 1.0 if self.alpha is None else self.alpha
+                final = fuse(ranked_scores[n], examples[n].retriever_scores, alpha)
+                probs = torch.softmax(final, dim=-1)
                 letters = self.encoder.verbalizer.letters
                 ranked = [
                     {
@@ -175,7 +183,7 @@ class Recommender:
                         "probability": float(probs[j]),
                         "letter": letters[j],
                     }
-                    for j in order
+                    for j in order(final)
                 ]
             results.append(
                 Recommendation(
