@@ -112,8 +112,9 @@ def markdown(data: dict) -> str:
     ]
     for dataset, d in data.get("datasets", {}).items():
         lines += ["", f"## {dataset}", ""]
-        lines += [f"- command: `{d.get('command', '')}` ({d.get('date', '')}, {d.get('machine', '')})"]
-        lines += [f"- retriever: {d.get('retriever', '')}", f"- budget: {d.get('budget', '')}"]
+        lines += [f"- retriever: {d.get('retriever', '')}"]
+        for name, how in d.get("runs", {}).items():
+            lines.append(f"- {name}: `{how['command']}` ({how['date']}, {how['machine']}); {how['budget']}")
         if "subset_users" in d:
             lines.append(
                 f"- test users ranked: {d['ranked_users']:,} of the {d['subset_users']:,} in the subset "
@@ -181,7 +182,8 @@ def minutes(seconds: float) -> str:
 def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
     """Every order of one dataset: retriever, zero-shot, and each trained ranker pure and fused."""
     d = data["datasets"].setdefault(dataset, {"stages": {}, "training": {}})
-    d |= {
+    d.setdefault("runs", {})
+    this_run = {  # recorded beside each result this run makes, so a later run with other flags relabels nothing
         "command": "python benchmarks/ranking.py " + shlex.join(sys.argv[1:]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -196,6 +198,7 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
             return
         sample = ["--max-examples", str(args.test_examples)]
         seconds = run(["evaluate", dataset, *sample, *extra], env)
+        d["runs"][stage] = this_run
         report = load(reports / f"evaluate-{report_name}.json")
         d.update({k: report[k] for k in ("test_users", "subset_users", "hit_rate", "ranked_users")})
         orders = report["subset"]
@@ -224,17 +227,24 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
     evaluate(f"zero-shot {args.model}", ["--adapter", "none", "--model", args.model], "zero-shot")
     for negatives in args.negatives:
         name = f"trained, {negatives} negatives"
+        done = args.workdir / dataset / "ranker" / negatives / "manifest.json"
+        if name not in d["training"] and done.is_file():  # trained, but its entry was lost: keep it, say so
+            print(f"{done} exists: using that ranker (delete it to train again)", flush=True)
         if name not in d["training"]:
             state = args.workdir / dataset / "ranker" / f".{negatives}.partial" / "training" / "state.safetensors"
-            seconds = run(
-                [
-                    *("rank-train", dataset, "--name", negatives, "--model", args.model, "--negatives", negatives),
-                    *("--max-train-examples", str(args.train_examples)),
-                    *("--max-val-examples", str(args.val_examples), "--eval-every", str(args.eval_every)),
-                    *("--batch-size", str(args.batch_size), "--lr", str(args.lr)),
-                    *("--warmup-steps", str(args.warmup_steps), "--resume" if state.is_file() else "--restart"),
-                ],
-                env,
+            seconds = (
+                0.0
+                if done.is_file()
+                else run(
+                    [
+                        *("rank-train", dataset, "--name", negatives, "--model", args.model, "--negatives", negatives),
+                        *("--max-train-examples", str(args.train_examples)),
+                        *("--max-val-examples", str(args.val_examples), "--eval-every", str(args.eval_every)),
+                        *("--batch-size", str(args.batch_size), "--lr", str(args.lr)),
+                        *("--warmup-steps", str(args.warmup_steps), "--resume" if state.is_file() else "--restart"),
+                    ],
+                    env,
+                )
             )
             manifest = load(args.workdir / dataset / "ranker" / negatives / "manifest.json")
             keep = ("train_examples", "steps", "best_step", "val_metrics", "val_retriever_metrics", "fusion")
@@ -242,8 +252,10 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
                 "validations": manifest["validations"],
                 "train_seconds": manifest["train_seconds"],
                 "dtype": manifest["model"]["dtype"],
-                "time": minutes(seconds),
+                "time": minutes(seconds) if seconds else "earlier run",
             }
+            if seconds:  # a ranker found trained keeps its own settings, in its manifest
+                d["runs"][name + " (training)"] = this_run
             save(data)
         evaluate(name, ["--ranker", negatives], negatives)
 

@@ -59,6 +59,8 @@ def test_ties_keep_the_order_shown_and_a_missing_score_goes_last():
     assert order(torch.tensor([float("nan"), 1.0, 0.0])) == [1, 2, 0]
     nan_letters = torch.tensor([float("nan"), 1.0, 0.0])
     assert order(fuse(nan_letters, [3.0, 2.0, 1.0], 0.5))[-1] == 0
+    no_letters = torch.full((3,), float("nan"))  # the ranker gave nothing: the retriever's order stands
+    assert order(fuse(no_letters, [1.0, 3.0, 2.0], 0.5)) == [1, 2, 0]
 
 
 def test_alpha_is_the_best_on_the_requests_given():
@@ -129,9 +131,11 @@ def test_alpha_is_chosen_on_validation_and_used_by_evaluate_and_serving(chain_wi
     result = rec.recommend([1, 2, 3])
     assert rec.alpha == 0.0 and [r["item"] for r in result.ranked] == [c["item"] for c in result.candidates]
     assert sum(r["probability"] for r in result.ranked) == pytest.approx(1.0, abs=1e-5)
-    own = Recommender("chain", workdir=workdir, device="cpu", fusion="none").recommend([1, 2, 3])
-    letters = torch.tensor([r["probability"] for r in own.ranked])
-    assert torch.all(letters[:-1] >= letters[1:])  # the ranker's own order: probabilities descending
+    alone = Recommender("chain", workdir=workdir, device="cpu", fusion="none")
+    own = alone.recommend([1, 2, 3])
+    candidates = [c["item"] for c in own.candidates]
+    letters = score_subset(alone.llm, alone.encoder, [Example([1, 2, 3], candidates)], 8)[0]
+    assert alone.alpha is None and [r["item"] for r in own.ranked] == [candidates[j] for j in order(letters)]
 
     out = CliRunner().invoke(build_app(), ["evaluate", "chain", "-w", str(workdir), "--fusion", "2", "--device", "cpu"])
     assert out.exit_code != 0 and "--fusion must be auto" in out.output and "Traceback" not in out.output

@@ -156,7 +156,9 @@ def evaluate(
     if ranker != "none" and adapter != "none":
         manifest = load_ranker_manifest(workdir, dataset, ranker)
         retriever, stored_fusion = manifest["config"]["retriever"], manifest.get("fusion")
-    alpha, alpha_source = resolve_alpha(fusion, stored_fusion) if ranker != "none" else (None, "")
+    alpha, alpha_source = resolve_alpha(fusion, stored_fusion)  # a bad --fusion is refused, ranker or not
+    if ranker == "none":
+        alpha, alpha_source = None, ""
     candidates, candidates_manifest = load_candidates(workdir, dataset, retriever)
     subset = valid_subset(dataset, candidates, "test")
     examples = sample(subset.examples, max_examples, seed=0)

@@ -28,13 +28,14 @@ def fuse(letter_scores: torch.Tensor, retriever_scores: torch.Tensor, alpha: flo
     if alpha >= 1:
         return letters
     retriever = torch.log_softmax(_finite(retriever_scores), dim=-1)
-    if alpha <= 0:
+    if alpha <= 0 or letters.isnan().all():  # no finite letter logit (e.g. an fp16 overflow): the retriever decides
         return retriever
     return alpha * letters + (1 - alpha) * retriever
 
 
 def _finite(scores) -> torch.Tensor:
-    """float64, NaN as -inf: a candidate without a score goes last (α = 0 and 1 never multiply an -inf by 0)."""
+    """float64, NaN as -inf: a candidate without a score goes last (α = 0 and 1 never multiply an -inf by 0);
+    +inf becomes the largest float, so log_softmax stays defined."""
     return torch.as_tensor(scores, dtype=torch.float64).nan_to_num(nan=-math.inf, neginf=-math.inf)
 
 

@@ -74,6 +74,7 @@ class Recommendation:
     candidates: list[dict]  # retriever order: item, title, score
     ranked: list[dict] | None  # final order (fused when α is set): item, title, probability, letter
     seconds: dict[str, float]
+    alpha: float | None = None  # the fusion weight of the ranker; None: the ranker's order alone
 
     def to_dict(self) -> dict:
         return {
@@ -111,7 +112,9 @@ class Recommender:
             manifest = load_ranker_manifest(workdir, self.dataset, ranker)
             retriever, stored_fusion = manifest["config"]["retriever"], manifest.get("fusion")
         # α: the weight of the ranker's log-probabilities against the retriever's (ranking/fusion.py); None: ranker only
-        self.alpha, self.alpha_source = resolve_alpha(fusion, stored_fusion) if ranker != "none" else (None, "")
+        self.alpha, self.alpha_source = resolve_alpha(fusion, stored_fusion)  # a bad --fusion is refused either way
+        if ranker == "none":
+            self.alpha, self.alpha_source = None, ""
         self.retriever, _ = load_retriever(workdir, self.dataset, retriever, device)
         self.device = next(self.retriever.parameters()).device
         self.k = candidates
@@ -191,6 +194,7 @@ class Recommender:
                     candidates=[{"item": i, "title": self.titles[i], "score": s} for i, s in candidates],
                     ranked=ranked,
                     seconds={"retrieval": retrieval / len(histories), "ranking": ranking / len(histories)},
+                    alpha=self.alpha if ranked is not None else None,
                 )
             )
         return results

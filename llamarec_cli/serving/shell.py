@@ -32,7 +32,8 @@ def print_recommendation(console: Console, rec: Recommendation, top: int, who: s
         retrieved.add_row(str(rank), c["title"], f"{c['score']:.2f}")
     console.print(retrieved)
     if rec.ranked is not None:
-        ranked = Table(title="Ranker", title_justify="left")
+        title = "Ranker" if rec.alpha is None else f"Ranker fused with the retriever (α = {rec.alpha:g})"
+        ranked = Table(title=title, title_justify="left")
         for column in ("#", "title", "probability", "was"):
             ranked.add_column(column, justify="right" if column != "title" else "left")
         was = {c["item"]: n for n, c in enumerate(rec.candidates, 1)}
