@@ -71,14 +71,22 @@ def prepare(dataset: str, workdir: Path, retrieval_workdir: Path, env: dict) -> 
         else:
             raw = ["--from-split", str(SHARED / "datasets" / dataset / "llamarec-split.json")]
         run(["preprocess", dataset, *raw], env)
-    how = f"copied from {source / 'retriever' / 'lrurec'}"
     if not (target / "retriever" / "lrurec" / "manifest.json").is_file():
         run(["retrieve-train", dataset], env)
-        how = "trained here (default settings)"
     if not (target / "candidates" / "lrurec.json").is_file():
         run(["candidates", dataset], env)
-    manifest = json.loads((target / "retriever" / "lrurec" / "manifest.json").read_text())
-    return f"{how}; best step {manifest.get('best_step', '?')}"
+    return describe_retriever(target / "retriever" / "lrurec" / "manifest.json")
+
+
+def describe_retriever(path: Path) -> str:
+    """What the retriever's own manifest says of its training: settings given by flag, steps, test figures."""
+    manifest = json.loads(path.read_text())
+    config, training, test = manifest["config"], manifest["training"], manifest["metrics"]["test"]
+    flags = [f"{k}={config[k]}" for k, origin in manifest["config_sources"].items() if origin == "flag"]
+    return (
+        f"lrurec ({', '.join(flags) or 'default settings'}), best step {training['best_step']:,} of "
+        f"{training['steps']:,}; test Recall@10 {test['Recall@10']:.4f}, NDCG@10 {test['NDCG@10']:.4f}"
+    )
 
 
 def load(path: Path) -> dict:
@@ -206,11 +214,14 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
             "retriever order",
             {
                 "subset": orders["retriever"],
-                "overall": report["overall"]["retriever"],
+                # subset x hit-rate like every other row (the report's own overall is the full ranking, exact, but
+                # of all subset users rather than the sample the rows share)
+                "overall": {key: value * report["hit_rate"] for key, value in orders["retriever"].items()},
+                "overall_full_ranking": report["overall"]["retriever"],
                 "first_is_a": report["true_is_first_candidate"],
             },
         )
-        for who in orders:
+        for who in sorted(orders, key=lambda who: who != "ranker"):  # the pure ranker, then the fused order
             if who == "retriever":
                 continue
             name = stage if who == "ranker" else f"{stage}, {who}"
@@ -225,8 +236,9 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
         save(data)
 
     evaluate(f"zero-shot {args.model}", ["--adapter", "none", "--model", args.model], "zero-shot")
-    for negatives in args.negatives:
-        name = f"trained, {negatives} negatives"
+    for negatives in args.negatives:  # a ranker per kind, named after it in the work directory
+        kind, _, shuffled = negatives.partition("-")
+        name = f"trained, {kind} negatives" + (", shuffled" if shuffled else "")
         done = args.workdir / dataset / "ranker" / negatives / "manifest.json"
         if name not in d["training"] and done.is_file():  # trained, but its entry was lost: keep it, say so
             print(f"{done} exists: using that ranker (delete it to train again)", flush=True)
@@ -237,7 +249,8 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
                 if done.is_file()
                 else run(
                     [
-                        *("rank-train", dataset, "--name", negatives, "--model", args.model, "--negatives", negatives),
+                        *("rank-train", dataset, "--name", negatives, "--model", args.model, "--negatives", kind),
+                        *(("--set", "shuffle_candidates=true") if shuffled else ()),
                         *("--max-train-examples", str(args.train_examples)),
                         *("--max-val-examples", str(args.val_examples), "--eval-every", str(args.eval_every)),
                         *("--batch-size", str(args.batch_size), "--lr", str(args.lr)),
@@ -273,7 +286,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--warmup-steps", type=int, default=8)
-    parser.add_argument("--negatives", nargs="+", default=["retrieved", "random"])
+    parser.add_argument(
+        "--negatives",
+        nargs="+",
+        default=["retrieved", "retrieved-shuffled", "random"],
+        choices=["retrieved", "retrieved-shuffled", "random"],
+        help="retrieved-shuffled: the retriever's candidates in a random order (rank-train --set shuffle_candidates)",
+    )
     parser.add_argument("--redo", action="store_true", help="forget the named datasets' results and rerun them")
     args = parser.parse_args()
 

@@ -230,6 +230,16 @@ def test_retrieved_negatives_are_the_retrievers_candidates(chain_with_candidates
         i = len(example.history)
         assert seq[:i] == example.history and example.candidates[example.target_index] == seq[i]
         assert not set(example.candidates) & set(example.history)
+    shuffled = training_examples(
+        chain_with_candidates, k=10, negatives="retrieved", max_examples=30, retriever=retriever, shuffle=True
+    )
+    moved = 0
+    for a, b in zip(examples, shuffled, strict=True):  # the same requests, candidates in another order
+        assert a.history == b.history and sorted(a.candidates) == sorted(b.candidates)
+        assert b.candidates[b.target_index] == a.candidates[a.target_index]
+        assert dict(zip(b.candidates, b.retriever_scores)) == dict(zip(a.candidates, a.retriever_scores))
+        moved += a.candidates != b.candidates
+    assert moved >= 25
 
 
 def test_paired_difference_by_hand():

@@ -38,6 +38,12 @@ class RankerConfig:
         "random: 19 random items + the true one (the paper); retrieved: the "
         "retriever's own top-k for training prefixes that contain the true item.",
     )
+    shuffle_candidates: bool = option(
+        False,
+        "Show retrieved training candidates in a seeded random order instead of the retriever's: on training "
+        "prefixes the retriever, which trained on them, puts the true item first about twice as often as at test "
+        "time (games: 24% against 12%), and a ranker taught in its order learns to answer A.",
+    )
     max_train_examples: int | None = option(None, "Train on a seeded random sample of this many examples.")
     eval_every: int = option(100, "Validate (NDCG@10 on the valid retrieval subset) every this many steps.")
     patience: int = option(20, "Stop after this many validations without a better NDCG@10.")

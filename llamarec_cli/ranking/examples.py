@@ -93,8 +93,10 @@ def training_examples(
     seed: int = 42,
     retriever=None,
     device="cpu",
+    shuffle: bool = False,
 ) -> list[Example]:
-    """The training requests, in a seeded random order; at most ``max_examples`` of them."""
+    """The training requests, in a seeded random order; at most ``max_examples`` of them. ``shuffle``: retrieved
+    candidates in a seeded random order rather than the retriever's (random negatives are always shuffled)."""
     check_negatives(negatives)
     train = dataset.sequences("train")
     pairs = prefixes(train)
@@ -111,7 +113,15 @@ def training_examples(
         examples += retrieved_examples(train, retriever, k, chosen, device)
         if len(examples) >= want:
             break
-    return examples[:want]
+    examples = examples[:want]
+    if shuffle:
+        rng = np.random.default_rng(seed)
+        for e in examples:
+            target, where = e.candidates[e.target_index], rng.permutation(len(e.candidates))
+            e.candidates = [e.candidates[i] for i in where]
+            e.retriever_scores = [e.retriever_scores[i] for i in where] if e.retriever_scores else None
+            e.target_index = e.candidates.index(target)
+    return examples
 
 
 def valid_subset(dataset, candidates: pl.DataFrame, split: str, k: int | None = None) -> Subset:

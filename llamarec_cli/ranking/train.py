@@ -229,6 +229,7 @@ def train_ranker(
         seed=config.seed,
         retriever=retriever,
         device=accelerator.device,
+        shuffle=config.shuffle_candidates,
     )
     del retriever
     if len(examples) < accelerator.num_processes:
