@@ -41,6 +41,19 @@ def paired_summary(d: dict, who: str = "Ranker") -> str:
     )
 
 
+def ranker_plan(
+    workdir: Path, dataset, ranker: str, adapter: str | None, retriever: str, fusion: str
+) -> tuple[str, float | None, str]:
+    """Whose candidates the ranker ranks, and the fusion α to use with where it came from, as the trained ranker's
+    manifest says (a bad ``fusion`` is refused even without a ranker)."""
+    stored = None
+    if ranker != "none" and adapter != "none":
+        manifest = load_ranker_manifest(workdir, dataset, ranker)
+        retriever, stored = manifest["config"]["retriever"], manifest.get("fusion")
+    alpha, source = resolve_alpha(fusion, stored)
+    return (retriever, None, "") if ranker == "none" else (retriever, alpha, source)
+
+
 def fused_name(alpha: float) -> str:
     return f"fused (α={alpha:g})"
 
@@ -152,13 +165,7 @@ def evaluate(
     ``fusion``: auto (the α stored with the ranker), none, or an α in [0, 1]; the fused order is reported beside the
     pure ranker's."""
     dataset = load_dataset(workdir, dataset_name)
-    stored_fusion = None
-    if ranker != "none" and adapter != "none":
-        manifest = load_ranker_manifest(workdir, dataset, ranker)
-        retriever, stored_fusion = manifest["config"]["retriever"], manifest.get("fusion")
-    alpha, alpha_source = resolve_alpha(fusion, stored_fusion)  # a bad --fusion is refused, ranker or not
-    if ranker == "none":
-        alpha, alpha_source = None, ""
+    retriever, alpha, alpha_source = ranker_plan(workdir, dataset, ranker, adapter, retriever, fusion)
     candidates, candidates_manifest = load_candidates(workdir, dataset, retriever)
     subset = valid_subset(dataset, candidates, "test")
     examples = sample(subset.examples, max_examples, seed=0)
@@ -213,7 +220,6 @@ def evaluate(
             fused = fused_ranks(examples, scores, alpha)
             report["ranks"]["fused"] = fused
             _add_order(report, fused_name(alpha), fused, retriever_ranks, subset.hit_rate)
-            report["fusion"]["paired"] = report["paired_by_order"][fused_name(alpha)]
     folder = workdir / dataset_name / "reports"
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / f"evaluate-{name}.json", report)

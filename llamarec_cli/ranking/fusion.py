@@ -24,10 +24,17 @@ CHOICES = "auto (the α rank-train chose on validation), none (the ranker alone)
 
 def fuse(letter_scores: torch.Tensor, retriever_scores: torch.Tensor, alpha: float) -> torch.Tensor:
     """The fused scores of one request's candidates (float64); α = 1 and α = 0 return either side alone."""
+    return _blend(*_log_probabilities(letter_scores, retriever_scores), alpha)
+
+
+def _log_probabilities(letter_scores, retriever_scores) -> tuple[torch.Tensor, torch.Tensor | None]:
     letters = torch.log_softmax(_finite(letter_scores), dim=-1)
+    return letters, None if retriever_scores is None else torch.log_softmax(_finite(retriever_scores), dim=-1)
+
+
+def _blend(letters: torch.Tensor, retriever: torch.Tensor | None, alpha: float) -> torch.Tensor:
     if alpha >= 1:
         return letters
-    retriever = torch.log_softmax(_finite(retriever_scores), dim=-1)
     if alpha <= 0 or letters.isnan().all():  # no finite letter logit (e.g. an fp16 overflow): the retriever decides
         return retriever
     return alpha * letters + (1 - alpha) * retriever
@@ -72,7 +79,11 @@ def choose_alpha(examples, letter_scores: list[torch.Tensor], grid=GRID) -> dict
     """The α of ``grid`` with the best validation NDCG@10; ties go to the α nearest 0.5 (a blend hedges both)."""
     if any(e.retriever_scores is None for e in examples):
         raise ValueError("fusion needs the retriever's scores of every validation request")
-    curve = {alpha: ndcg_at_10(fused_ranks(examples, letter_scores, alpha)) for alpha in grid}
+    sides = [_log_probabilities(s, e.retriever_scores) for e, s in zip(examples, letter_scores, strict=True)]
+    curve = {
+        alpha: ndcg_at_10([rank(_blend(*side, alpha), e.target_index) for side, e in zip(sides, examples)])
+        for alpha in grid
+    }
     best = max(curve.values())
     alpha = min((a for a, v in curve.items() if v == best), key=lambda a: (abs(a - 0.5), a))
     return {

@@ -80,11 +80,6 @@ def score_examples(
     return results
 
 
-def probabilities(scores: torch.Tensor) -> torch.Tensor:
-    """A softmax over the candidates' letter logits (METHOD.md §5)."""
-    return torch.softmax(scores, dim=-1)
-
-
 def agreement(first: list[torch.Tensor], second: list[torch.Tensor]) -> dict:
     """How alike two scorings of the same requests are (e.g. bf16 against fp32): the share with the same top
     candidate, and the mean and lowest Spearman rank correlation of the candidates' scores."""

@@ -101,20 +101,14 @@ class Recommender:
         fusion: str = "auto",
     ):
         from ..data.artifact import load_dataset
-        from ..ranking.evaluate import load_ranker
-        from ..ranking.fusion import resolve_alpha
-        from ..ranking.train import load_ranker_manifest
+        from ..ranking.evaluate import load_ranker, ranker_plan
         from ..retrieval.retrieve_train import load_retriever
 
         self.dataset = load_dataset(workdir, dataset_name)
-        stored_fusion = None
-        if ranker != "none" and adapter != "none":
-            manifest = load_ranker_manifest(workdir, self.dataset, ranker)
-            retriever, stored_fusion = manifest["config"]["retriever"], manifest.get("fusion")
         # α: the weight of the ranker's log-probabilities against the retriever's (ranking/fusion.py); None: ranker only
-        self.alpha, self.alpha_source = resolve_alpha(fusion, stored_fusion)  # a bad --fusion is refused either way
-        if ranker == "none":
-            self.alpha, self.alpha_source = None, ""
+        retriever, self.alpha, self.alpha_source = ranker_plan(
+            workdir, self.dataset, ranker, adapter, retriever, fusion
+        )
         self.retriever, _ = load_retriever(workdir, self.dataset, retriever, device)
         self.device = next(self.retriever.parameters()).device
         self.k = candidates
