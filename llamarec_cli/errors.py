@@ -65,5 +65,9 @@ class WorkdirError(LlamarecError):
         )
 
 
+class TrainingDivergedError(LlamarecError):
+    """The training loss became NaN or infinite: the run stops rather than save broken weights."""
+
+
 class ModelError(LlamarecError):
     """A language model or tokenizer that cannot be found or loaded."""

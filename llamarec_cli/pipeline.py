@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ArtifactError
+from .errors import ArtifactError, ConfigError
 from .ranking.examples import check_negatives
+from .retrieval.contract import build_config
 
 
 @dataclass
@@ -48,7 +49,6 @@ def run_pipeline(
     """Run (or continue) the whole pipeline and return the evaluation report."""
     from .data.artifact import load_dataset
     from .data.preprocess import preprocess
-    from .ranking.config import RankerConfig
     from .ranking.evaluate import evaluate
     from .ranking.train import STATE_FILE, ranker_dir, train_ranker
     from .retrieval.candidates import export_candidates, load_candidates
@@ -56,7 +56,7 @@ def run_pipeline(
     from .retrieval.retrieve_train import train_retriever
 
     budget = budget or Budget()
-    check_negatives(budget.negatives)  # now, not after the retriever has trained
+    config = _check_before_work(dataset, model, budget, device)
     try:
         data = load_dataset(workdir, dataset)
         log(f"1/5 preprocess: {dataset} is already in {workdir}.")
@@ -89,16 +89,6 @@ def run_pipeline(
         export_candidates(dataset, workdir=workdir, device=device)
 
     release_memory()
-    config = RankerConfig(
-        model=model,
-        max_train_examples=budget.train_examples,
-        max_val_examples=budget.val_examples,
-        eval_every=budget.eval_every,
-        batch_size=budget.batch_size,
-        lr=budget.lr,
-        warmup_steps=budget.warmup_steps,
-        negatives=budget.negatives,
-    )
     trained = _finished_ranker(workdir, data)
     if trained is not None:
         _refuse_other_settings(trained["config"], config.to_dict(), ranker_dir(workdir, dataset, "default"))
@@ -113,6 +103,41 @@ def run_pipeline(
     release_memory()
     log("5/5 evaluate")
     return evaluate(dataset, workdir=workdir, device=device, max_examples=budget.test_examples, log=log)
+
+
+def _check_before_work(dataset: str, model: str, budget: Budget, device: str):
+    """Every stage's options, checked before the first stage runs: a bad --batch-size or --model is refused in a
+    second, not after preprocessing and an hour of retriever training. Returns the ranker's config."""
+    from .ranking.config import RankerConfig
+    from .ranking.models import load_tokenizer
+    from .retrieval.retrieve_train import resolve_config, retriever_class
+    from .retrieval.train import resolve_device
+
+    check_negatives(budget.negatives)
+    if budget.test_examples is not None and budget.test_examples < 1:
+        raise ConfigError(f"--test-examples must be at least 1 (got {budget.test_examples}).")
+    resolve_config(retriever_class("lrurec"), dataset, {"max_epochs": budget.retriever_epochs})
+    config, _ = build_config(
+        RankerConfig,
+        [
+            (
+                "flag",
+                dict(
+                    model=model,
+                    max_train_examples=budget.train_examples,
+                    max_val_examples=budget.val_examples,
+                    eval_every=budget.eval_every,
+                    batch_size=budget.batch_size,
+                    lr=budget.lr,
+                    warmup_steps=budget.warmup_steps,
+                    negatives=budget.negatives,
+                ),
+            )
+        ],
+    )
+    resolve_device(device)
+    load_tokenizer(model)  # the model exists (an alias is built now, as the ranker would build it later)
+    return config
 
 
 def release_memory() -> None:

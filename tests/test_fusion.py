@@ -116,11 +116,14 @@ def test_alpha_is_chosen_on_validation_and_used_by_evaluate_and_serving(chain_wi
     assert report["ranks"]["fused"] == fused_ranks(test, test_scores, alpha)
     assert "Fusion: α =" in (workdir / "chain" / "reports" / "evaluate-default.md").read_text()
 
-    # Overwrite the stored α with 0: evaluate's fused order and serving's order become the retriever's exactly.
+    # Overwrite the stored α with 0 (re-sealed: an edited manifest is refused otherwise): evaluate's fused order and
+    # serving's order become the retriever's exactly.
+    from llamarec_cli.retrieval.checkpoint import seal
+
     path = ranker_dir(workdir, "chain", "default") / "manifest.json"
     stored = json.loads(path.read_text())
     stored["fusion"]["alpha"] = 0.0
-    path.write_text(json.dumps(stored))
+    path.write_text(json.dumps(seal(stored)))
     report = evaluate("chain", workdir=workdir, device="cpu")
     assert report["ranks"]["fused"] == report["ranks"]["retriever"]
     assert report["paired_by_order"][fused_name(0.0)]["difference"] == 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from typing import Annotated
@@ -9,7 +10,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__, plugins, settings
-from ..errors import LlamarecError
+from ..errors import LlamarecError, WorkdirError
 
 app = typer.Typer(
     name="llamarec",
@@ -45,16 +46,39 @@ def report_error(exc: LlamarecError) -> None:
     Console(stderr=True, soft_wrap=True).print(Text(f"Error: {exc}", style="bold red"))
 
 
+# Failures of the machine rather than of llamarec: one line that names the path, not a traceback. Every artifact is
+# written beside the old one and swapped in whole, so the old one is still there.
+STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}
+ACCESS_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def storage_error(exc: OSError) -> LlamarecError | None:
+    """The one-line error for a full disk or an unwritable path; None for other OS errors (bugs, to be seen)."""
+    where = exc.filename or "the work directory"
+    if exc.errno in STORAGE_ERRORS:
+        return WorkdirError(
+            f"Cannot write {where}: {STORAGE_ERRORS[exc.errno]}. Free space and rerun; "
+            "the previous artifact is unchanged."
+        )
+    if exc.errno in ACCESS_ERRORS:
+        return WorkdirError(
+            f"Cannot write {where}: {exc.strerror}. Choose a writable --workdir (or "
+            "LLAMAREC_WORKDIR); the previous artifact is unchanged."
+        )
+    return None
+
+
 def _mapped(callback):
     @functools.wraps(callback)
     def run(*args, **kwargs):
         try:
             return callback(*args, **kwargs)
-        except LlamarecError as exc:
-            if settings.debug():
+        except (LlamarecError, OSError) as exc:
+            error = exc if isinstance(exc, LlamarecError) else storage_error(exc)
+            if error is None or settings.debug():
                 raise
-            report_error(exc)
-            raise typer.Exit(exc.exit_code) from None
+            report_error(error)
+            raise typer.Exit(error.exit_code) from None
 
     return run
 

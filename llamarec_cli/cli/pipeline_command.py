@@ -59,7 +59,7 @@ def pipeline(
         eval_every=eval_every,
         batch_size=batch_size,
         lr=lr,
-        warmup_steps=min(4, train_examples // batch_size),
+        warmup_steps=min(4, train_examples // max(batch_size, 1)),  # batch size 0 is refused later, in one line
         negatives=negatives,
         test_examples=test_examples,
     )

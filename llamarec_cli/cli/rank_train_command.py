@@ -75,7 +75,7 @@ def rank_train(
 ) -> None:
     """Fine-tune the LLM ranker with (Q)LoRA on the retriever's candidates; keep the best adapter (PEFT format)."""
     from ..ranking.config import RankerConfig
-    from ..ranking.train import train_ranker
+    from ..ranking.train import STATE_FILE, rank_train_command, ranker_dir, resumed_config, train_ranker
     from ..retrieval.contract import parse_sets
     from ..retrieval.train import RichReporter
 
@@ -100,7 +100,10 @@ def rank_train(
     )
     flags = {key: value for key, value in given.items() if value is not None}
     flags |= parse_sets(RankerConfig, set_ or [])
-    config, sources = resolve_ranker_config(dataset, flags)
+    if resume:  # the interrupted run's config, as retrieve-train --resume does: no flag needs repeating
+        config, sources = resumed_config(settings.workdir(workdir), dataset, name, flags)
+    else:
+        config, sources = resolve_ranker_config(dataset, flags)
     if show_config:
         stdout.print(config_table("ranker", config, sources, with_help=True))
         return
@@ -121,7 +124,13 @@ def rank_train(
             reporter=reporter,
         )
     except KeyboardInterrupt:
-        stderr.print(f"Interrupted. Continue from the last validation with: llamarec rank-train {dataset} --resume")
+        state = ranker_dir(settings.workdir(workdir), dataset, f".{name}.partial") / "training" / STATE_FILE
+        if state.is_file():
+            stderr.print(
+                f"Interrupted. Continue from the last validation with: {rank_train_command(dataset, name)} --resume"
+            )
+        else:
+            stderr.print("Interrupted before the first validation: nothing to resume; rerun the same command.")
         raise typer.Exit(130) from None
     if json_output:
         print_json(manifest)

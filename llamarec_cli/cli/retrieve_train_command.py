@@ -96,7 +96,11 @@ def retrieve_train(
             log=lambda message: stderr.print(message, style="dim", highlight=False),
         )
     except KeyboardInterrupt:
-        stderr.print(f"Interrupted. Continue from the last validation with: llamarec retrieve-train {dataset} --resume")
+        from ..retrieval.retrieve_train import rerun_command
+
+        stderr.print(
+            f"Interrupted. Continue from the last validation with: {rerun_command(dataset, retriever)} --resume"
+        )
         raise typer.Exit(130) from None
     if json_output:
         print_json(manifest)

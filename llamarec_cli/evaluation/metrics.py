@@ -2,7 +2,8 @@
 
 For the rank r (1-based) of the true item: Recall@k = 1 if r <= k; MRR@k = 1/r if r <= k; NDCG@k = 1/log2(r + 1)
 if r <= k. Ties are counted against the true item (an item with the same score ranks before it), so a model that
-scores everything alike gets the worst rank, never the best.
+scores everything alike gets the worst rank, never the best. Likewise a non-finite score (NaN, +inf: a diverged model)
+counts against it: the true item with such a score ranks last, and any other item with a NaN score ranks before it.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ def mask_history(scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
 
 
 def ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """1-based rank of each row's target among its scores (B x N); ties rank before the target."""
+    """1-based rank of each row's target among its scores (B x N); ties and NaN rank before the target, and a target
+    whose own score is NaN or +inf ranks last (a comparison with NaN is false: it would otherwise count as rank 0)."""
     target_scores = scores.gather(1, targets.long().view(-1, 1))
-    better_or_tied = (scores >= target_scores).sum(dim=1)  # includes the target itself
-    return better_or_tied.to(torch.float64)
+    better_or_tied = ((scores >= target_scores) | scores.isnan()).sum(dim=1)
+    broken = target_scores.squeeze(1).isnan() | target_scores.squeeze(1).isposinf()
+    return torch.where(broken, scores.shape[1], better_or_tied).to(torch.float64)
 
 
 def metrics_at(rank: torch.Tensor, ks=KS) -> dict[str, torch.Tensor]:

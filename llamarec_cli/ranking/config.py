@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from ..retrieval.contract import option
+from ..retrieval.contract import check_finite, check_seed, option
 from .examples import NEGATIVES
 from .models import DEFAULT_MODEL, QUANTIZATIONS
 from .precision import DTYPES
@@ -61,6 +61,7 @@ class RankerConfig:
     seed: int = option(42, "Seed for example sampling, negatives, batch order and LoRA init.")
 
     def __post_init__(self):
+        check_finite(self)
         for name in ("lora_r", "lora_alpha", "epochs", "batch_size", "eval_every", "patience", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
@@ -69,6 +70,7 @@ class RankerConfig:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
         if self.lr <= 0 or self.clip <= 0 or not 0 <= self.lora_dropout < 1 or self.warmup_steps < 0:
             raise ConfigError("lr and clip must be positive, lora_dropout in [0, 1) and warmup_steps >= 0")
+        check_seed(self.seed)
         if self.negatives not in NEGATIVES:
             raise ConfigError(f"Unknown negatives '{self.negatives}'. Use one of: {', '.join(NEGATIVES)}.")
         if self.dtype not in DTYPES:

@@ -17,13 +17,22 @@ from pathlib import Path
 from typing import Any
 
 from ..data.artifact import load_dataset
-from ..errors import ArtifactError
+from ..errors import ArtifactError, ConfigError
 from ..evaluation.metrics import paired_difference
 from ..retrieval.candidates import load_candidates
-from ..retrieval.checkpoint import write_json
+from ..retrieval.checkpoint import verify_files, write_json
+from ..workspace import ensure_writable
 from .examples import valid_subset
 from .fusion import fused_ranks, order, resolve_alpha
-from .train import load_ranker_manifest, ranker_dir, sample, score_subset, subset_metrics, target_ranks
+from .train import (
+    load_ranker_manifest,
+    rank_train_command,
+    ranker_dir,
+    sample,
+    score_subset,
+    subset_metrics,
+    target_ranks,
+)
 
 KS = (5, 10)
 NAMES = ("MRR", "NDCG", "Recall")
@@ -90,6 +99,10 @@ def load_ranker(
     manifest = None
     if adapter != "none":
         manifest = load_ranker_manifest(workdir, dataset, ranker)
+        if adapter:
+            check_adapter_folder(Path(adapter))
+        else:  # a corrupted or swapped adapter is refused before the model loads
+            verify_files(ranker_dir(workdir, dataset.name, ranker), manifest, rank_train_command(dataset.name, ranker))
         if model and model != manifest["config"]["model"]:
             raise ArtifactError(
                 f"Ranker '{ranker}' is an adapter of {manifest['config']['model']}, not {model}. "
@@ -115,7 +128,13 @@ def load_ranker(
         from peft import PeftModel
 
         folder = Path(adapter) if adapter else ranker_dir(workdir, dataset.name, ranker) / "adapter"
-        llm = PeftModel.from_pretrained(llm, folder)
+        try:
+            llm = PeftModel.from_pretrained(llm, folder)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:  # safetensors' errors are ValueError/OSError
+            raise ArtifactError(
+                f"The adapter in {folder} cannot be loaded ({str(exc).splitlines()[0] if str(exc) else exc!r}). "
+                f"Rerun: {rank_train_command(dataset.name, ranker)}"
+            ) from exc
         if loaded.quantization == "none":
             # Exact in fp32. In bf16, W + BA is rounded once, an error of the order of the base weights' own
             # rounding: over 40 ml-100k prompts the merged and the wrapped ranker were equally close to fp32
@@ -138,6 +157,16 @@ def load_ranker(
     else:
         description = f"zero-shot {model or config.get('model', DEFAULT_MODEL)}"
     return Ranker(llm.eval(), encoder, description, loaded.dtype, loaded.dtype_reason)
+
+
+def check_adapter_folder(folder: Path) -> None:
+    """An ``--adapter`` folder must be one PEFT wrote: its config and its weights."""
+    missing = [name for name in ("adapter_config.json", "adapter_model.safetensors") if not (folder / name).is_file()]
+    if missing:
+        raise ArtifactError(
+            f"--adapter {folder} is not a PEFT adapter folder (no {' or '.join(missing)} in it). Give the folder that "
+            "rank-train wrote (<workdir>/<dataset>/ranker/<name>/adapter), or --adapter none to rank zero-shot."
+        )
 
 
 def evaluate(
@@ -164,7 +193,11 @@ def evaluate(
     ``max_examples``: rank a seeded sample of the subset (a quick estimate, marked as such in the report).
     ``fusion``: auto (the α stored with the ranker), none, or an α in [0, 1]; the fused order is reported beside the
     pure ranker's."""
+    for option, value in (("--batch-size", batch_size), ("--max-examples", max_examples)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{option} must be at least 1 (got {value}).")
     dataset = load_dataset(workdir, dataset_name)
+    ensure_writable(workdir / dataset_name / "reports")  # before minutes of ranking, not after
     retriever, alpha, alpha_source = ranker_plan(workdir, dataset, ranker, adapter, retriever, fusion)
     candidates, candidates_manifest = load_candidates(workdir, dataset, retriever)
     subset = valid_subset(dataset, candidates, "test")

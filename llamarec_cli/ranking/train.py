@@ -11,10 +11,12 @@ batch (gradients are averaged by DDP) and scores its share of the validation use
 
 from __future__ import annotations
 
-import json
+import math
+import os
 import platform
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from .. import __version__
 from ..data.artifact import Dataset, load_dataset
 from ..data.rawfiles import sha256_of
-from ..errors import ArtifactError, ConfigError
+from ..errors import ArtifactError, ConfigError, TrainingDivergedError
 from ..evaluation.metrics import MetricSums
 from ..retrieval.candidates import candidates_paths, load_candidates
 from ..retrieval.checkpoint import (
@@ -31,12 +33,15 @@ from ..retrieval.checkpoint import (
     load_state,
     optimizer_state,
     optimizer_tensors,
+    read_json,
+    read_sealed,
     restore_rng,
     rng_tensors,
     save_state,
     write_json,
 )
 from ..retrieval.train import Reporter, resolve_device
+from ..workspace import run_lock
 from .config import RankerConfig
 from .examples import training_examples, valid_subset
 from .fusion import choose_alpha, rank
@@ -170,7 +175,17 @@ def _add_lora(loaded, config: RankerConfig, gradient_checkpointing: bool):
     return get_peft_model(model, lora)
 
 
-def train_ranker(
+def train_ranker(dataset_name: str, *, workdir: Path, name: str = "default", **options) -> dict:
+    """Train, keep the best adapter, and return the manifest written beside it; ``options``: those of
+    ``_train_ranker``. One run per ranker at a time: a second is refused with the first one's pid."""
+    main_process = os.environ.get("RANK", "0") == "0"  # under accelerate launch, the main process holds the lock
+    what = f"rank-train of '{name}' on {dataset_name}"
+    lock = run_lock(ranker_dir(workdir, dataset_name, name).parent, name, what) if main_process else nullcontext()
+    with lock:
+        return _train_ranker(dataset_name, workdir=workdir, name=name, **options)
+
+
+def _train_ranker(
     dataset_name: str,
     *,
     workdir: Path,
@@ -184,7 +199,6 @@ def train_ranker(
     reporter: Reporter | None = None,
     stop_after_steps: int | None = None,
 ) -> dict:
-    """Train, keep the best adapter, and return the manifest written beside it."""
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
 
@@ -197,6 +211,14 @@ def train_ranker(
     final, partial = ranker_dir(workdir, dataset_name, name), ranker_dir(workdir, dataset_name, f".{name}.partial")
     state_path = partial / "training" / STATE_FILE
     _check_partial(partial, state_path, dataset, config, name, resume, restart)
+    k = candidates_manifest["k"]
+    val = valid_subset(dataset, candidates, "val", k)
+    if not val.examples:  # checked before minutes of loading and training, not after
+        raise ArtifactError(
+            f"No validation user of {dataset_name} has the true item among the {k} candidates of "
+            f"'{config.retriever}', so nothing can pick the best adapter. Make more candidates: llamarec candidates "
+            f"{dataset_name} --retriever {config.retriever} --k 20"
+        )
 
     resolve_device(device)  # an unknown device or a missing GPU is refused here, with the accepted values
     accelerator = Accelerator(cpu=device == "cpu")
@@ -213,7 +235,6 @@ def train_ranker(
     )
     reporter.note(loaded.dtype_reason)
     encoder = PromptEncoder(loaded.tokenizer, template, dataset.titles)
-    k = candidates_manifest["k"]
     encoder.verbalizer.ids(k)  # more candidates than letters: refused before any training
 
     retriever = None
@@ -234,7 +255,6 @@ def train_ranker(
     del retriever
     if len(examples) < accelerator.num_processes:
         raise ArtifactError(f"Dataset '{dataset_name}' gives {len(examples)} training examples; too few to train.")
-    val = valid_subset(dataset, candidates, "val", k)
     val_examples = sample(val.examples, config.max_val_examples, config.seed)
 
     # Auto: on. Without it a step keeps every layer's activations for the backward pass, about 1.5 MB per prompt
@@ -275,9 +295,19 @@ def train_ranker(
         write_json(partial / "run.json", run)
     accelerator.wait_for_everyone()
 
+    def diverged(what: str):
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)  # resuming it would only diverge again
+        raise TrainingDivergedError(
+            f"{what}: the run diverged. Nothing was saved; the previous ranker, if any, is unchanged. "
+            f"Try a lower learning rate: {rank_train_command(dataset_name, name)} --lr {config.lr / 10:g}"
+        )
+
     def validate(batch_done: int) -> bool:
         nonlocal best, best_step, best_metrics, best_scores, bad
         scores = score_subset(model, encoder, val_examples, config.eval_batch_size, accelerator, config.tokens_per_pass)
+        if any(s.isnan().any() for s in scores):  # NaN letters would tie, and ties keep the retriever's order
+            diverged(f"The letter logits became NaN at step {step}")
         metrics = subset_metrics(target_ranks(val_examples, scores))
         improved = metrics.get(EARLY_STOP_METRIC, 0.0) > best
         if improved:
@@ -317,13 +347,16 @@ def train_ranker(
                 rows = rows[accelerator.process_index :: accelerator.num_processes]
                 step_examples = [examples[i] for i in rows]
                 loss = accumulate_step(model, accelerator, encoder, step_examples, pad, token_cap)
+                value = accelerator.reduce(loss, reduction="mean").item()
+                if not math.isfinite(value):  # stop before the broken adapter reaches a validation or a checkpoint
+                    diverged(f"The training loss became {value} at step {step + 1}")
                 accelerator.clip_grad_norm_(trainable, config.clip)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 train_seconds += time.perf_counter() - began
-                reporter.step(accelerator.reduce(loss, reduction="mean").item())
+                reporter.step(value)
                 if step % config.eval_every == 0 and validate(batch_index + 1):
                     stopped = True
                     break
@@ -389,12 +422,12 @@ def _save_adapter(model, folder: Path) -> None:
 
 def _check_partial(partial, state_path, dataset: Dataset, config: RankerConfig, name, resume, restart) -> None:
     """Never silently discard an interrupted run; never resume one with different settings."""
-    rerun = f"llamarec rank-train {dataset.name} --name {name}"
+    rerun = rank_train_command(dataset.name, name)
     if resume:
         if not state_path.is_file():
             raise ArtifactError(f"Nothing to resume for ranker '{name}' on {dataset.name}. Start a run: {rerun}")
-        saved = json.loads((partial / "run.json").read_text())
-        if saved["dataset_checksum"] != dataset.checksum:
+        saved = read_json(partial / "run.json", f"{rerun} --restart")
+        if saved.get("dataset_checksum") != dataset.checksum:
             raise ArtifactError(f"The interrupted run in {partial} was on another dataset version. {rerun} --restart")
         changed = [f"{k}={v}" for k, v in saved["config"].items() if config.to_dict().get(k) != v]
         if changed:
@@ -404,7 +437,7 @@ def _check_partial(partial, state_path, dataset: Dataset, config: RankerConfig, 
     elif state_path.is_file() and not restart:
         raise ArtifactError(
             f"An interrupted rank-train run exists in {partial}. "
-            "Continue it with --resume, or discard it with --restart."
+            f"Continue it with: {rerun} --resume (or discard it with --restart)."
         )
 
 
@@ -412,7 +445,7 @@ def _resumed_dtype(partial: Path, config: RankerConfig, device: torch.device) ->
     """The dtype the interrupted run trained in: ``--dtype auto`` is decided again on each machine (a new probe, other
     threads), and a run must not switch halfway. Runs from before llamarec recorded it trained in fp32 on a CPU,
     bf16 on a GPU that supports it, as ``auto`` still chooses there."""
-    saved = json.loads((partial / "run.json").read_text(encoding="utf-8"))
+    saved = read_json(partial / "run.json", "the same rank-train command with --restart")
     if "dtype" in saved:
         return saved["dtype"]
     return "fp32" if config.dtype == "auto" and device.type == "cpu" else config.dtype
@@ -431,18 +464,54 @@ def _versions() -> dict:
     }
 
 
+def rank_train_command(dataset: str, name: str) -> str:
+    return f"llamarec rank-train {dataset}" + ("" if name == "default" else f" --name {name}")
+
+
 def load_ranker_manifest(workdir: Path, dataset: Dataset, name: str) -> dict:
     """The manifest of a trained ranker that matches ``dataset`` (refused otherwise, with what to rerun)."""
     folder = ranker_dir(workdir, dataset.name, name)
-    rerun = f"llamarec rank-train {dataset.name}" + ("" if name == "default" else f" --name {name}")
+    rerun = rank_train_command(dataset.name, name)
     path = folder / "manifest.json"
     if not path.is_file():
         raise ArtifactError(f"No trained ranker '{name}' for {dataset.name} in {workdir}. Run first: {rerun}")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    manifest = read_sealed(path, rerun)
+    if (manifest.get("format"), manifest.get("format_version")) != (
+        FORMAT,
+        FORMAT_VERSION,
+    ):
         raise ArtifactError(f"{path} was written by an incompatible llamarec version. Rerun: {rerun}")
-    if manifest["dataset"]["checksum"] != dataset.checksum:
+    try:
+        same = manifest["dataset"]["checksum"] == dataset.checksum
+        RankerConfig(**manifest["config"])  # every field present and valid
+    except (KeyError, TypeError, ConfigError):
+        raise ArtifactError(f"{path} is damaged (a field is missing or invalid). Rerun: {rerun}") from None
+    if not same:
         raise ArtifactError(
             f"Ranker '{name}' was trained on another version of dataset '{dataset.name}'. Rerun: {rerun}"
         )
     return manifest
+
+
+def resumed_config(workdir: Path, dataset: str, name: str, flags: dict) -> tuple[RankerConfig, dict[str, str]]:
+    """The config of the interrupted run that ``--resume`` continues: its values stand, and a flag that contradicts
+    one is refused rather than mixed in (as ``retrieve-train --resume`` does)."""
+    from ..retrieval.contract import build_config
+
+    partial = ranker_dir(workdir, dataset, f".{name}.partial")
+    rerun = rank_train_command(dataset, name)
+    if not (partial / "training" / STATE_FILE).is_file():
+        raise ArtifactError(
+            f"Nothing to resume for ranker '{name}' on {dataset} (no run reached its first validation). "
+            f"Start a run: {rerun}"
+        )
+    saved = read_json(partial / "run.json", f"{rerun} --restart")
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise ArtifactError(f"{partial / 'run.json'} is damaged. Start afresh: {rerun} --restart")
+    config, sources = build_config(RankerConfig, [("checkpoint", saved["config"]), ("flag", flags)])
+    changed = [f"{k}={v}" for k, v in saved["config"].items() if config.to_dict().get(k) != v]
+    if changed:
+        raise ConfigError(
+            f"--resume continues a run with {', '.join(changed)}; drop the flags that change it, or --restart."
+        )
+    return config, sources

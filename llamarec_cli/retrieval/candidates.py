@@ -7,7 +7,6 @@ hit-rate@k, and the checksums of the dataset and the retriever weights, so the r
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -17,7 +16,8 @@ import torch
 from ..data.artifact import Dataset, load_dataset
 from ..data.rawfiles import sha256_of
 from ..errors import ArtifactError
-from .checkpoint import retriever_dir, write_json
+from ..workspace import ensure_writable
+from .checkpoint import read_sealed, retriever_dir, seal, write_json
 from .data import eval_set
 from .evaluate import top_k
 from .retrieve_train import DEFAULT_RETRIEVER, load_retriever
@@ -39,6 +39,8 @@ def export_candidates(
     if k < 1:
         raise ArtifactError(f"--k must be at least 1 (got {k}).")
     dataset = load_dataset(workdir, dataset_name)
+    parquet, manifest_path = candidates_paths(workdir, dataset_name, retriever)
+    ensure_writable(parquet.parent)
     model, retriever_manifest = load_retriever(workdir, dataset, retriever, device)
     device_ = next(model.parameters()).device
     frames, summary = [], {}
@@ -60,8 +62,6 @@ def export_candidates(
         hit_rate = frame["hit"].mean() if frame.height else 0.0
         summary[split] = {"users": frame.height, "hits": int(frame["hit"].sum()), "hit_rate": hit_rate, **metrics}
 
-    parquet, manifest_path = candidates_paths(workdir, dataset_name, retriever)
-    parquet.parent.mkdir(parents=True, exist_ok=True)
     tmp = parquet.with_name(f".{parquet.name}.tmp-{os.getpid()}")
     pl.concat(frames).write_parquet(tmp, compression="zstd")
     os.replace(tmp, parquet)
@@ -76,6 +76,7 @@ def export_candidates(
         "file_sha256": sha256_of(parquet),
         "splits": summary,
     }
+    manifest = seal(manifest)
     write_json(manifest_path, manifest)
     return manifest
 
@@ -86,14 +87,22 @@ def load_candidates(workdir: Path, dataset: Dataset, retriever: str = DEFAULT_RE
     rerun = f"llamarec candidates {dataset.name} --retriever {retriever}"
     if not manifest_path.is_file() or not parquet.is_file():
         raise ArtifactError(f"No candidates of '{retriever}' for {dataset.name} in {workdir}. Run first: {rerun}")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest = read_sealed(manifest_path, rerun)
     weights = retriever_dir(workdir, dataset.name, retriever) / "model.safetensors"
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    if (manifest.get("format"), manifest.get("format_version")) != (
+        FORMAT,
+        FORMAT_VERSION,
+    ):
         raise ArtifactError(f"{manifest_path} was written by an incompatible llamarec version. Rerun: {rerun}")
-    if manifest["dataset"]["checksum"] != dataset.checksum:
+    try:
+        dataset_checksum, weights_sha = manifest["dataset"]["checksum"], manifest["retriever_weights_sha256"]
+        file_sha = manifest["file_sha256"]
+    except (KeyError, TypeError):
+        raise ArtifactError(f"{manifest_path} is damaged (a field is missing). Rerun: {rerun}") from None
+    if dataset_checksum != dataset.checksum:
         raise ArtifactError(f"{parquet} was made from another version of dataset '{dataset.name}'. Rerun: {rerun}")
-    if weights.is_file() and sha256_of(weights) != manifest["retriever_weights_sha256"]:
+    if weights.is_file() and sha256_of(weights) != weights_sha:
         raise ArtifactError(f"{parquet} was made by an earlier training of '{retriever}'. Rerun: {rerun}")
-    if sha256_of(parquet) != manifest["file_sha256"]:
+    if sha256_of(parquet) != file_sha:
         raise ArtifactError(f"{parquet} is altered or truncated. Rerun: {rerun}")
     return pl.read_parquet(parquet), manifest

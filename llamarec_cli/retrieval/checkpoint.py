@@ -8,6 +8,7 @@ into place only when complete, so an interrupted run leaves the previous checkpo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -36,6 +37,67 @@ def write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: Path, rerun: str):
+    """A JSON artifact file, or one ArtifactError that names it and says what to rerun."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is missing. Rerun: {rerun}") from None
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
+        raise ArtifactError(f"{path} is unreadable or corrupted ({exc}). Rerun: {rerun}") from None
+
+
+SEAL = "manifest_sha256"
+
+
+def seal(manifest: dict) -> dict:
+    """The manifest with the SHA-256 of its own content: an edited or bit-flipped manifest (an α, a checksum, a
+    dataset name) is refused rather than believed."""
+    return {**manifest, SEAL: _content_digest(manifest)}
+
+
+def read_sealed(path: Path, rerun: str) -> dict:
+    """A manifest written through ``seal``, refused when missing, unreadable, or not what was written."""
+    manifest = read_json(path, rerun)
+    if not isinstance(manifest, dict) or manifest.get(SEAL) != _content_digest(manifest):
+        raise ArtifactError(f"{path} is corrupted or was edited (its checksum does not match). Rerun: {rerun}")
+    return manifest
+
+
+def _content_digest(manifest: dict) -> str:
+    content = {k: v for k, v in manifest.items() if k != SEAL}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file in a checkpoint folder but its manifest, by relative path: recorded when the checkpoint
+    is finished, verified when it is loaded, so a corrupted or swapped file is refused rather than used."""
+    from ..data.rawfiles import sha256_of
+
+    return {
+        str(path.relative_to(folder)): sha256_of(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != "manifest.json"
+    }
+
+
+def verify_files(folder: Path, manifest: dict, rerun: str) -> None:
+    """Refuse a checkpoint whose files differ from those its manifest recorded."""
+    recorded = manifest.get("files")
+    if not isinstance(recorded, dict) or not recorded:
+        raise ArtifactError(f"{folder / 'manifest.json'} records no file checksums (an older llamarec). Rerun: {rerun}")
+    from ..data.rawfiles import sha256_of
+
+    for name, digest in recorded.items():
+        path = folder / name
+        if not path.is_file():
+            raise ArtifactError(f"{path} is missing. Rerun: {rerun}")
+        if sha256_of(path) != digest:
+            raise ArtifactError(
+                f"{path} is corrupted or truncated (its SHA-256 differs from the manifest's). Rerun: {rerun}"
+            )
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
@@ -60,15 +122,23 @@ def load_weights(path: Path, device="cpu") -> dict[str, torch.Tensor]:
 def finish(partial: Path, final: Path, manifest: dict) -> None:
     """Write the manifest (the mark of a complete checkpoint), drop the resume state and swap into place.
 
-    The manifest's own ``format`` wins, so the ranker's checkpoint is finished the same way."""
+    The manifest's own ``format`` wins, so the ranker's checkpoint is finished the same way. The resume state goes
+    only once the manifest is written: a disk that fills up here leaves a run that ``--resume`` can still finish."""
+    files = {name: digest for name, digest in file_hashes(partial).items() if not _run_state(name)}
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "files": files}
+    write_json(partial / "manifest.json", seal(manifest))
     shutil.rmtree(partial / "training", ignore_errors=True)
-    write_json(partial / "manifest.json", {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest})
+    (partial / "run.json").unlink(missing_ok=True)
     old = final.with_name(f".{final.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
     partial.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _run_state(name: str) -> bool:
+    return name == "run.json" or name.startswith("training/")
 
 
 def read_manifest(workdir: Path, dataset, name: str) -> dict:
@@ -83,13 +153,17 @@ def read_manifest(workdir: Path, dataset, name: str) -> dict:
             else ""
         )
         raise ArtifactError(f"No trained retriever '{name}' for {dataset.name} in {workdir}{hint}. Run first: {rerun}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ArtifactError(f"{path} is corrupted ({exc}). Rerun: {rerun}") from exc
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    manifest = read_sealed(path, rerun)
+    if (manifest.get("format"), manifest.get("format_version")) != (
+        FORMAT,
+        FORMAT_VERSION,
+    ):
         raise ArtifactError(f"{folder} was written by an incompatible llamarec version. Rerun: {rerun}")
-    if manifest["dataset"]["checksum"] != dataset.checksum or manifest["num_items"] != dataset.num_items:
+    try:
+        same = manifest["dataset"]["checksum"] == dataset.checksum and manifest["num_items"] == dataset.num_items
+    except (KeyError, TypeError):
+        raise ArtifactError(f"{path} lacks the dataset it was trained on. Rerun: {rerun}") from None
+    if not same:
         raise ArtifactError(
             f"The retriever in {folder} was trained on another version of dataset '{dataset.name}' "
             f"({manifest['num_items']:,} items, checksum {manifest['dataset']['checksum'][:12]}; the dataset now has "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -46,15 +47,30 @@ class RetrieverConfig:
     seed: int = option(42, "Seed for initialisation, batch order and dropout.")
 
     def __post_init__(self):
+        check_finite(self)
         positive = ("max_len", "batch_size", "val_every", "patience", "max_epochs")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
         if self.lr <= 0 or self.weight_decay < 0 or self.clip <= 0:
             raise ConfigError("lr and clip must be positive and weight_decay not negative")
+        check_seed(self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_finite(config) -> None:
+    """Refuse NaN and infinity in any float setting: every range check passes NaN (all comparisons are false)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number (got {value}).")
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**32:  # torch generators take 64 bits, and seeds are multiplied and offset on the way
+        raise ConfigError(f"seed must be from 0 to {2**32 - 1} (got {seed}).")
 
 
 def field_types(config_class: type) -> dict[str, type]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import shutil
 import time
@@ -13,12 +12,21 @@ import torch
 
 from .. import __version__, plugins
 from ..data.artifact import Dataset, load_dataset
-from ..errors import ArtifactError, WorkdirError
-from ..retrieval.checkpoint import finish, partial_dir, read_manifest, retriever_dir, write_json
+from ..errors import ArtifactError, TrainingDivergedError, WorkdirError
+from ..retrieval.checkpoint import (
+    finish,
+    partial_dir,
+    read_json,
+    read_manifest,
+    retriever_dir,
+    verify_files,
+    write_json,
+)
+from ..workspace import run_lock
 from .contract import Retriever, RetrieverConfig, build_config
 from .data import eval_set
 from .evaluate import evaluate
-from .train import Reporter, RichReporter, fit, resolve_device
+from .train import STATE_FILE, Reporter, RichReporter, fit, resolve_device
 
 DEFAULT_RETRIEVER = "lrurec"
 
@@ -39,16 +47,14 @@ def resumed_config(workdir: Path, dataset: Dataset, retriever: str, flags: dict)
     """The config of the interrupted run that ``--resume`` continues. Its values stand: a flag that contradicts one
     is refused rather than mixed in."""
     partial = partial_dir(workdir, dataset.name, retriever)
+    rerun = rerun_command(dataset.name, retriever)
     if not (partial / "run.json").is_file():
+        raise ArtifactError(f"Nothing to resume for retriever '{retriever}' on {dataset.name}. Start a run: {rerun}")
+    saved = read_json(partial / "run.json", f"{rerun} --restart")
+    if not isinstance(saved, dict) or saved.get("dataset_checksum") != dataset.checksum:
         raise ArtifactError(
-            f"Nothing to resume for retriever '{retriever}' on {dataset.name}. "
-            f"Start a run: llamarec retrieve-train {dataset.name} --retriever {retriever}"
-        )
-    saved = json.loads((partial / "run.json").read_text())
-    if saved["dataset_checksum"] != dataset.checksum:
-        raise ArtifactError(
-            f"The interrupted run in {partial} was on another version of dataset '{dataset.name}'. "
-            f"Start afresh: llamarec retrieve-train {dataset.name} --retriever {retriever} --restart"
+            f"The interrupted run in {partial} was on another version of dataset '{dataset.name}' (or its run.json "
+            f"is damaged). Start afresh: {rerun} --restart"
         )
     config, _ = build_config(retriever_class(retriever).Config, [("checkpoint", saved["config"]), ("flag", flags)])
     changed = [f"{k}={saved['config'][k]}" for k, v in config.to_dict().items() if saved["config"][k] != v]
@@ -80,67 +86,86 @@ def train_retriever(
     """Train a retriever on a preprocessed dataset; return the manifest written beside the checkpoint."""
     dataset = load_dataset(workdir, dataset_name)
     cls = retriever_class(retriever)
-    config, sources = resolve_config(cls, dataset_name, flags or {})
-    partial = partial_dir(workdir, dataset_name, retriever)
-    run_file = partial / "run.json"
-    if resume:
-        config, sources = resumed_config(workdir, dataset, retriever, flags or {})
-    else:
-        if run_file.is_file() and not restart:
-            raise ArtifactError(
-                f"An interrupted run of '{retriever}' on {dataset_name} is in {partial}. "
-                f"Continue it with --resume, or discard it with --restart."
-            )
-        shutil.rmtree(partial, ignore_errors=True)
-        try:
-            partial.mkdir(parents=True)
-        except OSError as exc:
-            raise WorkdirError.unwritable(workdir, exc) from exc
-        write_json(run_file, {"config": config.to_dict(), "sources": sources, "dataset_checksum": dataset.checksum})
-
     device_ = resolve_device(device)
-    log(f"Training {retriever} on {dataset_name} ({dataset.num_items:,} items) on {device_}.")
-    torch.manual_seed(config.seed)
-    model = cls(config, dataset.num_items)
-    reporter = RichReporter(config.max_epochs) if progress else Reporter()
-    began = time.perf_counter()
-    result = fit(
-        model,
-        dataset,
-        device=device_,
-        state_dir=partial / "training",
-        resume=resume,
-        reporter=reporter,
-        stop_after_steps=stop_after_steps,
+    partial = partial_dir(workdir, dataset_name, retriever)
+    what = f"retrieve-train of '{retriever}' on {dataset_name}"
+    with run_lock(partial.parent, retriever, what):
+        config, sources = _start_or_resume(workdir, dataset, cls, retriever, flags or {}, resume, restart)
+        log(f"Training {retriever} on {dataset_name} ({dataset.num_items:,} items) on {device_}.")
+        torch.manual_seed(config.seed)
+        model = cls(config, dataset.num_items)
+        reporter = RichReporter(config.max_epochs) if progress else Reporter()
+        began = time.perf_counter()
+        try:
+            result = fit(
+                model,
+                dataset,
+                device=device_,
+                state_dir=partial / "training",
+                resume=resume,
+                reporter=reporter,
+                stop_after_steps=stop_after_steps,
+            )
+        except TrainingDivergedError as exc:
+            shutil.rmtree(partial, ignore_errors=True)  # resuming it would only diverge again
+            raise TrainingDivergedError(
+                f"{exc} Nothing was saved; the previous checkpoint, if any, is unchanged. "
+                f"Try a lower learning rate: {rerun_command(dataset_name, retriever)} --lr {config.lr / 10:g}"
+            ) from None
+        if result.interrupted:
+            log(f"Stopped after {result.steps} steps as asked; continue with --resume.")
+            return {}
+        metrics = {"val": result.best_metrics}  # measured on these very weights when they became the best
+        metrics["test"] = evaluate(model, eval_set(dataset, "test"), device_)
+        manifest = {
+            "device": str(device_),
+            "metrics": metrics,
+            "training": {
+                "steps": result.steps,
+                "epochs": result.epochs,
+                "best_step": result.best_step,
+                "stopped_early": result.stopped_early,
+                "train_seconds": round(result.train_seconds, 2),
+                "wall_seconds": round(time.perf_counter() - began, 2),
+                "steps_per_second": round(result.steps_per_second, 3),
+                "validations": result.validations,
+            },
+        }
+        return write_checkpoint(workdir, dataset, retriever, model, manifest, sources)
+
+
+def rerun_command(dataset: str, retriever: str) -> str:
+    return f"llamarec retrieve-train {dataset}" + (
+        "" if retriever == DEFAULT_RETRIEVER else f" --retriever {retriever}"
     )
-    if result.interrupted:
-        log(f"Stopped after {result.steps} steps as asked; continue with --resume.")
-        return {}
-    metrics = {"val": result.best_metrics}  # measured on these very weights when they became the best
-    metrics["test"] = evaluate(model, eval_set(dataset, "test"), device_)
-    manifest = {
-        "device": str(device_),
-        "metrics": metrics,
-        "training": {
-            "steps": result.steps,
-            "epochs": result.epochs,
-            "best_step": result.best_step,
-            "stopped_early": result.stopped_early,
-            "train_seconds": round(result.train_seconds, 2),
-            "wall_seconds": round(time.perf_counter() - began, 2),
-            "steps_per_second": round(result.steps_per_second, 3),
-            "validations": result.validations,
-        },
-    }
-    manifest = write_checkpoint(workdir, dataset, retriever, model, manifest, sources)
-    return manifest
+
+
+def _start_or_resume(workdir, dataset, cls, retriever, flags, resume, restart) -> tuple[RetrieverConfig, dict]:
+    """The config to train with: the interrupted run's (--resume) or a fresh one, whose partial folder is made."""
+    if resume:
+        return resumed_config(workdir, dataset, retriever, flags)
+    config, sources = resolve_config(cls, dataset.name, flags)
+    partial = partial_dir(workdir, dataset.name, retriever)
+    # Only a run that saved training state is worth keeping; one that failed before its first validation is not.
+    if (partial / "training" / STATE_FILE).is_file() and not restart:
+        raise ArtifactError(
+            f"An interrupted run of '{retriever}' on {dataset.name} is in {partial}. Continue it with: "
+            f"{rerun_command(dataset.name, retriever)} --resume (or discard it with --restart)."
+        )
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir(parents=True)
+    except OSError as exc:
+        raise WorkdirError.unwritable(workdir, exc) from exc
+    run = {"config": config.to_dict(), "sources": sources, "dataset_checksum": dataset.checksum}
+    write_json(partial / "run.json", run)
+    return config, sources
 
 
 def write_checkpoint(workdir: Path, dataset: Dataset, name: str, model: Retriever, extra: dict, sources=None) -> dict:
     """Save ``model`` as the complete checkpoint of retriever ``name`` for ``dataset`` (replacing any older one)."""
     partial = partial_dir(workdir, dataset.name, name)
     partial.mkdir(parents=True, exist_ok=True)
-    (partial / "run.json").unlink(missing_ok=True)
     model.save(partial)
     manifest = {
         "retriever": name,
@@ -161,13 +186,13 @@ def load_retriever(workdir: Path, dataset: Dataset, name: str, device="cpu") -> 
     manifest = read_manifest(workdir, dataset, name)
     cls = retriever_class(name)
     folder = retriever_dir(workdir, dataset.name, name)
+    rerun = rerun_command(dataset.name, name)
+    device_ = resolve_device(device)  # a missing GPU is the user's flag, not the checkpoint's fault
+    verify_files(folder, manifest, rerun)
     try:
-        model = cls.load(folder, device=resolve_device(device))
+        model = cls.load(folder, device=device_)
     except ArtifactError as exc:
-        raise ArtifactError(f"{exc} Rerun: llamarec retrieve-train {dataset.name} --retriever {name}") from exc
-    except (KeyError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(
-            f"The checkpoint in {folder} cannot be loaded ({exc}). "
-            f"Rerun: llamarec retrieve-train {dataset.name} --retriever {name}"
-        ) from exc
+        raise ArtifactError(f"{exc} Rerun: {rerun}") from exc
+    except (KeyError, TypeError, ValueError, RuntimeError, OSError) as exc:  # ValueError covers bad JSON
+        raise ArtifactError(f"The checkpoint in {folder} cannot be loaded ({exc}). Rerun: {rerun}") from exc
     return model.eval(), manifest

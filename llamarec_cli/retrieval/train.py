@@ -7,13 +7,14 @@ validation, so an interrupted run continued with ``resume=True`` ends where an u
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..errors import ArtifactError, ConfigError
+from ..errors import ArtifactError, ConfigError, TrainingDivergedError
 from .checkpoint import load_state, optimizer_state, optimizer_tensors, restore_rng, rng_tensors, save_state
 from .data import eval_set, pad_left, training_windows
 from .evaluate import evaluate
@@ -195,9 +196,14 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+                value = loss.item()
+                if not math.isfinite(value):  # stop before the broken weights reach a validation or a checkpoint
+                    raise TrainingDivergedError(
+                        f"The training loss became {value} at step {step + 1}: the run diverged (lr {config.lr})."
+                    )
                 optimizer.step()
                 step += 1
-                reporter.step(loss.item())
+                reporter.step(value)
                 train_seconds += time.perf_counter() - began
                 if step % config.val_every == 0 and validate(batch_index + 1):
                     stopped = True

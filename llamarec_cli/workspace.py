@@ -1,0 +1,67 @@
+"""Writing into the work directory: one run per artifact at a time, and writability proved before the work.
+
+``run_lock``: an exclusive lock held while a stage writes an artifact.
+The operating system releases the lock when the process dies, however it dies, so a crashed run never blocks the next
+one; a second run on the same artifact is refused at once, with the holder's pid, instead of being mistaken for an
+interrupted run (and having its live state deleted by ``--restart``).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from .errors import ArtifactError, WorkdirError
+
+
+@contextmanager
+def run_lock(folder: Path, name: str, what: str):
+    """Hold ``<folder>/.<name>.lock`` for the block; ``what`` names the run in the refusal ("retrieve-train of ...").
+
+    Creating the folder and writing the pid file also proves, before any work, that the work directory is writable.
+    """
+    lock_path, pid_path = folder / f".{name}.lock", folder / f".{name}.pid"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(lock_path, timeout=0)
+        lock.acquire()
+    except Timeout:
+        holder = _read_pid(pid_path)
+        raise ArtifactError(
+            f"Another {what} is running (pid {holder or 'unknown'}); wait for it to finish, or stop it first."
+        ) from None
+    except OSError as exc:
+        raise WorkdirError(f"Cannot write to {folder}: {exc.strerror or exc}.") from exc
+    try:
+        pid_path.write_text(str(os.getpid()))
+    except OSError as exc:
+        lock.release()
+        raise WorkdirError(f"Cannot write to {folder}: {exc.strerror or exc}.") from exc
+    try:
+        yield
+    finally:
+        pid_path.unlink(missing_ok=True)
+        lock.release()
+
+
+def _read_pid(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` and write a probe file in it, so that an unwritable work directory is refused before minutes
+    of work rather than after (disk full can still strike later: the CLI turns it into one line, and every artifact
+    is written beside the old one and swapped in, so the old one survives)."""
+    probe = folder / f".write-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise WorkdirError(f"Cannot write to {folder}: {exc.strerror or exc}.") from exc
