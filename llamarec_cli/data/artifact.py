@@ -19,7 +19,7 @@ import polars as pl
 
 from .. import __version__
 from ..errors import ArtifactError, WorkdirError
-from .pipeline import Tables
+from .pipeline import SPLITS, Tables
 from .rawfiles import sha256_of
 
 FORMAT = "llamarec.dataset"
@@ -110,23 +110,77 @@ class Dataset:
         return dict(zip(grouped["user"].to_list(), grouped["item"].to_list()))
 
 
+# What load_dataset relies on, and the types the writer gives the rest (a manifest written by hand or by a test may
+# leave those out, but never gives them another type).
+REQUIRED = {"format": str, "format_version": int, "files": dict}
+OPTIONAL = {"dataset": str, "description": str, "config": dict, "inputs": list, "statistics": dict, "versions": dict}
+SCHEMAS = {
+    "interactions": {"user": pl.UInt32, "item": pl.UInt32, "timestamp": pl.Int64, "split": SPLITS},
+    "items": {"item": pl.UInt32, "original_id": pl.String, "title": pl.String},
+    "users": {"user": pl.UInt32, "original_id": pl.String},
+}
+_JSON_TYPES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    dict: "an object",
+    list: "a list",
+}
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _check_manifest(manifest: object, manifest_path: Path, rerun: str) -> dict:
+    """The manifest as load_dataset needs it, or an ArtifactError that says which key is wrong."""
+
+    def refuse(problem: str) -> ArtifactError:
+        return ArtifactError(f"{manifest_path} is corrupt: {problem}. Rerun: {rerun}")
+
+    if not isinstance(manifest, dict):
+        raise refuse(f"it holds {_JSON_TYPES.get(type(manifest), 'null')}, not an object")
+    for key in REQUIRED:
+        if key not in manifest:
+            raise refuse(f"'{key}' is missing")
+    for key, kind in {**REQUIRED, **OPTIONAL}.items():
+        if key in manifest and type(manifest[key]) is not kind:
+            raise refuse(f"'{key}' should be {_JSON_TYPES[kind]}")
+    files = manifest["files"]
+    for table in TABLES:
+        digest = files.get(f"{table}.parquet")
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise refuse(f"'files' gives no SHA-256 for {table}.parquet")
+    return manifest
+
+
 def load_dataset(workdir: Path, name: str) -> Dataset:
     path = dataset_dir(workdir, name)
     manifest_path = path / "manifest.json"
+    rerun = f"llamarec preprocess {name}"
     if not manifest_path.is_file():
-        raise ArtifactError(f"No dataset '{name}' in {workdir}. Run first: llamarec preprocess {name}")
+        raise ArtifactError(f"No dataset '{name}' in {workdir}. Run first: {rerun}")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ArtifactError(f"{manifest_path} is corrupt ({exc}). Rerun: llamarec preprocess {name}") from exc
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{path} was written by an incompatible llamarec version. Rerun: llamarec preprocess {name}"
-        )
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ArtifactError(f"{manifest_path} is corrupt ({_first_line(exc)}). Rerun: {rerun}") from None
+    stamp = (manifest.get("format"), manifest.get("format_version")) if isinstance(manifest, dict) else None
+    if stamp and type(stamp[0]) is str and type(stamp[1]) is int and stamp != (FORMAT, FORMAT_VERSION):
+        raise ArtifactError(f"{path} was written by an incompatible llamarec version. Rerun: {rerun}")
+    manifest = _check_manifest(manifest, manifest_path, rerun)
     frames = {}
     for table in TABLES:
         file = path / f"{table}.parquet"
-        if not file.is_file() or sha256_of(file) != manifest["files"].get(file.name):
-            raise ArtifactError(f"{file} is missing or altered. Rerun: llamarec preprocess {name}")
-        frames[table] = pl.read_parquet(file)
+        if not file.is_file() or sha256_of(file) != manifest["files"][file.name]:
+            raise ArtifactError(f"{file} is missing or altered. Rerun: {rerun}")
+        try:
+            frame = pl.read_parquet(file)
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise ArtifactError(f"{file} cannot be read ({_first_line(exc)}). Rerun: {rerun}") from None
+        expected = SCHEMAS[table]
+        if {c: frame.schema.get(c) for c in expected} != expected:
+            raise ArtifactError(f"{file} does not hold the columns of a dataset table. Rerun: {rerun}")
+        frames[table] = frame
     return Dataset(name=name, path=path, manifest=manifest, **frames)

@@ -81,6 +81,20 @@ def unescape_titles(tables: Tables) -> Tables:
     return Tables(tables.interactions, tables.items.with_columns(titles), tables.users)
 
 
+def _sizes(frame: pl.DataFrame) -> str:
+    """The counts an empty k-core is explained with: "the 16 interactions of 4 users and 4 items"."""
+
+    def count(n: int, noun: str) -> str:
+        return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+    users, items = frame["user"].n_unique(), frame["item"].n_unique()
+    return f"the {count(frame.height, 'interaction')} of {count(users, 'user')} and {count(items, 'item')}"
+
+
+def _where(files: RawFiles) -> str:
+    return f" (read: {', '.join(str(path) for path in files.values())})" if files else ""
+
+
 def build_tables(spec: DatasetSpec, files: RawFiles) -> Tables:
     raw = spec.read_interactions(files)
     missing = {"user", "item", "timestamp"} - set(raw.columns)
@@ -94,6 +108,12 @@ def build_tables(spec: DatasetSpec, files: RawFiles) -> Tables:
     # A k-core can only shrink when items are removed, so the final items lie in the k-core taken without the
     # title filter: only their titles are needed (reading metadata is the slow part on large Amazon files).
     superset = _core(frame.with_columns(u=hashed_codes("user"), i=hashed_codes("item")), k)
+    if superset.height == 0:
+        raise LlamarecError(
+            f"Dataset '{spec.name}': nothing survives the {k}-core filter (every user and item needs at least {k} "
+            f"interactions): {_sizes(frame)} leave none. The raw files look incomplete or are a sample: "
+            f"use the full files{_where(files)}."
+        )
     if merged(superset):
         superset = _core(frame.with_columns(u=exact_codes("user"), i=exact_codes("item")), k)
     titles = spec.read_titles(files, set(superset["item"].unique().to_list()))
@@ -105,7 +125,12 @@ def build_tables(spec: DatasetSpec, files: RawFiles) -> Tables:
     titled = superset.join(titles.select("item"), on="item", how="semi")
     frame = _core(titled, k) if titled.height else titled
     if frame.height == 0:
-        raise LlamarecError(f"Dataset '{spec.name}': no user and item keep {k} interactions after filtering.")
+        titled_items = titled["item"].n_unique()
+        raise LlamarecError(
+            f"Dataset '{spec.name}': nothing survives the {k}-core filter once items without a title are dropped: "
+            f"{_sizes(superset)} pass it, but only {titled_items:,} of those {superset['item'].n_unique():,} items "
+            f"have a title. Check that the titles file is the one that belongs to these ratings{_where(files)}."
+        )
 
     # Final ids 1..N are the ranks of the original ids in sorted order.
     frame = frame.select(

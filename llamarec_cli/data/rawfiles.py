@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 from .. import settings
@@ -49,17 +50,18 @@ def _find_in(directory: Path, raw: RawFile) -> Path | None:
 
 def _extract_member(archive: Path, name: str, dest: Path) -> Path:
     """Copy the archive member whose base name is ``name`` to ``dest`` (atomically)."""
+    tmp = dest.with_name(dest.name + ".part")
     try:
         with zipfile.ZipFile(archive) as zf:
             members = [m for m in zf.namelist() if Path(m).name == name]
             if not members:
                 raise DataFormatError(archive, f"archive has no member named {name}")
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(dest.name + ".part")
             with zf.open(members[0]) as src, open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out, CHUNK)
             tmp.replace(dest)
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        tmp.unlink(missing_ok=True)
         raise DataFormatError(archive, f"not a valid zip archive ({exc}); delete it and try again") from exc
     return dest
 

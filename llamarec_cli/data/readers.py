@@ -9,19 +9,38 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import re
 from pathlib import Path
 
 import polars as pl
 
 from ..errors import DataFormatError
 
-_PARSERS = {pl.Int64: (int, "an integer"), pl.Float64: (float, "a number"), pl.String: (str, "text")}
+# What polars' CSV parser accepts for each type (checked with polars 2.1: leading blanks allowed, trailing ones not), so
+# that the line-by-line scan blames the line polars stumbled on rather than a line it accepted.
+_INT = re.compile(r"[ \t]*[+-]?[0-9]+")
+_FLOAT = re.compile(r"[ \t]*[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)", re.IGNORECASE)
+_INT64 = range(-(2**63), 2**63)
+_KINDS = {pl.Int64: "an integer", pl.Float64: "a number", pl.String: "text"}
+
+
+def _valid(value: str, dtype) -> bool:
+    if dtype == pl.Int64:
+        return _INT.fullmatch(value) is not None and len(value) < 40 and int(value) in _INT64
+    if dtype == pl.Float64:
+        return _FLOAT.fullmatch(value) is not None
+    return True
+
+
+def _short(value: str, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 def read_csv(path: Path, schema: dict[str, pl.DataType], *, header: bool, what: str) -> pl.DataFrame:
     """Read a CSV whose columns are ``schema`` (in order), naming the file and line of any malformed row.
 
-    Empty text fields read as "" (the caller judges them); an empty number is an error.
+    Empty text fields read as "" (the caller judges them); an empty number is an error. Blank lines are skipped.
     """
     try:
         frame = pl.read_csv(
@@ -35,36 +54,101 @@ def read_csv(path: Path, schema: dict[str, pl.DataType], *, header: bool, what: 
         )
     except pl.exceptions.PolarsError as exc:
         _raise_first_bad_line(path, schema, header, what)
-        raise DataFormatError(path, f"cannot be read as {what}: {exc}") from exc
+        raise DataFormatError(path, f"cannot be read as {what}: {_first_line(exc)}") from None
+    if frame.height and frame.null_count().sum_horizontal().item():
+        # polars reads a blank line as a row of nulls (or of "" and nulls): any other null is a bad line.
+        blank = _raise_first_bad_line(path, schema, header, what)
+        numbers = [c for c, dtype in schema.items() if dtype != pl.String] or list(schema)
+        kept = frame.drop_nulls(numbers)
+        if kept.null_count().sum_horizontal().item() or frame.height - kept.height != blank:
+            raise DataFormatError(path, f"has empty fields where {what} need values")
+        frame = kept
     if frame.height == 0:
         raise DataFormatError(path, f"is empty: it has no {what}")
-    if frame.null_count().sum_horizontal().item():
-        _raise_first_bad_line(path, schema, header, what)
-        raise DataFormatError(path, f"has empty fields where {what} need values")
     return frame
 
 
-def _raise_first_bad_line(path: Path, schema: dict, header: bool, what: str) -> None:
+def _first_line(exc: Exception) -> str:
+    """polars' messages run over several lines of advice that does not apply here: keep the first."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else exc.__class__.__name__
+
+
+class _Lines:
+    """The lines of a file, keeping those of the current record (a quoted field may hold line breaks)."""
+
+    def __init__(self, file):
+        self.file, self.record = file, []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.file)
+        self.record.append(line)
+        return line
+
+
+def _stray_quote(record: str) -> bool:
+    """Whether a double quote stands inside an unquoted field (polars refuses it; the csv module keeps it)."""
+    in_quotes = closed = False
+    field_start = True
+    for ch in record:
+        if in_quotes:
+            in_quotes, closed = ch != '"', ch == '"'
+        elif ch == '"' and (field_start or closed):
+            in_quotes, closed, field_start = True, False, False
+        elif ch == '"':
+            return True
+        else:
+            field_start, closed = ch == ",", False
+    return False
+
+
+_CSV_ERRORS = {"unexpected end of data": "a quoted field that starts here is never closed"}
+
+
+def _raise_first_bad_line(path: Path, schema: dict, header: bool, what: str) -> int:
+    """Raise a DataFormatError for the first malformed line of ``path``; if there is none, return the number of
+    blank lines (polars reads each as a row of nulls). The slow path: it runs only after polars found a problem."""
     names = ", ".join(schema)
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        for lineno, row in enumerate(csv.reader(f), start=1):
-            if (header and lineno == 1) or not row:
+    blank = end = 0
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        lines = _Lines(f)
+        reader = csv.reader(lines, strict=True)
+        while True:
+            start, lines.record = end + 1, []
+            try:
+                row = next(reader)
+            except StopIteration:
+                return blank
+            except csv.Error as exc:
+                reason = _CSV_ERRORS.get(str(exc), f"is not valid CSV ({exc})")
+                raise DataFormatError(path, reason, start) from None
+            end = reader.line_num
+            if header and start == 1:
                 continue
+            if not row:
+                blank += 1
+                continue
+            record = "".join(lines.record)
+            try:
+                record.encode("utf-8")
+            except UnicodeEncodeError:
+                raise DataFormatError(path, "is not valid UTF-8 text", start) from None
+            if '"' in record and _stray_quote(record):
+                raise DataFormatError(path, f"a double quote stands inside an unquoted field: {_short(record)}", start)
+            spans = f" (a quoted field runs on to line {end})" if end > start else ""
             if len(row) != len(schema):
+                shown = _short(",".join(row), 80)
                 raise DataFormatError(
-                    path,
-                    f"expected {len(schema)} fields ({names}) in {what}, found {len(row)}: {','.join(row)!r}",
-                    lineno,
+                    path, f"expected {len(schema)} fields ({names}) in {what}, found {len(row)}: {shown}{spans}", start
                 )
             for value, (column, dtype) in zip(row, schema.items()):
-                try:
-                    if value == "" and dtype != pl.String:
-                        raise ValueError
-                    _PARSERS[dtype][0](value)
-                except ValueError:
+                if not _valid(value, dtype):
                     raise DataFormatError(
-                        path, f"field '{column}' should be {_PARSERS[dtype][1]} but is {value!r}", lineno
-                    ) from None
+                        path, f"field '{column}' should be {_KINDS[dtype]} but is {_short(value)}{spans}", start
+                    )
 
 
 # --- MovieLens (ml-latest-small) -----------------------------------------------------------------------------
@@ -131,8 +215,11 @@ def _lines(path: Path) -> pl.DataFrame:
             schema={"line": pl.String},
             raise_if_empty=False,
         )
-    except pl.exceptions.PolarsError as exc:
-        raise DataFormatError(path, f"cannot be read ({exc}); is it truncated or not the original file?") from exc
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # the machine's error (no such file, no permission), not the content's
+        reason = f"cannot be read ({_first_line(exc)}); is it truncated or not the original file?"
+        raise DataFormatError(path, reason) from exc
     return frame.with_row_index("lineno", offset=1).drop_nulls("line")  # blank lines read as null
 
 
