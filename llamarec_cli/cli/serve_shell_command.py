@@ -23,7 +23,7 @@ def serve_shell(
     history: Annotated[
         str | None, typer.Option("--history", help="Recommend once for these titles ('t1; t2; ...') and exit.")
     ] = None,
-    top: Annotated[int, typer.Option("--top", help="How many of the ranked list to show.")] = 10,
+    top: Annotated[int, typer.Option("--top", help="How many of the ranked list to show (1 to 20).")] = 10,
     ranker: Annotated[str, typer.Option("--ranker", help="A trained ranker's --name, or none.")] = "default",
     adapter: Annotated[str | None, typer.Option("--adapter", help="none: the base model zero-shot.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Base model for --adapter none.")] = None,
@@ -35,9 +35,16 @@ def serve_shell(
     json_output: Json = False,
 ) -> None:
     """Load the retriever and ranker once and recommend interactively (or once, with --user or --history)."""
-    from ..serving.recommender import Recommender
+    from ..errors import ConfigError
+    from ..serving.recommender import CANDIDATES, Recommender
     from ..serving.shell import Shell, parse_history, print_recommendation
 
+    # checked before anything loads: a bad --top should not cost the wait for a model
+    if top < 1:
+        raise ConfigError(f"--top must be a whole number from 1 to {CANDIDATES}, not {top}.")
+    if top > CANDIDATES:  # as the shell's `top` command does: show them all, and say so
+        stderr.print(f"--top {top}: there are {CANDIDATES} candidates; showing all {CANDIDATES}.", highlight=False)
+        top = CANDIDATES
     recommender = Recommender(
         dataset,
         workdir=settings.workdir(workdir),

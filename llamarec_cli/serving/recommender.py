@@ -23,6 +23,9 @@ class UnknownUserError(LlamarecError):
     exit_code = 2
 
 
+CANDIDATES = 20  # the retriever's candidates a ranker orders: one letter each, (A) to (T)
+
+
 @dataclass
 class Match:
     query: str
@@ -30,34 +33,59 @@ class Match:
     title: str | None = None
     exact: bool = False
     suggestions: list[tuple[int, str]] = field(default_factory=list)
+    ambiguous: bool = False  # several titles match equally well: ``suggestions`` lists them all
 
 
-def normalize(title: str) -> str:
-    """Case, accents, punctuation and a trailing year do not matter when a person types a title."""
+def normalize(title: str, *, keep_year: bool = False) -> str:
+    """Case, accents, punctuation and a trailing year do not matter when a person types a title.
+
+    A title with no Latin letters or digits besides its year (emoji, 東京物語) normalises to '', even with
+    ``keep_year``: its bare year would otherwise match any such title of that year."""
     text = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode().casefold()
-    text = re.sub(r"\(\d{4}\)\s*$", "", text)
+    words = " ".join(re.sub(r"[^\w\s]", " ", re.sub(r"\(\d{4}\)\s*$", "", text)).split())
+    if not words or not keep_year:
+        return words
     return " ".join(re.sub(r"[^\w\s]", " ", text).split())
 
 
 class TitleIndex:
-    """Exact match after normalising; else the closest titles, accepted when one is clearly closest."""
+    """The title typed, looked up from the strictest key to the most forgiving; else the closest titles, accepted
+    when one is clearly closest.
+
+    Strictest first so that what a person types exactly always wins: "The Jungle Book (1994)" is that film, though
+    without its year it is also "The Jungle Book (1967)". Each key is coarser than the one before, so the first that
+    knows the query decides: one item is the match, several are ambiguous (only a stricter query can tell them apart).
+    """
+
+    KEYS = (
+        str.strip,  # the title as written
+        lambda title: title.strip().casefold(),
+        lambda title: normalize(title, keep_year=True),  # "the jungle book 1994", "amelie 2001"
+        normalize,  # "the jungle book": any year
+    )
 
     def __init__(self, titles: dict[int, str]):
         self.titles = titles
-        self.by_key: dict[str, list[int]] = {}
+        self.lookups: list[dict[str, list[int]]] = [{} for _ in self.KEYS]
         for item, title in titles.items():
-            self.by_key.setdefault(normalize(title), []).append(item)
+            for key, lookup in zip(self.KEYS, self.lookups):
+                if text := key(title):  # a title that normalises to '' is found only by its own text
+                    lookup.setdefault(text, []).append(item)
+        self.by_key = self.lookups[-1]
         self.keys = list(self.by_key)
 
     def match(self, query: str) -> Match:
+        for key, lookup in zip(self.KEYS, self.lookups):
+            items = lookup.get(key(query), [])  # '' is never a key (see __init__)
+            if len(items) == 1:
+                return Match(query, items[0], self.titles[items[0]], exact=True)
+            if items:  # a remake, or the same title twice in the data: the person chooses
+                return Match(query, None, suggestions=[(i, self.titles[i]) for i in items], ambiguous=True)
         key = normalize(query)
-        items = self.by_key.get(key, [])
-        if len(items) == 1:
-            return Match(query, items[0], self.titles[items[0]], exact=True)
-        if len(items) > 1:  # the same title twice (e.g. a remake without its year): let the person choose
-            return Match(query, None, suggestions=[(i, self.titles[i]) for i in items])
+        if not key:  # nothing to compare letters with: no close titles, rather than a random one
+            return Match(query, None)
         close = difflib.get_close_matches(key, self.keys, n=5, cutoff=0.6)
-        prefix = [k for k in self.keys if key and k.startswith(key)][:5]  # "star wars" -> its episodes
+        prefix = [k for k in self.keys if k.startswith(key)][:5]  # "star wars" -> its episodes
         options = list(dict.fromkeys(close + prefix))
         scored = sorted(((difflib.SequenceMatcher(None, key, k).ratio(), k) for k in options), reverse=True)
         suggestions = [(i, self.titles[i]) for _, k in scored for i in self.by_key[k]][:5]
@@ -97,7 +125,7 @@ class Recommender:
         model: str | None = None,
         dtype: str | None = None,
         device: str = "auto",
-        candidates: int = 20,
+        candidates: int = CANDIDATES,
         fusion: str = "auto",
     ):
         from ..data.artifact import load_dataset

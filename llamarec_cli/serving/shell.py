@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import LlamarecError
-from .recommender import Recommendation, Recommender
+from .recommender import CANDIDATES, Match, Recommendation, Recommender, normalize
 
 HELP = """Commands:
   user <id>                  recommend for a user of the dataset (their whole history)
@@ -108,9 +108,9 @@ class Shell(cmd.Cmd):
 
     def do_top(self, arg):
         if not arg.strip().isdigit() or int(arg) < 1:
-            self.console.print("Usage: top <k>, k a whole number from 1 to 20.")
+            self.console.print(f"Usage: top <k>, k a whole number from 1 to {CANDIDATES}.")
             return
-        self.top = min(int(arg), 20)
+        self.top = min(int(arg), CANDIDATES)
         self.console.print(f"Showing the top {self.top}.")
 
     def do_user(self, arg):
@@ -130,16 +130,32 @@ class Shell(cmd.Cmd):
         for title in titles:
             match = self.recommender.index.match(title)
             if match.item is None:
-                if match.suggestions:
-                    options = "; ".join(t for _, t in match.suggestions)
-                    self.console.print(f"Not sure which title '{title}' is. Did you mean: {options}?", highlight=False)
-                else:
-                    self.console.print(f"No title like '{title}' in {self.recommender.dataset.name}.")
+                self.console.print(unmatched(match, self.recommender), highlight=False, markup=False)
                 return
             if not match.exact:
                 self.console.print(f"[dim]'{title}' → {match.title}[/dim]", highlight=False)
             items.append(match.item)
         print_recommendation(self.console, self.recommender.recommend(items), self.top, "Your history")
+
+
+def unmatched(match: Match, recommender: Recommender) -> str:
+    """The one line for a title that chose no item: what was typed, and what to type instead."""
+    name, title = recommender.dataset.name, match.query
+    if match.ambiguous:
+        titles = list(dict.fromkeys(t for _, t in match.suggestions))
+        if len(titles) == 1:  # the very same title more than once in the data (ml-100k has a few): typing cannot help
+            items = ", ".join(str(i) for i, _ in match.suggestions)
+            return f"Ambiguous title '{title}': {name} has '{titles[0]}' more than once (items {items})."
+        return f"Ambiguous title '{title}': {'; '.join(titles)}. Type one exactly as listed."
+    if match.suggestions:
+        options = "; ".join(t for _, t in match.suggestions)
+        return f"Not sure which title '{title}' is. Did you mean: {options}?"
+    if not normalize(title):  # no Latin letters or digits: only the title exactly as written could have matched
+        return (
+            f"No title matches '{title}' in {name}: a title without Latin letters or digits must be typed exactly "
+            f"as listed (item id and title) in {recommender.dataset.path / 'items.parquet'}."
+        )
+    return f"No title like '{title}' in {name}."
 
 
 def parse_history(recommender: Recommender, text: str) -> list[int]:
@@ -148,8 +164,7 @@ def parse_history(recommender: Recommender, text: str) -> list[int]:
     for title in [t.strip() for t in text.split(";") if t.strip()]:
         match = recommender.index.match(title)
         if match.item is None:
-            options = "; ".join(t for _, t in match.suggestions) or "none"
-            raise LlamarecError(f"Not sure which title '{title}' is. Close titles: {options}.")
+            raise LlamarecError(unmatched(match, recommender))
         items.append(match.item)
     if not items:
         raise LlamarecError("--history needs titles separated by ';'.")
