@@ -94,6 +94,9 @@ def build_app() -> typer.Typer:
 
 
 def main() -> None:
+    from ..quiet import quiet_libraries
+
+    quiet_libraries()  # the libraries' bars, warnings and logs; LLAMAREC_DEBUG=1 keeps them
     try:
         build_app()(prog_name="llamarec")
     except LlamarecError as exc:  # raised while loading plugins, before any command runs

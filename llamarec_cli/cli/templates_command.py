@@ -53,6 +53,14 @@ def show_template(
         candidates = [f"Candidate {letter}" for letter in LETTERS]
     else:
         history, candidates = _user_request(settings.workdir(workdir), dataset, user, retriever)
+        if len(candidates) > len(LETTERS):
+            from ..errors import ConfigError
+
+            raise ConfigError(
+                f"The {retriever} candidates of {dataset} have {len(candidates)} per user, but a prompt can letter at "
+                f"most {len(LETTERS)} ({LETTERS[0]}-{LETTERS[-1]}). Export at most {len(LETTERS)}: "
+                f"llamarec candidates {dataset} --retriever {retriever} --k {len(LETTERS)}"
+            )
     print(template.render(history, candidates), end="")
     print("⟨answer letter⟩")
 

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -316,6 +317,7 @@ def load_model(
     with _load_errors(source):  # the config first: a missing, gated or remote-code model fails before any download
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=offline)
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
+    _say_if_downloading(source, offline)
     with _load_errors(source):
         model = AutoModelForCausalLM.from_pretrained(
             source,
@@ -333,6 +335,23 @@ def load_model(
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return LoadedModel(model, tokenizer, source, quantization, dtype, str(torch_device), choice.reason)
+
+
+def _say_if_downloading(source: str, offline: bool) -> None:
+    """The libraries' download bars are off (llamarec_cli/quiet.py): say in one line that a long download starts."""
+    if offline or Path(source).is_dir() or settings.debug():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    for weights in ("model.safetensors", "model.safetensors.index.json"):
+        if isinstance(try_to_load_from_cache(source, weights), str):
+            return
+    print(
+        f"Downloading {source} from the Hugging Face hub into its cache (once; a 7B model is about 13 GB). "
+        "LLAMAREC_DEBUG=1 shows the download's progress.",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 @contextmanager

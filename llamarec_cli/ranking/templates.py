@@ -8,12 +8,13 @@ is refused before any model is loaded.
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ..errors import DataFormatError, UnknownNameError
+from ..errors import ConfigError, DataFormatError, UnknownNameError
 
 DEFAULT_TEMPLATE = "alpaca-short"
 LETTERS = "ABCDEFGHIJKLMNOPQRST"  # index letters of the candidates: at most 20 (METHOD.md §5)
@@ -48,7 +49,7 @@ class PromptTemplate:
         """The prompt for (already truncated) titles: the last ``history_length`` of the history, numbered from 1,
         and the candidates lettered from A in the order given. The answer letter follows it directly."""
         if len(candidates) > len(LETTERS):
-            raise ValueError(f"at most {len(LETTERS)} candidates can be lettered, got {len(candidates)}")
+            raise ConfigError(too_many_candidates(len(candidates)))
         shown = history[-self.history_length :] if self.history_length else []
         history_text = self.separator.join(
             self.history_item.format(index=i, title=title) for i, title in enumerate(shown, 1)
@@ -92,18 +93,62 @@ def read_template(path: Path, name: str | None = None) -> PromptTemplate:
             may = ", ".join("{" + p + "}" for p in sorted(allowed))
             raise DataFormatError(path, f"field '{field_name}' {problem} (it may use {may})")
     for field_name in ("instruction", "separator", "description"):
-        if _placeholders(path, field_name, data[field_name]):
+        if _placeholders(path, field_name, data[field_name], check=False):
             raise DataFormatError(path, f"field '{field_name}' cannot contain placeholders; use {{{{ }}}} for braces")
     if data["max_tokens"] < 16:
         raise DataFormatError(path, "field 'max_tokens' must be at least 16")
     return PromptTemplate(name=name or path.stem, path=path, **data)
 
 
-def _placeholders(path: Path, field_name: str, text: str) -> set[str]:
+def _placeholders(path: Path, field_name: str, text: str, check: bool = True) -> set[str]:
+    """The placeholder names in ``text``. With ``check``, each must be a bare name such as ``{title}``: a format spec
+    (``{title:>9}``, ``{title:{index}}``), a conversion (``{title!r}``) or attribute/index access (``{title.x}``,
+    ``{title[0]}``) would fail, or build a huge string, only when a prompt is rendered, so they are refused here."""
     try:
-        return {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+        parsed = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(text)]
     except ValueError as exc:
         raise DataFormatError(path, f"field '{field_name}' has a malformed placeholder ({exc})") from exc
+    if check:
+        for name, spec, conversion in parsed:
+            if name is not None:
+                _check_placeholder(path, field_name, name, spec, conversion)
+    return {name for name, _, _ in parsed if name is not None}
+
+
+def _check_placeholder(path: Path, field_name: str, name: str, spec: str, conversion: str | None) -> None:
+    """Refuse anything but a bare name, naming the field, the placeholder as written and its bare form."""
+    shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+    stem = re.match(r"\s*([A-Za-z_]\w*)", name)
+    if not name.isidentifier():
+        if not name:
+            problem = "has no name"
+        elif stem and name[stem.end() :][:1] in (".", "["):
+            problem = "uses attribute or index access"
+        else:
+            problem = "is not a plain name"
+    elif conversion:
+        problem = f"has a conversion (!{conversion})"
+    elif spec:
+        problem = f"has a format spec (:{spec})"
+    else:
+        return
+    allowed = PLACEHOLDERS.get(field_name, (set(), set()))[1]
+    if stem and stem.group(1) in allowed:
+        fix = f"write a bare {{{stem.group(1)}}}"
+    else:
+        fix = "use a bare name: " + ", ".join("{" + p + "}" for p in sorted(allowed))
+    raise DataFormatError(
+        path,
+        f"field '{field_name}': placeholder {shown} {problem}, which templates do not allow; {fix} "
+        f"({{{{ and }}}} write literal braces)",
+    )
+
+
+def too_many_candidates(count: int) -> str:
+    return (
+        f"A prompt can letter at most {len(LETTERS)} candidates ({LETTERS[0]}-{LETTERS[-1]}), got {count}. "
+        f"Export at most {len(LETTERS)}: llamarec candidates <dataset> --k {len(LETTERS)}"
+    )
 
 
 def packaged_templates() -> dict[str, Path]:
