@@ -101,6 +101,7 @@ def test_seeds_out_of_range_are_refused(config_class, seed):
         ["evaluate", "chain", "--batch-size", "0"],
         ["evaluate", "chain", "--max-examples", "-3"],
         ["candidates", "chain", "--k", "0"],
+        ["retrieve-train", "chain", "--seed", str(2**64)],
     ],
 )
 def test_bad_options_are_one_line_before_any_work(args, workdir):
@@ -109,6 +110,12 @@ def test_bad_options_are_one_line_before_any_work(args, workdir):
     assert "Traceback" not in result.output and result.output.strip().startswith("Error:"), result.output
     assert len(result.output.strip().splitlines()) <= 2  # one line (wrapped at most once by a narrow terminal)
     assert not (workdir / "chain").exists()  # refused before the first stage wrote anything
+
+
+@pytest.mark.parametrize("setting", ["hidden=1000000000000"])
+def test_a_huge_size_is_one_line(chain, workdir, setting):
+    result = CliRunner().invoke(build_app(), ["retrieve-train", "chain", "--set", setting, "-w", str(workdir)])
+    assert result.exit_code == 2 and "Error: Cannot build lrurec" in result.output, result.output
 
 
 # --- runs that diverge -----------------------------------------------------------------------------------------------
@@ -209,10 +216,13 @@ def empty(path):
 
 
 def edit_manifest(change):
+    """An edit sealed anew, as an older or another run would have written it: the checks behind the seal refuse it."""
+    from llamarec_cli.retrieval.checkpoint import seal
+
     def apply(path):
         manifest = json.loads(path.read_text())
         change(manifest)
-        path.write_text(json.dumps(manifest))
+        path.write_text(json.dumps(seal(manifest)))
 
     return apply
 
@@ -252,7 +262,7 @@ def test_a_damaged_artifact_file_is_refused_with_what_to_rerun(trained, tmp_path
 def test_a_stale_or_foreign_manifest_is_refused(trained, tmp_path, chain_registered, name, fault):
     workdir = copy_of(trained, tmp_path)
     fault(workdir / "chain" / name)
-    with pytest.raises(ArtifactError, match="Rerun"):
+    with pytest.raises(ArtifactError, match="(another version|incompatible llamarec version).*Rerun"):
         load_each(workdir)
 
 

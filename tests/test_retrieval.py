@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from llamarec_cli.cli import build_app
 from llamarec_cli.errors import ArtifactError, UnknownNameError
 from llamarec_cli.retrieval.candidates import export_candidates, load_candidates
-from llamarec_cli.retrieval.checkpoint import partial_dir, retriever_dir
+from llamarec_cli.retrieval.checkpoint import partial_dir, retriever_dir, seal
 from llamarec_cli.retrieval.contract import ConfigError, parse_value
 from llamarec_cli.retrieval.data import eval_set, pad_left, training_windows
 from llamarec_cli.retrieval.lru import LRURec, LRURecConfig
@@ -166,7 +166,7 @@ def test_checkpoint_of_another_dataset_version_is_refused(chain, workdir):
     manifest_path = retriever_dir(workdir, "chain", "lrurec") / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["dataset"]["checksum"] = "0" * 64
-    manifest_path.write_text(json.dumps(manifest))
+    manifest_path.write_text(json.dumps(seal(manifest)))  # sealed anew: the dataset check, not the seal, refuses it
     with pytest.raises(ArtifactError, match="another version of dataset 'chain'.*Rerun: llamarec retrieve-train"):
         export_candidates("chain", workdir=workdir, device="cpu")
 

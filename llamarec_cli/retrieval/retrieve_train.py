@@ -12,7 +12,7 @@ import torch
 
 from .. import __version__, plugins
 from ..data.artifact import Dataset, load_dataset
-from ..errors import ArtifactError, TrainingDivergedError, WorkdirError
+from ..errors import ArtifactError, ConfigError, TrainingDivergedError, WorkdirError
 from ..retrieval.checkpoint import (
     finish,
     partial_dir,
@@ -93,7 +93,13 @@ def train_retriever(
         config, sources = _start_or_resume(workdir, dataset, cls, retriever, flags or {}, resume, restart)
         log(f"Training {retriever} on {dataset_name} ({dataset.num_items:,} items) on {device_}.")
         torch.manual_seed(config.seed)
-        model = cls(config, dataset.num_items)
+        try:
+            model = cls(config, dataset.num_items)
+        except (RuntimeError, MemoryError) as exc:  # e.g. --set hidden=1000000000: petabytes of embeddings
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"Cannot build {retriever} with this config ({first}): is a size setting too large?"
+            ) from None
         reporter = RichReporter(config.max_epochs) if progress else Reporter()
         began = time.perf_counter()
         try:
