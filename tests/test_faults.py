@@ -102,6 +102,7 @@ def test_seeds_out_of_range_are_refused(config_class, seed):
         ["evaluate", "chain", "--max-examples", "-3"],
         ["candidates", "chain", "--k", "0"],
         ["retrieve-train", "chain", "--seed", str(2**64)],
+        ["retrieve-train", "chain", "--set", "blocks=1000000000000"],
     ],
 )
 def test_bad_options_are_one_line_before_any_work(args, workdir):

@@ -30,6 +30,8 @@ class LRURecConfig(RetrieverConfig):
         super().__post_init__()
         if self.hidden < 1 or self.blocks < 1:
             raise ConfigError("hidden and blocks must be at least 1")
+        if self.blocks > 64:  # each block is a module built one by one: 10^12 of them would hang, not fail
+            raise ConfigError(f"blocks must be at most 64 (got {self.blocks}); the paper uses 2")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1) (got {self.dropout})")
         if not 0 < self.r_min < self.r_max < 1:

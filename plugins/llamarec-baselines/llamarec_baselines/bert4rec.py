@@ -44,6 +44,8 @@ class BERT4RecConfig(RetrieverConfig):
         super().__post_init__()
         if self.hidden < 1 or self.blocks < 1 or self.heads < 1:
             raise ConfigError("hidden, blocks and heads must be at least 1")
+        if self.blocks > 64:  # built one by one: a huge count would hang rather than fail
+            raise ConfigError(f"blocks must be at most 64 (got {self.blocks})")
         if self.hidden % self.heads:
             raise ConfigError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
         if self.max_len < 2:
