@@ -526,3 +526,12 @@ def test_truncated_gzip_metadata_names_the_file(tmp_path, python_literals):
     with pytest.raises(DataFormatError, match="cannot be read .*is it truncated") as info:
         read_amazon_titles(meta, None, python_literals=python_literals)
     assert one_line(info.value).startswith(str(meta))
+
+
+def test_a_huge_split_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "huge.json"
+    with open(path, "wb") as f:  # sparse: no disk space, and never read
+        f.truncate(5 * 2**30)
+    with pytest.raises(DataFormatError, match="is 5.0 GiB; a split JSON above 4 GiB is not read") as info:
+        read_split(path)
+    assert one_line(info.value).startswith(f"{path}")

@@ -87,8 +87,18 @@ def _not_utf8(path: Path) -> DataFormatError:
     return DataFormatError(path, "is not UTF-8 text")
 
 
+MAX_BYTES = 4 * 2**30  # json.load holds about ten times a file's size: a larger split is refused, not swapped to death
+
+
 def _load(path: Path) -> object:
     try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise DataFormatError(
+                path,
+                f"is {size / 2**30:.1f} GiB; a split JSON above {MAX_BYTES / 2**30:.0f} GiB is not read (it would "
+                "take tens of GiB of memory): preprocess the raw ratings instead",
+            )
         with open(path, encoding="utf-8") as f:
             return json.load(f, object_pairs_hook=_no_duplicates)
     except FileNotFoundError:
