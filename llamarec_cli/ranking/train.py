@@ -393,6 +393,7 @@ def _train_ranker(
         "interrupted": interrupted,
         "train_seconds": round(train_seconds, 1),
         "processes": accelerator.num_processes,
+        "optimizer": type(getattr(optimizer, "optimizer", optimizer)).__name__,  # accelerate wraps it
         "device": str(accelerator.device),
         "val_metrics": best_metrics,
         "val_retriever_metrics": subset_metrics([e.target_index + 1.0 for e in val_examples]),  # the bar to clear
