@@ -274,7 +274,7 @@ class LossCurve:
     def epoch(self, *args): ...
 
     def step(self, loss: float) -> None:
-        self.losses.append(round(loss, 4))
+        self.losses.append(loss)
 
     def validated(self, *args): ...
 
@@ -311,7 +311,7 @@ def train_in_each_dtype(workdir: Path, examples: int, val_examples: int) -> dict
             "steps": manifest["steps"],
             "train_seconds": manifest["train_seconds"],
             "examples_per_second": manifest["steps"] * config.batch_size / manifest["train_seconds"],
-            "losses": curve.losses,
+            "losses": [round(x, 4) for x in curve.losses],
             "validations": [{"step": v["step"], "NDCG@10": v["NDCG@10"]} for v in manifest["validations"]],
             "best_val_ndcg10": manifest["val_metrics"]["NDCG@10"],
             "val_retriever_ndcg10": manifest["val_retriever_metrics"]["NDCG@10"],

@@ -101,24 +101,6 @@ def machine(ctx: dict) -> dict:
 # --- 2. the retriever -------------------------------------------------------------------------------------------------
 
 
-class Losses:
-    """A trainer Reporter that keeps every step's loss."""
-
-    def __init__(self):
-        self.losses: list[float] = []
-
-    def epoch(self, *args): ...
-
-    def step(self, loss: float) -> None:
-        self.losses.append(loss)
-
-    def validated(self, *args): ...
-
-    def note(self, message: str) -> None: ...
-
-    def close(self): ...
-
-
 def first_users(raw: Path, folder: Path, users: int) -> Path:
     """A copy of the MovieLens files with only the first ``users`` users' ratings: the dry run's small ml-100k."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -131,6 +113,8 @@ def first_users(raw: Path, folder: Path, users: int) -> Path:
 
 def retriever(ctx: dict) -> dict:
     """LRURec's first steps on the GPU against the CPU's, then a full training and the candidates."""
+    from efficiency import LossCurve
+
     from llamarec_cli.data.artifact import load_dataset
     from llamarec_cli.data.preprocess import preprocess
     from llamarec_cli.retrieval.candidates import export_candidates
@@ -154,7 +138,7 @@ def retriever(ctx: dict) -> dict:
     for where in ("cpu", device):  # same weights, same batches (the order is drawn on the CPU), no dropout
         model = cls(config, dataset.num_items)
         model.load_state_dict(initial)
-        curve = Losses()
+        curve = LossCurve()
         fit(model, dataset, device=where, reporter=curve, stop_after_steps=steps)
         losses[where] = curve.losses
     worst = max(abs(a - b) / abs(a) for a, b in zip(losses["cpu"], losses[device]))
@@ -218,6 +202,8 @@ def llama2_tokenizer():
 def qlora(ctx: dict) -> dict:
     """rank-train in 4-bit NF4 for a fixed number of steps, evaluate, reload the adapter with plain peft, and compare
     bf16 and 4-bit letter logits with fp32 on the same prompts."""
+    from efficiency import LossCurve
+
     from llamarec_cli.data.artifact import load_dataset
     from llamarec_cli.ranking.config import RankerConfig
     from llamarec_cli.ranking.evaluate import evaluate, load_ranker
@@ -235,7 +221,7 @@ def qlora(ctx: dict) -> dict:
         batch_size=batch, eval_every=steps // 2, max_val_examples=4 if dry else 100, lr=5e-4, warmup_steps=2,
         patience=100, gradient_checkpointing=True,
     )  # fmt: skip
-    curve = Losses()
+    curve = LossCurve()
     manifest = train_ranker("ml-100k", workdir=workdir, config=config, name="qlora", device=device, restart=True,
                             reporter=curve)  # fmt: skip
     losses = curve.losses
