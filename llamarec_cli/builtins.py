@@ -30,6 +30,7 @@ def register_commands(cli):
         preprocess_command,
         rank_train_command,
         retrieve_train_command,
+        serve_command,
         serve_shell_command,
         templates_command,
     )
@@ -41,5 +42,6 @@ def register_commands(cli):
     rank_train_command.install(cli)
     evaluate_command.install(cli)
     serve_shell_command.install(cli)
+    serve_command.install(cli)
     templates_command.install(cli)
     plugins_command.install(cli)

@@ -52,3 +52,7 @@ Fusion = Annotated[
         "none (the ranker alone) or α from 0 (the retriever's order) to 1 (the ranker's).",
     ),
 ]
+# what serve-shell and serve load: a trained ranker, or a base model zero-shot
+Ranker = Annotated[str, typer.Option("--ranker", help="A trained ranker's --name, or none.")]
+Adapter = Annotated[str | None, typer.Option("--adapter", help="none: the base model zero-shot.")]
+Model = Annotated[str | None, typer.Option("--model", help="Base model for --adapter none.")]

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import settings
-from .options import DatasetName, Device, Dtype, Fusion, Json, RetrieverName, Workdir
+from .options import Adapter, DatasetName, Device, Dtype, Fusion, Json, Model, Ranker, RetrieverName, Workdir
 from .output import print_json, stderr, stdout
 
 EPILOG = (
@@ -24,9 +24,9 @@ def serve_shell(
         str | None, typer.Option("--history", help="Recommend once for these titles ('t1; t2; ...') and exit.")
     ] = None,
     top: Annotated[int, typer.Option("--top", help="How many of the ranked list to show (1 to 20).")] = 10,
-    ranker: Annotated[str, typer.Option("--ranker", help="A trained ranker's --name, or none.")] = "default",
-    adapter: Annotated[str | None, typer.Option("--adapter", help="none: the base model zero-shot.")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Base model for --adapter none.")] = None,
+    ranker: Ranker = "default",
+    adapter: Adapter = None,
+    model: Model = None,
     retriever: RetrieverName = "lrurec",
     fusion: Fusion = "auto",
     dtype: Dtype = None,
@@ -36,6 +36,7 @@ def serve_shell(
 ) -> None:
     """Load the retriever and ranker once and recommend interactively (or once, with --user or --history)."""
     from ..errors import ConfigError
+    from ..serving.answer import answer_json
     from ..serving.recommender import CANDIDATES, Recommender
     from ..serving.shell import Shell, parse_history, print_recommendation
 
@@ -56,22 +57,13 @@ def serve_shell(
         device=device,
         fusion=fusion,
     )
-    if recommender.dtype_reason:
-        stderr.print(recommender.dtype_reason, highlight=False, soft_wrap=True)
-    if recommender.ranker_name != "none":
-        fused = f"α = {recommender.alpha:g}" if recommender.alpha is not None else "off"
-        stderr.print(f"Fusion with the retriever's scores: {fused} ({recommender.alpha_source}).", highlight=False)
+    for note in recommender.notes():
+        stderr.print(note, highlight=False, soft_wrap=True)
     if user is not None or history is not None:
         items = recommender.user_history(user) if user is not None else parse_history(recommender, history)
         rec = recommender.recommend(items)
         if json_output:
-            result = rec.to_dict()
-            result["ranked"] = result["ranked"][:top] if result["ranked"] is not None else None
-            print_json(
-                {"dataset": dataset, "user": user, "ranker": recommender.ranker_name, "dtype": recommender.dtype}
-                | {"fusion_alpha": recommender.alpha}
-                | result
-            )
+            print_json(answer_json(recommender, rec, user=user, top=top))
         else:
             print_recommendation(stdout, rec, top, f"User {user}" if user is not None else "Your history")
         return

@@ -137,6 +137,7 @@ class Recommender:
         retriever, self.alpha, self.alpha_source = ranker_plan(
             workdir, self.dataset, ranker, adapter, retriever, fusion
         )
+        self.retriever_name = retriever
         self.retriever, _ = load_retriever(workdir, self.dataset, retriever, device)
         self.device = next(self.retriever.parameters()).device
         self.k = candidates
@@ -154,6 +155,15 @@ class Recommender:
             self.dtype, self.dtype_reason = loaded.dtype, loaded.dtype_reason
             self.encoder.verbalizer.ids(candidates)  # more candidates than letters: refused now, not per request
 
+    def notes(self) -> list[str]:
+        """What a person starting a server or shell should know about how it will rank: the dtype chosen, and
+        whether the ranker's scores are fused with the retriever's."""
+        lines = [self.dtype_reason] if self.dtype_reason else []
+        if self.ranker_name != "none":
+            fused = f"α = {self.alpha:g}" if self.alpha is not None else "off"
+            lines.append(f"Fusion with the retriever's scores: {fused} ({self.alpha_source}).")
+        return lines
+
     def user_history(self, user: str) -> list[int]:
         """By the dataset's original user id, or else the internal number."""
         internal = self.dataset.user_id(user)
@@ -168,7 +178,11 @@ class Recommender:
         return self.recommend_many([history])[0]
 
     @torch.no_grad()
-    def recommend_many(self, histories: list[list[int]], batch_size: int = 8) -> list[Recommendation]:
+    def recommend_many(
+        self, histories: list[list[int]], batch_size: int = 8, *, rank: bool = True
+    ) -> list[Recommendation]:
+        """One retrieval over all ``histories``, then (with a ranker, unless ``rank`` is False) their prompts in
+        left-padded forward passes of up to ``batch_size``. Each stage's seconds are shared out over the requests."""
         from ..ranking.fusion import fuse, order
         from ..ranking.prompts import Example
         from ..ranking.scoring import score_examples
@@ -187,7 +201,7 @@ class Recommender:
         ]
         ranked_scores = None
         ranking = 0.0
-        if self.llm is not None:
+        if self.llm is not None and rank:
             began = time.perf_counter()
             examples = [Example(h, [i for i, _ in c], None, None, [s for _, s in c]) for h, c in zip(histories, lists)]
             ranked_scores = score_examples(self.llm, self.encoder, examples, batch_size=batch_size)

@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import LlamarecError
-from .recommender import CANDIDATES, Match, Recommendation, Recommender, normalize
+from .answer import resolve_history, unmatched
+from .recommender import CANDIDATES, Recommendation, Recommender
 
 HELP = """Commands:
   user <id>                  recommend for a user of the dataset (their whole history)
@@ -138,34 +139,9 @@ class Shell(cmd.Cmd):
         print_recommendation(self.console, self.recommender.recommend(items), self.top, "Your history")
 
 
-def unmatched(match: Match, recommender: Recommender) -> str:
-    """The one line for a title that chose no item: what was typed, and what to type instead."""
-    name, title = recommender.dataset.name, match.query
-    if match.ambiguous:
-        titles = list(dict.fromkeys(t for _, t in match.suggestions))
-        if len(titles) == 1:  # the very same title more than once in the data (ml-100k has a few): typing cannot help
-            items = ", ".join(str(i) for i, _ in match.suggestions)
-            return f"Ambiguous title '{title}': {name} has '{titles[0]}' more than once (items {items})."
-        return f"Ambiguous title '{title}': {'; '.join(titles)}. Type one exactly as listed."
-    if match.suggestions:
-        options = "; ".join(t for _, t in match.suggestions)
-        return f"Not sure which title '{title}' is. Did you mean: {options}?"
-    if not normalize(title):  # no Latin letters or digits: only the title exactly as written could have matched
-        return (
-            f"No title matches '{title}' in {name}: a title without Latin letters or digits must be typed exactly "
-            f"as listed (item id and title) in {recommender.dataset.path / 'items.parquet'}."
-        )
-    return f"No title like '{title}' in {name}."
-
-
 def parse_history(recommender: Recommender, text: str) -> list[int]:
-    """For the one-shot path: every title must match; the error lists the close ones."""
-    items = []
-    for title in [t.strip() for t in text.split(";") if t.strip()]:
-        match = recommender.index.match(title)
-        if match.item is None:
-            raise LlamarecError(unmatched(match, recommender))
-        items.append(match.item)
-    if not items:
+    """For the one-shot path: titles separated by ';', every one must match; the error lists the close ones."""
+    titles = [t.strip() for t in text.split(";") if t.strip()]
+    if not titles:
         raise LlamarecError("--history needs titles separated by ';'.")
-    return items
+    return resolve_history(recommender, titles)
