@@ -1,9 +1,7 @@
 """llamarec: two-stage LLM recommendation (LlamaRec). The public API that plugins import."""
 
-__version__ = "0.1.0"
-
-from .data.spec import DatasetSpec, RawFile  # noqa: E402
-from .errors import (  # noqa: E402
+from .data.spec import DatasetSpec, RawFile
+from .errors import (
     ArtifactError,
     ConfigError,
     DataFormatError,
@@ -11,7 +9,8 @@ from .errors import (  # noqa: E402
     RawDataMissingError,
     UnknownNameError,
 )
-from .hookspecs import hookimpl  # noqa: E402
+from .hookspecs import hookimpl
+from .version import __version__
 
 _TORCH_API = {"Retriever", "RetrieverConfig", "option"}  # imported on first use: `llamarec --help` stays fast
 

@@ -14,10 +14,13 @@ import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ArtifactError, ConfigError
 from .ranking.examples import check_negatives
-from .retrieval.contract import build_config
+
+if TYPE_CHECKING:
+    from .retrieval.train import Reporter
 
 
 @dataclass
@@ -44,9 +47,14 @@ def run_pipeline(
     raw_dir: Path | None = None,
     device: str = "auto",
     log: Callable[[str], None] = lambda message: None,
-    reporter=None,
+    reporter: Reporter | None = None,
+    retriever_reporter: Callable[[int], Reporter] | None = None,
 ) -> dict:
-    """Run (or continue) the whole pipeline and return the evaluation report."""
+    """Run (or continue) the whole pipeline and return the evaluation report.
+
+    ``reporter``: the ranker training's progress reporter; ``retriever_reporter``: makes the retriever training's,
+    as ``train_retriever(reporter=...)`` does. The CLI passes its ``RichReporter``; without them nothing is shown.
+    """
     from .data.artifact import load_dataset
     from .data.preprocess import preprocess
     from .ranking.evaluate import evaluate
@@ -77,7 +85,7 @@ def run_pipeline(
             flags={} if resume else {"max_epochs": budget.retriever_epochs},
             device=device,
             resume=resume,
-            progress=reporter is not None,
+            reporter=retriever_reporter,
         )
 
     release_memory()
@@ -117,23 +125,15 @@ def _check_before_work(dataset: str, model: str, budget: Budget, device: str):
     if budget.test_examples is not None and budget.test_examples < 1:
         raise ConfigError(f"--test-examples must be at least 1 (got {budget.test_examples}).")
     resolve_config(retriever_class("lrurec"), dataset, {"max_epochs": budget.retriever_epochs})
-    config, _ = build_config(
-        RankerConfig,
-        [
-            (
-                "flag",
-                dict(
-                    model=model,
-                    max_train_examples=budget.train_examples,
-                    max_val_examples=budget.val_examples,
-                    eval_every=budget.eval_every,
-                    batch_size=budget.batch_size,
-                    lr=budget.lr,
-                    warmup_steps=budget.warmup_steps,
-                    negatives=budget.negatives,
-                ),
-            )
-        ],
+    config = RankerConfig(
+        model=model,
+        max_train_examples=budget.train_examples,
+        max_val_examples=budget.val_examples,
+        eval_every=budget.eval_every,
+        batch_size=budget.batch_size,
+        lr=budget.lr,
+        warmup_steps=budget.warmup_steps,
+        negatives=budget.negatives,
     )
     resolve_device(device)
     load_tokenizer(model)  # the model exists (an alias is built now, as the ranker would build it later)
@@ -180,7 +180,7 @@ def _refuse_other_settings(trained: dict, wanted: dict, folder: Path) -> None:
 
 
 def _candidates_sha(workdir: Path, dataset: str) -> str:
-    from .data.rawfiles import sha256_of
+    from .files import sha256_of
     from .retrieval.candidates import candidates_paths
 
     return sha256_of(candidates_paths(workdir, dataset, "lrurec")[0])

@@ -46,7 +46,7 @@ def load_plugins() -> None:
     _loaded = True
     from importlib import import_module
 
-    from . import __version__
+    from .version import __version__
 
     for name, module in BUILTIN_PLUGINS.items():
         pm.register(import_module(module), name=name)

@@ -1,5 +1,7 @@
 """Writing into the work directory: one run per artifact at a time, and writability proved before the work.
 
+``writing``: an ``OSError`` met while making room for an artifact becomes the one-line ``WorkdirError``.
+
 ``run_lock``: an exclusive lock held while a stage writes an artifact.
 The operating system releases the lock when the process dies, however it dies, so a crashed run never blocks the next
 one; a second run on the same artifact is refused at once, with the holder's pid, instead of being mistaken for an
@@ -24,22 +26,22 @@ def run_lock(folder: Path, name: str, what: str):
     Creating the folder and writing the pid file also proves, before any work, that the work directory is writable.
     """
     lock_path, pid_path = folder / f".{name}.lock", folder / f".{name}.pid"
+    with writing(folder):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(lock_path, timeout=0)
+            lock.acquire()
+        except Timeout:  # an OSError too: caught first
+            holder = _read_pid(pid_path)
+            raise ArtifactError(
+                f"Another {what} is running (pid {holder or 'unknown'}); wait for it to finish, or stop it first."
+            ) from None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(lock_path, timeout=0)
-        lock.acquire()
-    except Timeout:
-        holder = _read_pid(pid_path)
-        raise ArtifactError(
-            f"Another {what} is running (pid {holder or 'unknown'}); wait for it to finish, or stop it first."
-        ) from None
-    except OSError as exc:
-        raise WorkdirError(f"Cannot write to {folder}: {exc.strerror or exc}.") from exc
-    try:
-        pid_path.write_text(str(os.getpid()))
-    except OSError as exc:
+        with writing(folder):
+            pid_path.write_text(str(os.getpid()))
+    except WorkdirError:
         lock.release()
-        raise WorkdirError(f"Cannot write to {folder}: {exc.strerror or exc}.") from exc
+        raise
     try:
         yield
     finally:
@@ -59,9 +61,20 @@ def ensure_writable(folder: Path) -> None:
     of work rather than after (disk full can still strike later: the CLI turns it into one line, and every artifact
     is written beside the old one and swapped in, so the old one survives)."""
     probe = folder / f".write-probe-{os.getpid()}"
-    try:
+    with writing(folder):
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()
+
+
+@contextmanager
+def writing(path: Path, *, workdir: bool = False):
+    """Turn an ``OSError`` in the block (no permission, disk full, read-only) into the one-line ``WorkdirError``
+    that names ``path``; ``workdir=True``: ``path`` is the work directory itself, and the error says how to choose
+    another."""
+    try:
+        yield
     except OSError as exc:
-        raise WorkdirError(f"Cannot write to {folder}: {exc.strerror or exc}.") from exc
+        if workdir:
+            raise WorkdirError.unwritable(path, exc) from exc
+        raise WorkdirError(f"Cannot write to {path}: {exc.strerror or exc}.") from exc

@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+from test_split_import import small_split  # the two-user split, built in one place
 from typer.testing import CliRunner
 
 from llamarec_cli.cli import build_app
@@ -84,17 +85,6 @@ def test_empty_k_core_is_one_line_in_the_cli(tmp_path, workdir, command, monkeyp
 
 
 # --- 2. split JSON ----------------------------------------------------------------------------------------------------
-
-
-def small_split() -> dict:
-    return {
-        "train": {"1": [1, 2, 3], "2": [3, 2, 1]},
-        "val": {"1": [4], "2": [4]},
-        "test": {"1": [5], "2": [5]},
-        "meta": {str(i): f"Item {i}" for i in range(1, 6)},
-        "umap": {"A": 1, "B": 2},
-        "smap": {f"S{i}": i for i in range(1, 6)},
-    }
 
 
 def changed(path: tuple, value) -> dict:
@@ -382,7 +372,7 @@ def test_damaged_table_is_refused(chain, workdir, table, damage):
 )
 def test_table_that_matches_a_forged_hash_is_still_refused(chain, workdir, content, message):
     """Even when the manifest's hash was updated to match, a table that is not one is refused in one line."""
-    from llamarec_cli.data.rawfiles import sha256_of
+    from llamarec_cli.files import sha256_of
 
     file = chain.path / "items.parquet"
     content(file)

@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from .. import __version__, plugins, settings
+from .. import plugins, settings
 from ..errors import LlamarecError, WorkdirError
+from ..version import __version__
 
 app = typer.Typer(
     name="llamarec",

@@ -85,15 +85,15 @@ def print_report(report: dict) -> None:
 def report_table(report: dict, view: str, title: str):
     from rich.table import Table
 
-    from ..ranking.evaluate import KS, NAMES
+    from ..ranking.evaluate import NAMES, REPORT_KS
 
     table = Table(title=f"{report['dataset']} test, {title}")
     table.add_column("order")
-    for k in KS:
+    for k in REPORT_KS:
         for name in NAMES:
             table.add_column(f"{name}@{k}", justify="right")
     for who, metrics in report[view].items():
-        table.add_row(who, *(f"{metrics[f'{n}@{k}']:.4f}" for k in KS for n in NAMES))
+        table.add_row(who, *(f"{metrics[f'{n}@{k}']:.4f}" for k in REPORT_KS for n in NAMES))
     return table
 
 

@@ -49,8 +49,9 @@ def pipeline(
 ) -> None:
     """Run every stage on a CPU-sized budget and print the metrics; run again to continue after an interruption."""
     from ..pipeline import Budget, run_pipeline
-    from ..retrieval.train import RichReporter
+    from ..ranking.train import RANKER_EARLY_STOP_METRIC
     from .evaluate_command import print_report
+    from .progress import RichReporter
 
     budget = Budget(
         retriever_epochs=retriever_epochs,
@@ -74,7 +75,8 @@ def pipeline(
             log=lambda message: stderr.print(
                 message, style="bold" if message[1] == "/" else "dim", highlight=False, soft_wrap=True
             ),
-            reporter=None if json_output else RichReporter(1, metric="NDCG@10"),
+            reporter=None if json_output else RichReporter(1, metric=RANKER_EARLY_STOP_METRIC),
+            retriever_reporter=None if json_output else RichReporter,
         )
     except KeyboardInterrupt:
         stderr.print("Interrupted. Run the same command again to continue where it stopped.")

@@ -75,9 +75,16 @@ def rank_train(
 ) -> None:
     """Fine-tune the LLM ranker with (Q)LoRA on the retriever's candidates; keep the best adapter (PEFT format)."""
     from ..ranking.config import RankerConfig
-    from ..ranking.train import STATE_FILE, rank_train_command, ranker_dir, resumed_config, train_ranker
+    from ..ranking.train import (
+        RANKER_EARLY_STOP_METRIC,
+        STATE_FILE,
+        rank_train_command,
+        ranker_dir,
+        resumed_config,
+        train_ranker,
+    )
     from ..retrieval.contract import parse_sets
-    from ..retrieval.train import RichReporter
+    from .progress import RichReporter
 
     given = dict(
         model=model,
@@ -109,7 +116,7 @@ def rank_train(
         return
     if not json_output:
         stdout.print(config_table("ranker", config, sources, with_help=False))
-    reporter = RichReporter(config.epochs, metric="NDCG@10") if not json_output else None
+    reporter = RichReporter(config.epochs, metric=RANKER_EARLY_STOP_METRIC) if not json_output else None
     try:
         manifest = train_ranker(
             dataset,

@@ -49,6 +49,7 @@ def retrieve_train(
     """Train a stage-1 retriever (LRURec by default) with early stopping; save the best checkpoint and its metrics."""
     from ..retrieval.contract import parse_sets
     from ..retrieval.retrieve_train import resolve_config, retriever_class, train_retriever
+    from .progress import RichReporter
 
     cls = retriever_class(retriever)
     flags = {
@@ -92,7 +93,7 @@ def retrieve_train(
             device=device,
             resume=resume,
             restart=restart,
-            progress=not json_output,
+            reporter=None if json_output else RichReporter,
             log=lambda message: stderr.print(message, style="dim", highlight=False),
         )
     except KeyboardInterrupt:

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from .. import __version__
-from ..errors import ArtifactError, WorkdirError
+from ..errors import ArtifactError
+from ..files import replace_dir, sha256_of
+from ..workspace import writing
 from .pipeline import SPLITS, Tables
-from .rawfiles import sha256_of
 
 FORMAT = "llamarec.dataset"
 FORMAT_VERSION = 1
@@ -38,14 +37,12 @@ def _json(data) -> str:
 def write_dataset(workdir: Path, name: str, tables: Tables, manifest: dict) -> Dataset:
     """Write the tables and manifest to a temporary folder, then swap it in place of the old artifact."""
     final = dataset_dir(workdir, name)
-    try:
+    with writing(workdir, workdir=True):
         final.parent.mkdir(parents=True, exist_ok=True)
         for stale in final.parent.glob(".dataset.tmp-*"):  # left by an interrupted run
             shutil.rmtree(stale, ignore_errors=True)
         tmp = final.parent / f".dataset.tmp-{os.getpid()}"
         tmp.mkdir()
-    except OSError as exc:
-        raise WorkdirError.unwritable(workdir, exc) from exc
     try:
         files = {}
         for table in TABLES:
@@ -54,20 +51,11 @@ def write_dataset(workdir: Path, name: str, tables: Tables, manifest: dict) -> D
             files[path.name] = sha256_of(path)
         manifest = {**manifest, "files": files, "format": FORMAT, "format_version": FORMAT_VERSION}
         (tmp / "manifest.json").write_text(_json(manifest), encoding="utf-8")
-        old = final.parent / ".dataset.old"
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Dataset(name, final, manifest, tables.interactions, tables.items, tables.users)
-
-
-def versions() -> dict:
-    return {"llamarec": __version__, "polars": pl.__version__, "python": platform.python_version()}
 
 
 @dataclass

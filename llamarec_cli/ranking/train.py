@@ -13,22 +13,22 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import shutil
-import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .. import __version__
 from ..data.artifact import Dataset, load_dataset
-from ..data.rawfiles import sha256_of
 from ..errors import ArtifactError, ConfigError, TrainingDivergedError
 from ..evaluation.metrics import MetricSums
+from ..files import replace_dir, sha256_of, write_json
 from ..retrieval.candidates import candidates_paths, load_candidates
 from ..retrieval.checkpoint import (
+    STATE_FILE,
     finish,
     load_state,
     optimizer_state,
@@ -38,9 +38,9 @@ from ..retrieval.checkpoint import (
     restore_rng,
     rng_tensors,
     save_state,
-    write_json,
 )
-from ..retrieval.train import Reporter, resolve_device
+from ..retrieval.train import Progress, Reporter, resolve_device, train_epochs
+from ..version import versions
 from ..workspace import run_lock
 from .config import RankerConfig
 from .examples import training_examples, valid_subset
@@ -49,8 +49,7 @@ from .prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
 from .scoring import pass_token_cap, passes, score_examples
 from .verbalizer import position_ids
 
-EARLY_STOP_METRIC = "NDCG@10"
-STATE_FILE = "state.safetensors"
+RANKER_EARLY_STOP_METRIC = "NDCG@10"  # the retriever stops on Recall@10: retrieval/train.py
 FORMAT = "llamarec.ranker"
 FORMAT_VERSION = 1
 
@@ -200,7 +199,6 @@ def _train_ranker(
     stop_after_steps: int | None = None,
 ) -> dict:
     from accelerate import Accelerator
-    from transformers import get_linear_schedule_with_warmup
 
     from .models import load_model
     from .templates import load_template
@@ -236,7 +234,82 @@ def _train_ranker(
     reporter.note(loaded.dtype_reason)
     encoder = PromptEncoder(loaded.tokenizer, template, dataset.titles)
     encoder.verbalizer.ids(k)  # more candidates than letters: refused before any training
+    examples = _training_set(workdir, dataset, config, k, accelerator)
+    val_examples = sample(val.examples, config.max_val_examples, config.seed)
+    run = _prepare_run(loaded, config, accelerator, len(examples))
 
+    rerun = rank_train_command(dataset_name, name)
+    trainer = _Trainer(run, config, encoder, examples, val_examples, partial, rerun, reporter)
+    if resume and state_path.is_file():
+        trainer.progress, trainer.best_scores = _restore(state_path, run)
+    elif accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        write_json(
+            partial / "run.json",
+            {"config": config.to_dict(), "dataset_checksum": dataset.checksum, "dtype": loaded.dtype},
+        )
+    accelerator.wait_for_everyone()
+    stopped, interrupted = trainer.train(stop_after_steps)
+    manifest = _manifest(workdir, dataset, loaded, template, k, trainer, len(val.examples), stopped, interrupted)
+    if interrupted or not accelerator.is_main_process:
+        return manifest
+    if not (partial / "adapter").is_dir():
+        raise ArtifactError(f"No adapter was saved in {partial}; the validation subset may be empty.")
+    finish(partial, final, {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest})
+    return manifest
+
+
+def _manifest(
+    workdir: Path,
+    dataset: Dataset,
+    loaded,
+    template,
+    k: int,
+    trainer: _Trainer,
+    val_subset_users: int,
+    stopped: bool,
+    interrupted: bool,
+) -> dict:
+    """What the ranker's manifest records: its inputs (each with a checksum), settings, training and validation."""
+    config, run, progress, val_examples = trainer.config, trainer.run, trainer.progress, trainer.val_examples
+    return {
+        "dataset": {"name": dataset.name, "checksum": dataset.checksum},
+        "candidates_sha256": sha256_of(candidates_paths(workdir, dataset.name, config.retriever)[0]),
+        "config": config.to_dict(),
+        "model": {
+            "name": config.model,
+            "source": loaded.source,
+            "quantization": loaded.quantization,
+            "dtype": loaded.dtype,
+            "dtype_reason": loaded.dtype_reason,
+        },
+        "template": {"name": template.name, "sha256": sha256_of(template.path)},
+        "letter_token_ids": list(trainer.encoder.verbalizer.token_ids),
+        "k": k,
+        "train_examples": len(trainer.examples),
+        "val_examples": len(val_examples),
+        "val_subset_users": val_subset_users,
+        "best_step": progress.best_step,
+        "steps": progress.step,
+        "stopped_early": stopped,
+        "interrupted": interrupted,
+        "train_seconds": round(progress.train_seconds, 1),
+        "processes": run.accelerator.num_processes,
+        "optimizer": type(getattr(run.optimizer, "optimizer", run.optimizer)).__name__,  # accelerate wraps it
+        "device": str(run.accelerator.device),
+        "val_metrics": progress.best_metrics,
+        "val_retriever_metrics": subset_metrics([e.target_index + 1.0 for e in val_examples]),  # the bar to clear
+        "validations": progress.validations,
+        "fusion": choose_alpha(val_examples, [torch.tensor(s) for s in trainer.best_scores])
+        if trainer.best_scores
+        else None,
+        "versions": versions("torch", "transformers", "peft"),
+    }
+
+
+def _training_set(workdir: Path, dataset: Dataset, config: RankerConfig, k: int, accelerator) -> list[Example]:
+    """The training examples: random negatives, or the retriever's own candidates (``--negatives retrieved``)."""
     retriever = None
     if config.negatives == "retrieved":
         from ..retrieval.retrieve_train import load_retriever
@@ -254,8 +327,119 @@ def _train_ranker(
     )
     del retriever
     if len(examples) < accelerator.num_processes:
-        raise ArtifactError(f"Dataset '{dataset_name}' gives {len(examples)} training examples; too few to train.")
-    val_examples = sample(val.examples, config.max_val_examples, config.seed)
+        raise ArtifactError(f"Dataset '{dataset.name}' gives {len(examples)} training examples; too few to train.")
+    return examples
+
+
+@dataclass
+class _Run:
+    """What a rank-train run trains with: the LoRA model (as accelerate wraps it, and unwrapped), its trainable
+    weights, the optimizer and the schedule, and the batches."""
+
+    model: Any
+    unwrapped: Any
+    trainable: list
+    optimizer: Any
+    scheduler: Any
+    global_batch: int
+    steps_per_epoch: int
+    accelerator: Any
+
+
+@dataclass
+class _Trainer:
+    """The loop of one rank-train run: trains ``run`` on ``examples``, validates on ``val_examples`` every
+    ``config.eval_every`` steps, keeps the best adapter and the resume state in ``partial``."""
+
+    run: _Run
+    config: RankerConfig
+    encoder: PromptEncoder
+    examples: list[Example]
+    val_examples: list[Example]
+    partial: Path
+    rerun: str  # the rank-train command, for the advice when the run diverges
+    reporter: Reporter
+    progress: Progress = field(default_factory=Progress)
+    best_scores: list[list[float]] = field(default_factory=list)  # the best adapter's validation letter logits: α
+    pad: int = 0
+    token_cap: int | None = None
+
+    def train(self, stop_after_steps: int | None) -> tuple[bool, bool]:
+        """Train from ``progress`` on; validate once more at the end if steps went by since the last validation.
+        Returns (stopped early, interrupted)."""
+        config, accelerator = self.config, self.run.accelerator
+        self.pad = pad_id(self.encoder.tokenizer)
+        self.token_cap = pass_token_cap(accelerator.device, config.tokens_per_pass)
+        progress = self.progress
+        self.run.model.train()
+        try:
+            stopped, interrupted = train_epochs(
+                progress,
+                epochs=config.epochs,
+                batches=self.run.steps_per_epoch,
+                order=lambda epoch: torch.randperm(
+                    len(self.examples), generator=torch.Generator().manual_seed(config.seed + epoch)
+                ).tolist(),
+                train_step=self.train_step,
+                validate=self.validate,
+                every=config.eval_every,
+                reporter=self.reporter,
+                stop_after_steps=stop_after_steps,
+            )
+            if not interrupted and (not progress.validations or progress.validations[-1]["step"] != progress.step):
+                self.validate(0)  # the steps since the last validation count too
+        finally:
+            self.reporter.close()
+        return stopped, interrupted
+
+    def train_step(self, order: list[int], batch_index: int) -> float:
+        run, accelerator = self.run, self.run.accelerator
+        rows = order[batch_index * run.global_batch : (batch_index + 1) * run.global_batch]
+        rows = rows[accelerator.process_index :: accelerator.num_processes]
+        step_examples = [self.examples[i] for i in rows]
+        loss = accumulate_step(run.model, accelerator, self.encoder, step_examples, self.pad, self.token_cap)
+        value = accelerator.reduce(loss, reduction="mean").item()
+        if not math.isfinite(value):  # stop before the broken adapter reaches a validation or a checkpoint
+            self.diverged(f"The training loss became {value} at step {self.progress.step + 1}")
+        accelerator.clip_grad_norm_(run.trainable, self.config.clip)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        return value
+
+    def validate(self, batch_done: int) -> bool:
+        """Score the validation examples, keep the adapter if it is the best, save the resume state; whether to stop
+        (``patience`` validations without gain)."""
+        run, config, progress, accelerator = self.run, self.config, self.progress, self.run.accelerator
+        scores = score_subset(
+            run.model, self.encoder, self.val_examples, config.eval_batch_size, accelerator, config.tokens_per_pass
+        )
+        if any(s.isnan().any() for s in scores):  # NaN letters would tie, and ties keep the retriever's order
+            self.diverged(f"The letter logits became NaN at step {progress.step}")
+        metrics = subset_metrics(target_ranks(self.val_examples, scores))
+        if progress.validated(metrics, RANKER_EARLY_STOP_METRIC, batch_done, run.steps_per_epoch):
+            self.best_scores = [s.tolist() for s in scores]
+            if accelerator.is_main_process:
+                _save_adapter(run.unwrapped, self.partial / "adapter")
+        self.reporter.validated(progress.step, metrics, progress.best, progress.bad, config.patience)
+        if accelerator.is_main_process:
+            counters = progress.counters(batch_done, best_scores=self.best_scores)
+            _save_resume_state(self.partial / "training" / STATE_FILE, run, counters)
+        accelerator.wait_for_everyone()
+        return progress.bad >= config.patience
+
+    def diverged(self, what: str):
+        if self.run.accelerator.is_main_process:
+            shutil.rmtree(self.partial, ignore_errors=True)  # resuming it would only diverge again
+        raise TrainingDivergedError(
+            f"{what}: the run diverged. Nothing was saved; the previous ranker, if any, is unchanged. "
+            f"Try a lower learning rate: {self.rerun} --lr {self.config.lr / 10:g}"
+        )
+
+
+def _prepare_run(loaded, config: RankerConfig, accelerator, examples: int) -> _Run:
+    """The LoRA model, its trainable weights, the optimizer and the warm-up schedule, prepared by accelerate."""
+    from transformers import get_linear_schedule_with_warmup
 
     # Auto: on. Without it a step keeps every layer's activations for the backward pass, about 1.5 MB per prompt
     # token for SmolLM2 in bf16, and rank-train's peak grew to 2.9 GiB in 16 CPU steps (2.1 GiB with it, 27% slower).
@@ -264,149 +448,37 @@ def _train_ranker(
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = _make_optimizer(trainable, config, accelerator.device)
     global_batch = config.batch_size * accelerator.num_processes
-    steps_per_epoch = len(examples) // global_batch or 1
+    steps_per_epoch = examples // global_batch or 1
     total_steps = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, min(config.warmup_steps, total_steps), total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
+    return _Run(model, unwrapped, trainable, optimizer, scheduler, global_batch, steps_per_epoch, accelerator)
 
-    step, epoch, start_batch, bad, train_seconds = 0, 0, 0, 0, 0.0
-    best, best_step, best_metrics, validations = -1.0, 0, {}, []
-    best_scores: list[list[float]] = []  # the best adapter's validation letter logits: α is tuned on them
-    if resume and state_path.is_file():
-        tensors, saved = load_state(state_path)
-        lora = {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")}
-        missing = {n for n, p in unwrapped.named_parameters() if p.requires_grad} - set(lora)
-        if missing:
-            raise ArtifactError(f"The resume state in {state_path} lacks {len(missing)} LoRA weights. Use --restart.")
-        unwrapped.load_state_dict(lora, strict=False)  # only the LoRA weights: the base model is loaded as is
-        optimizer.load_state_dict(optimizer_state(optimizer, tensors, accelerator.device))
-        restore_rng(tensors, accelerator.device)
-        step, epoch, start_batch, bad = saved["step"], saved["epoch"], saved["batch"], saved["bad"]
-        best, best_step, best_metrics = saved["best"], saved["best_step"], saved["best_metrics"]
-        validations, train_seconds = saved["validations"], saved["train_seconds"]
-        best_scores = saved.get("best_scores", [])
-        for _ in range(step):
-            scheduler.step()
-    elif accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        run = {"config": config.to_dict(), "dataset_checksum": dataset.checksum, "dtype": loaded.dtype}
-        write_json(partial / "run.json", run)
-    accelerator.wait_for_everyone()
 
-    def diverged(what: str):
-        if accelerator.is_main_process:
-            shutil.rmtree(partial, ignore_errors=True)  # resuming it would only diverge again
-        raise TrainingDivergedError(
-            f"{what}: the run diverged. Nothing was saved; the previous ranker, if any, is unchanged. "
-            f"Try a lower learning rate: {rank_train_command(dataset_name, name)} --lr {config.lr / 10:g}"
-        )
+def _restore(state_path: Path, run: _Run) -> tuple[Progress, list[list[float]]]:
+    """``--resume``: the LoRA weights, optimizer, RNG and schedule as the last validation saved them; the progress
+    and the best adapter's validation scores."""
+    tensors, saved = load_state(state_path)
+    lora = {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")}
+    missing = {n for n, p in run.unwrapped.named_parameters() if p.requires_grad} - set(lora)
+    if missing:
+        raise ArtifactError(f"The resume state in {state_path} lacks {len(missing)} LoRA weights. Use --restart.")
+    run.unwrapped.load_state_dict(lora, strict=False)  # only the LoRA weights: the base model is loaded as is
+    run.optimizer.load_state_dict(optimizer_state(run.optimizer, tensors, run.accelerator.device))
+    restore_rng(tensors, run.accelerator.device)
+    progress = Progress.restored(saved)
+    for _ in range(progress.step):
+        run.scheduler.step()
+    return progress, saved.get("best_scores", [])
 
-    def validate(batch_done: int) -> bool:
-        nonlocal best, best_step, best_metrics, best_scores, bad
-        scores = score_subset(model, encoder, val_examples, config.eval_batch_size, accelerator, config.tokens_per_pass)
-        if any(s.isnan().any() for s in scores):  # NaN letters would tie, and ties keep the retriever's order
-            diverged(f"The letter logits became NaN at step {step}")
-        metrics = subset_metrics(target_ranks(val_examples, scores))
-        improved = metrics.get(EARLY_STOP_METRIC, 0.0) > best
-        if improved:
-            best, best_step, best_metrics, bad = metrics[EARLY_STOP_METRIC], step, metrics, 0
-            best_scores = [s.tolist() for s in scores]
-            if accelerator.is_main_process:
-                _save_adapter(unwrapped, partial / "adapter")
-        else:
-            bad += 1
-        validations.append({"step": step, "epoch": round(epoch + batch_done / steps_per_epoch, 3), **metrics})
-        reporter.validated(step, metrics, best, bad, config.patience)
-        if accelerator.is_main_process:
-            tensors = {f"lora.{n}": p for n, p in unwrapped.named_parameters() if p.requires_grad}
-            tensors |= optimizer_tensors(optimizer) | rng_tensors(accelerator.device)
-            counters = {"step": step, "epoch": epoch, "batch": batch_done, "bad": bad, "best": best}
-            counters |= {"best_step": best_step, "best_metrics": best_metrics, "validations": validations}
-            counters |= {"best_scores": best_scores}
-            state_path.parent.mkdir(parents=True, exist_ok=True)
-            save_state(state_path, tensors, counters | {"train_seconds": train_seconds})
-        accelerator.wait_for_everyone()
-        return bad >= config.patience
 
-    pad = pad_id(loaded.tokenizer)
-    token_cap = pass_token_cap(accelerator.device, config.tokens_per_pass)
-    stopped = interrupted = False
-    model.train()
-    try:
-        while epoch < config.epochs and not stopped:
-            order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(config.seed + epoch))
-            reporter.epoch(epoch, steps_per_epoch, start_batch)
-            for batch_index in range(start_batch, steps_per_epoch):
-                if stop_after_steps is not None and step >= stop_after_steps:
-                    interrupted = True
-                    break
-                began = time.perf_counter()
-                rows = order[batch_index * global_batch : (batch_index + 1) * global_batch].tolist()
-                rows = rows[accelerator.process_index :: accelerator.num_processes]
-                step_examples = [examples[i] for i in rows]
-                loss = accumulate_step(model, accelerator, encoder, step_examples, pad, token_cap)
-                value = accelerator.reduce(loss, reduction="mean").item()
-                if not math.isfinite(value):  # stop before the broken adapter reaches a validation or a checkpoint
-                    diverged(f"The training loss became {value} at step {step + 1}")
-                accelerator.clip_grad_norm_(trainable, config.clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                train_seconds += time.perf_counter() - began
-                reporter.step(value)
-                if step % config.eval_every == 0 and validate(batch_index + 1):
-                    stopped = True
-                    break
-            if interrupted:
-                break
-            start_batch = 0
-            if not stopped:
-                epoch += 1
-        if not interrupted and (not validations or validations[-1]["step"] != step):
-            validate(0)  # the steps since the last validation count too
-    finally:
-        reporter.close()
-
-    manifest = {
-        "dataset": {"name": dataset_name, "checksum": dataset.checksum},
-        "candidates_sha256": sha256_of(candidates_paths(workdir, dataset_name, config.retriever)[0]),
-        "config": config.to_dict(),
-        "model": {
-            "name": config.model,
-            "source": loaded.source,
-            "quantization": loaded.quantization,
-            "dtype": loaded.dtype,
-            "dtype_reason": loaded.dtype_reason,
-        },
-        "template": {"name": template.name, "sha256": sha256_of(template.path)},
-        "letter_token_ids": list(encoder.verbalizer.token_ids),
-        "k": k,
-        "train_examples": len(examples),
-        "val_examples": len(val_examples),
-        "val_subset_users": len(val.examples),
-        "best_step": best_step,
-        "steps": step,
-        "stopped_early": stopped,
-        "interrupted": interrupted,
-        "train_seconds": round(train_seconds, 1),
-        "processes": accelerator.num_processes,
-        "optimizer": type(getattr(optimizer, "optimizer", optimizer)).__name__,  # accelerate wraps it
-        "device": str(accelerator.device),
-        "val_metrics": best_metrics,
-        "val_retriever_metrics": subset_metrics([e.target_index + 1.0 for e in val_examples]),  # the bar to clear
-        "validations": validations,
-        "fusion": choose_alpha(val_examples, [torch.tensor(s) for s in best_scores]) if best_scores else None,
-        "versions": _versions(),
-    }
-    if interrupted or not accelerator.is_main_process:
-        return manifest
-    if not (partial / "adapter").is_dir():
-        raise ArtifactError(f"No adapter was saved in {partial}; the validation subset may be empty.")
-    finish(partial, final, {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest})
-    return manifest
+def _save_resume_state(state_path: Path, run: _Run, counters: dict) -> None:
+    """The LoRA weights, optimizer and RNG state, and the counters in the same file's metadata."""
+    tensors = {f"lora.{n}": p for n, p in run.unwrapped.named_parameters() if p.requires_grad}
+    tensors |= optimizer_tensors(run.optimizer) | rng_tensors(run.accelerator.device)
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    save_state(state_path, tensors, counters)
 
 
 def _save_adapter(model, folder: Path) -> None:
@@ -414,11 +486,7 @@ def _save_adapter(model, folder: Path) -> None:
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
-    old = folder.with_name(f".{folder.name}.old")
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, folder)
 
 
 def _check_partial(partial, state_path, dataset: Dataset, config: RankerConfig, name, resume, restart) -> None:
@@ -430,11 +498,7 @@ def _check_partial(partial, state_path, dataset: Dataset, config: RankerConfig, 
         saved = read_json(partial / "run.json", f"{rerun} --restart")
         if saved.get("dataset_checksum") != dataset.checksum:
             raise ArtifactError(f"The interrupted run in {partial} was on another dataset version. {rerun} --restart")
-        changed = [f"{k}={v}" for k, v in saved["config"].items() if config.to_dict().get(k) != v]
-        if changed:
-            raise ConfigError(
-                f"--resume continues a run with {', '.join(changed)}; drop the flags that change it, or --restart."
-            )
+        _refuse_changes(saved["config"], config)
     elif state_path.is_file() and not restart:
         raise ArtifactError(
             f"An interrupted rank-train run exists in {partial}. "
@@ -452,19 +516,6 @@ def _resumed_dtype(partial: Path, config: RankerConfig, device: torch.device) ->
     return "fp32" if config.dtype == "auto" and device.type == "cpu" else config.dtype
 
 
-def _versions() -> dict:
-    import peft
-    import transformers
-
-    return {
-        "llamarec": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def rank_train_command(dataset: str, name: str) -> str:
     return f"llamarec rank-train {dataset}" + ("" if name == "default" else f" --name {name}")
 
@@ -476,12 +527,7 @@ def load_ranker_manifest(workdir: Path, dataset: Dataset, name: str) -> dict:
     path = folder / "manifest.json"
     if not path.is_file():
         raise ArtifactError(f"No trained ranker '{name}' for {dataset.name} in {workdir}. Run first: {rerun}")
-    manifest = read_sealed(path, rerun)
-    if (manifest.get("format"), manifest.get("format_version")) != (
-        FORMAT,
-        FORMAT_VERSION,
-    ):
-        raise ArtifactError(f"{path} was written by an incompatible llamarec version. Rerun: {rerun}")
+    manifest = read_sealed(path, rerun, format=FORMAT, version=FORMAT_VERSION)
     try:
         same = manifest["dataset"]["checksum"] == dataset.checksum
         RankerConfig(**manifest["config"])  # every field present and valid
@@ -510,9 +556,14 @@ def resumed_config(workdir: Path, dataset: str, name: str, flags: dict) -> tuple
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         raise ArtifactError(f"{partial / 'run.json'} is damaged. Start afresh: {rerun} --restart")
     config, sources = build_config(RankerConfig, [("checkpoint", saved["config"]), ("flag", flags)])
-    changed = [f"{k}={v}" for k, v in saved["config"].items() if config.to_dict().get(k) != v]
+    _refuse_changes(saved["config"], config)
+    return config, sources
+
+
+def _refuse_changes(saved: dict, config: RankerConfig) -> None:
+    """``--resume`` continues the interrupted run with its settings: one that ``config`` changes is refused."""
+    changed = [f"{k}={v}" for k, v in saved.items() if config.to_dict().get(k) != v]
     if changed:
         raise ConfigError(
             f"--resume continues a run with {', '.join(changed)}; drop the flags that change it, or --restart."
         )
-    return config, sources

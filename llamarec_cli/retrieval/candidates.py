@@ -14,10 +14,10 @@ import polars as pl
 import torch
 
 from ..data.artifact import Dataset, load_dataset
-from ..data.rawfiles import sha256_of
 from ..errors import ArtifactError
+from ..files import sha256_of, write_json
 from ..workspace import ensure_writable
-from .checkpoint import read_sealed, retriever_dir, seal, write_json
+from .checkpoint import read_sealed, retriever_dir, seal
 from .data import eval_set
 from .evaluate import top_k
 from .retrieve_train import DEFAULT_RETRIEVER, load_retriever
@@ -87,13 +87,8 @@ def load_candidates(workdir: Path, dataset: Dataset, retriever: str = DEFAULT_RE
     rerun = f"llamarec candidates {dataset.name} --retriever {retriever}"
     if not manifest_path.is_file() or not parquet.is_file():
         raise ArtifactError(f"No candidates of '{retriever}' for {dataset.name} in {workdir}. Run first: {rerun}")
-    manifest = read_sealed(manifest_path, rerun)
+    manifest = read_sealed(manifest_path, rerun, format=FORMAT, version=FORMAT_VERSION)
     weights = retriever_dir(workdir, dataset.name, retriever) / "model.safetensors"
-    if (manifest.get("format"), manifest.get("format_version")) != (
-        FORMAT,
-        FORMAT_VERSION,
-    ):
-        raise ArtifactError(f"{manifest_path} was written by an incompatible llamarec version. Rerun: {rerun}")
     try:
         dataset_checksum, weights_sha = manifest["dataset"]["checksum"], manifest["retriever_weights_sha256"]
         file_sha = manifest["file_sha256"]

@@ -17,9 +17,11 @@ from pathlib import Path
 import torch
 
 from ..errors import ArtifactError
+from ..files import replace_dir, sha256_of, write_json
 
 FORMAT = "llamarec.retriever"
 FORMAT_VERSION = 1
+STATE_FILE = "state.safetensors"  # the resumable training state, in <run>/training/: retriever and ranker
 
 
 def retriever_dir(workdir: Path, dataset: str, name: str) -> Path:
@@ -28,13 +30,6 @@ def retriever_dir(workdir: Path, dataset: str, name: str) -> Path:
 
 def partial_dir(workdir: Path, dataset: str, name: str) -> Path:
     return workdir / dataset / "retriever" / f".{name}.partial"
-
-
-def write_json(path: Path, data) -> None:
-    """Write atomically: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_json(path: Path, rerun: str):
@@ -56,11 +51,16 @@ def seal(manifest: dict) -> dict:
     return {**manifest, SEAL: _content_digest(manifest)}
 
 
-def read_sealed(path: Path, rerun: str) -> dict:
-    """A manifest written through ``seal``, refused when missing, unreadable, or not what was written."""
+def read_sealed(
+    path: Path, rerun: str, *, format: str | None = None, version: int | None = None, named: Path | None = None
+) -> dict:
+    """A manifest written through ``seal``, refused when missing, unreadable, or not what was written; with
+    ``format`` and ``version``, also when another llamarec wrote it (the refusal names ``named``, else ``path``)."""
     manifest = read_json(path, rerun)
     if not isinstance(manifest, dict) or manifest.get(SEAL) != _content_digest(manifest):
         raise ArtifactError(f"{path} is corrupted or was edited (its checksum does not match). Rerun: {rerun}")
+    if format is not None and (manifest.get("format"), manifest.get("format_version")) != (format, version):
+        raise ArtifactError(f"{named or path} was written by an incompatible llamarec version. Rerun: {rerun}")
     return manifest
 
 
@@ -72,8 +72,6 @@ def _content_digest(manifest: dict) -> str:
 def file_hashes(folder: Path) -> dict[str, str]:
     """SHA-256 of every file in a checkpoint folder but its manifest, by relative path: recorded when the checkpoint
     is finished, verified when it is loaded, so a corrupted or swapped file is refused rather than used."""
-    from ..data.rawfiles import sha256_of
-
     return {
         str(path.relative_to(folder)): sha256_of(path)
         for path in sorted(folder.rglob("*"))
@@ -86,8 +84,6 @@ def verify_files(folder: Path, manifest: dict, rerun: str) -> None:
     recorded = manifest.get("files")
     if not isinstance(recorded, dict) or not recorded:
         raise ArtifactError(f"{folder / 'manifest.json'} records no file checksums (an older llamarec). Rerun: {rerun}")
-    from ..data.rawfiles import sha256_of
-
     for name, digest in recorded.items():
         path = folder / name
         if not path.is_file():
@@ -129,12 +125,7 @@ def finish(partial: Path, final: Path, manifest: dict) -> None:
     write_json(partial / "manifest.json", seal(manifest))
     shutil.rmtree(partial / "training", ignore_errors=True)
     (partial / "run.json").unlink(missing_ok=True)
-    old = final.with_name(f".{final.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    partial.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(partial, final)
 
 
 def _run_state(name: str) -> bool:
@@ -153,12 +144,7 @@ def read_manifest(workdir: Path, dataset, name: str) -> dict:
             else ""
         )
         raise ArtifactError(f"No trained retriever '{name}' for {dataset.name} in {workdir}{hint}. Run first: {rerun}")
-    manifest = read_sealed(path, rerun)
-    if (manifest.get("format"), manifest.get("format_version")) != (
-        FORMAT,
-        FORMAT_VERSION,
-    ):
-        raise ArtifactError(f"{folder} was written by an incompatible llamarec version. Rerun: {rerun}")
+    manifest = read_sealed(path, rerun, format=FORMAT, version=FORMAT_VERSION, named=folder)
     try:
         same = manifest["dataset"]["checksum"] == dataset.checksum and manifest["num_items"] == dataset.num_items
     except (KeyError, TypeError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -10,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__, plugins
 from ..data.artifact import Dataset, load_dataset
-from ..errors import ArtifactError, ConfigError, TrainingDivergedError, WorkdirError
+from ..errors import ArtifactError, ConfigError, TrainingDivergedError
+from ..files import write_json
 from ..retrieval.checkpoint import (
     finish,
     partial_dir,
@@ -20,23 +19,27 @@ from ..retrieval.checkpoint import (
     read_manifest,
     retriever_dir,
     verify_files,
-    write_json,
 )
-from ..workspace import run_lock
+from ..version import versions
+from ..workspace import run_lock, writing
 from .contract import Retriever, RetrieverConfig, build_config
 from .data import eval_set
 from .evaluate import evaluate
-from .train import STATE_FILE, Reporter, RichReporter, fit, resolve_device
+from .train import STATE_FILE, Reporter, fit, resolve_device
 
 DEFAULT_RETRIEVER = "lrurec"
 
 
 def retriever_class(name: str) -> type[Retriever]:
+    from .. import plugins  # upward, lazily: tests/test_layers.py says why
+
     return plugins.retrievers().get(name)  # unknown names list the known ones
 
 
 def resolve_config(cls: type[Retriever], dataset: str, flags: dict) -> tuple[RetrieverConfig, dict[str, str]]:
     """Config defaults < the dataset's suggestions < the retriever's per-dataset values < the user's flags."""
+    from .. import plugins  # upward, lazily: tests/test_layers.py says why
+
     registry = plugins.datasets()
     dataset_defaults = dict(registry.get(dataset).retrieval_defaults) if dataset in registry else {}
     layers = [("dataset", dataset_defaults), ("retriever", cls.dataset_defaults.get(dataset, {})), ("flag", flags)]
@@ -66,10 +69,6 @@ def resumed_config(workdir: Path, dataset: Dataset, retriever: str, flags: dict)
     return config, saved["sources"]
 
 
-def versions() -> dict:
-    return {"llamarec": __version__, "torch": torch.__version__, "python": platform.python_version()}
-
-
 def train_retriever(
     dataset_name: str,
     *,
@@ -79,11 +78,21 @@ def train_retriever(
     device: str = "auto",
     resume: bool = False,
     restart: bool = False,
-    progress: bool = False,
+    reporter: Callable[[int], Reporter] | None = None,
     log: Callable[[str], None] = lambda message: None,
     stop_after_steps: int | None = None,
+    progress: bool = False,
 ) -> dict:
-    """Train a retriever on a preprocessed dataset; return the manifest written beside the checkpoint."""
+    """Train a retriever on a preprocessed dataset; return the manifest written beside the checkpoint.
+
+    ``reporter`` makes the training's progress reporter once the config is known, from its ``max_epochs`` (the CLI
+    passes ``cli.progress.RichReporter``); without one the training reports nothing. ``progress=True`` is the older
+    spelling of ``reporter=RichReporter``, kept for ``benchmarks/retrieval.py``.
+    """
+    if progress and reporter is None:
+        from ..cli.progress import RichReporter  # upward, on purpose: tests/test_layers.py says why
+
+        reporter = RichReporter
     dataset = load_dataset(workdir, dataset_name)
     cls = retriever_class(retriever)
     device_ = resolve_device(device)
@@ -100,7 +109,7 @@ def train_retriever(
             raise ConfigError(
                 f"Cannot build {retriever} with this config ({first}): is a size setting too large?"
             ) from None
-        reporter = RichReporter(config.max_epochs) if progress else Reporter()
+        progress_reporter = reporter(config.max_epochs) if reporter else Reporter()
         began = time.perf_counter()
         try:
             result = fit(
@@ -109,7 +118,7 @@ def train_retriever(
                 device=device_,
                 state_dir=partial / "training",
                 resume=resume,
-                reporter=reporter,
+                reporter=progress_reporter,
                 stop_after_steps=stop_after_steps,
             )
         except TrainingDivergedError as exc:
@@ -159,10 +168,8 @@ def _start_or_resume(workdir, dataset, cls, retriever, flags, resume, restart) -
             f"{rerun_command(dataset.name, retriever)} --resume (or discard it with --restart)."
         )
     shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with writing(workdir, workdir=True):
         partial.mkdir(parents=True)
-    except OSError as exc:
-        raise WorkdirError.unwritable(workdir, exc) from exc
     run = {"config": config.to_dict(), "sources": sources, "dataset_checksum": dataset.checksum}
     write_json(partial / "run.json", run)
     return config, sources
@@ -170,6 +177,8 @@ def _start_or_resume(workdir, dataset, cls, retriever, flags, resume, restart) -
 
 def write_checkpoint(workdir: Path, dataset: Dataset, name: str, model: Retriever, extra: dict, sources=None) -> dict:
     """Save ``model`` as the complete checkpoint of retriever ``name`` for ``dataset`` (replacing any older one)."""
+    from .. import plugins  # upward, lazily: tests/test_layers.py says why
+
     partial = partial_dir(workdir, dataset.name, name)
     partial.mkdir(parents=True, exist_ok=True)
     model.save(partial)
@@ -181,7 +190,7 @@ def write_checkpoint(workdir: Path, dataset: Dataset, name: str, model: Retrieve
         "config": model.config.to_dict(),
         "config_sources": sources or {},
         **extra,
-        "versions": versions(),
+        "versions": versions("torch"),
     }
     finish(partial, retriever_dir(workdir, dataset.name, name), manifest)
     return manifest

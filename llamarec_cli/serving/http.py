@@ -14,11 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import platform
 import threading
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from importlib import metadata
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -28,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
+from .. import version
 from ..errors import LlamarecError
 from .answer import MAX_HISTORY, answer_json, resolve_history
 from .batcher import MAX_BATCH, TIMEOUT_S, WAIT_MS, Batcher, BusyError
@@ -215,14 +214,8 @@ class BoundedBody:
 
 
 def versions() -> dict:
-    def version(package: str) -> str | None:
-        try:
-            return metadata.version(package)
-        except metadata.PackageNotFoundError:
-            return None
-
-    packages = ("llamarec", "torch", "transformers", "fastapi", "uvicorn")
-    return {"python": platform.python_version()} | {p: version(p) for p in packages}
+    found = version.versions("torch", "transformers", "fastapi", "uvicorn")
+    return {"python": found.pop("python")} | found  # Python first, as /health has always listed them
 
 
 def create_app(
