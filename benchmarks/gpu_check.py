@@ -260,6 +260,8 @@ def qlora(ctx: dict) -> dict:
     for name, quantization, dtype in (("fp32", "none", "fp32"), ("bf16", "none", "bf16"), ("4bit", "4bit", "bf16")):
         loaded = load_ranker(dataset, workdir, ranker="qlora", device=device, quantization=quantization, dtype=dtype)
         scores[name] = score_examples(loaded.model, loaded.encoder, examples)
+        if name == "bf16":  # what `llamarec serve`'s micro-batching buys on a GPU (on 2 CPU cores: nothing)
+            out["batching"] = batching(loaded, examples, device)
         del loaded
     out["agreement_with_fp32"] = {name: agreement(scores["fp32"], scores[name]) for name in ("bf16", "4bit")}
     print(
@@ -268,6 +270,21 @@ def qlora(ctx: dict) -> dict:
         flush=True,
     )
     return out
+
+
+def batching(loaded, examples: list, device: str) -> dict:
+    """Requests per second scoring the same prompts one per forward pass and 16 per pass (the server's batches)."""
+    from llamarec_cli.ranking.scoring import score_examples
+
+    rates = {}
+    for size in (1, 16):
+        score_examples(loaded.model, loaded.encoder, examples[:size], batch_size=size)  # warm this shape
+        sync(device)
+        began = time.perf_counter()
+        score_examples(loaded.model, loaded.encoder, examples, batch_size=size, tokens_per_pass=10**9)
+        sync(device)
+        rates[str(size)] = len(examples) / (time.perf_counter() - began)  # str: the keys JSON keeps
+    return {"requests": len(examples), "per_second": rates, "speedup": rates["16"] / rates["1"]}
 
 
 # --- 4. the Llama-2-7B-shaped model -----------------------------------------------------------------------------------
@@ -413,6 +430,12 @@ def markdown(result: dict) -> str:
                 for k, v in agree.items()
             ),
         ]
+        if "batching" in q:
+            b = q["batching"]
+            lines.append(
+                f"- serving's micro-batching (bf16, {b['requests']} prompts): {b['per_second']['1']:.1f} requests/s "
+                f"one per pass, {b['per_second']['16']:.1f} at 16 per pass: {b['speedup']:.1f}x (aim of issue 21: 2x)"
+            )
     s = result["stages"].get("shaped", {})
     if "bf16" in s:
         lines += [

@@ -121,7 +121,7 @@ def percentile(values: list[float], share: float) -> float:
 
 async def load_level(url: str, bodies: list[dict], concurrency: int, timeout: float) -> dict:
     """Send ``bodies`` from ``concurrency`` connections, each the next body once it has its answer."""
-    latencies, errors = [], []
+    latencies, model, errors = [], [], []  # model: the request's share of its batch's model time, server side
     pending = iter(bodies)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
@@ -133,6 +133,8 @@ async def load_level(url: str, bodies: list[dict], concurrency: int, timeout: fl
                     response = await client.post("/recommend", json=body)
                     if response.status_code != 200:
                         errors.append(f"{response.status_code}: {response.text[:200]}")
+                    else:
+                        model.append(sum(response.json()["seconds"].values()))
                 except httpx.HTTPError as exc:
                     errors.append(f"{type(exc).__name__}: {exc}")
                 latencies.append(time.perf_counter() - began)
@@ -150,6 +152,8 @@ async def load_level(url: str, bodies: list[dict], concurrency: int, timeout: fl
         "p50_s": percentile(latencies, 0.50),
         "p95_s": percentile(latencies, 0.95),
         "p99_s": percentile(latencies, 0.99),
+        "model_p50_s": percentile(model, 0.50) if model else None,
+        "model_p95_s": percentile(model, 0.95) if model else None,
     }
 
 
@@ -254,6 +258,10 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
+def ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
 def markdown(data: dict) -> str:
     served, s, m = data["served"], data["speedup"], data["memory"]
     batching = served["batching"]
@@ -266,15 +274,18 @@ def markdown(data: dict) -> str:
         f"{served['retriever']}; batches of up to {batching['max_batch']}, a {batching['wait_ms']:g} ms window. "
         f"Loaded in {data['server']['load_seconds']:.0f} s. Each level sends the same {data['levels'][0]['requests']} "
         "requests (users in order, each their whole history) from that many keep-alive connections on loopback; "
-        "latency is per request, client side.",
+        "latency is per request, client side; \"model\" is the request's share of its batch's retrieval and ranking "
+        "time, server side (the rest is queueing and HTTP).",
         "",
-        "| concurrency | requests | errors | requests/s | p50 | p95 | p99 | mean batch | peak RSS |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| concurrency | requests | errors | requests/s | p50 | p95 | p99 | model p50 | model p95 | mean batch "
+        "| peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["levels"]:
         lines.append(
             f"| {r['level']} | {r['requests']} | {r['errors']} | {r['requests_per_second']:.2f} | "
             f"{r['p50_s'] * 1000:.0f} ms | {r['p95_s'] * 1000:.0f} ms | {r['p99_s'] * 1000:.0f} ms | "
+            f"{ms(r['model_p50_s'])} | {ms(r['model_p95_s'])} | "
             f"{r['mean_batch']:.1f} | {r['peak_rss_mib']:,.0f} MiB |"
         )
     low, high = s["concurrency"]

@@ -38,6 +38,10 @@ def test_gpu_check_dry_run_takes_every_stage(tmp_path):
     for precision in ("bf16", "4bit"):
         agree = qlora["agreement_with_fp32"][precision]
         assert agree["requests"] == 4 and -1 <= agree["spearman_min"] <= agree["spearman_mean"] <= 1
+    batching = qlora["batching"]
+    assert (
+        batching["requests"] == 4 and batching["speedup"] == batching["per_second"]["16"] / batching["per_second"]["1"]
+    )
 
     shaped = stages["shaped"]
     for precision in ("bf16", "4bit"):
@@ -47,6 +51,7 @@ def test_gpu_check_dry_run_takes_every_stage(tmp_path):
 
     report = (out / "gpu-check.md").read_text()
     assert "Dry run on the CPU" in report and "| 4bit |" in report and "PeftModel.from_pretrained: True" in report
+    assert "micro-batching" in report
     assert not (tmp_path / "w" / "ml-100k" / "ranker" / ".qlora.partial").exists()  # finished, nothing half-done
 
 

@@ -58,6 +58,16 @@ def test_auto_picks_bf16_only_where_the_cpu_multiplies_it_fast(monkeypatch, tmp_
         precision.choose_dtype("fp8", "cpu")
 
 
+def test_the_probe_is_not_shared_by_chips_that_differ_only_in_bf16_features(monkeypatch):
+    """A virtual machine may call chips of different generations just "AMD EPYC": the bf16 flags tell them apart."""
+    info = {"model name": "AMD EPYC", "flags": "fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile"}
+    monkeypatch.setattr(precision, "_cpuinfo", info.get)
+    with_amx = precision.machine_key()
+    info["flags"] = "fpu avx2 avx512f avx512_bf16"
+    without_amx = precision.machine_key()
+    assert with_amx != without_amx and "AMD EPYC [amx_bf16 avx512_bf16 avx512f avx2]" in with_amx
+
+
 def test_the_real_probe_measures_both_rates():
     for dtype in ("fp32", "bf16"):
         assert REAL_MATMUL_GFLOPS(dtype, repeats=2, rounds=1) > 0

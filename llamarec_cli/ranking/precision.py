@@ -3,9 +3,9 @@
 On a GPU: bf16 where it supports it, else fp32 (fp16 training without loss scaling overflows). On a CPU it depends on
 the chip: with AMX or AVX512-BF16 (recent Xeons) a bf16 matrix multiply runs several times faster than fp32; without
 them bf16 is emulated and slower. Flags in /proc/cpuinfo exist only on Linux and say nothing of how torch's kernels
-use them, so a short probe measures both rates once per machine (about 0.1 s) and caches the answer, keyed by CPU,
-torch version and thread count, in ``cache_dir()/cpu-dtype.json``. bf16 is chosen when it multiplies at least
-``FAST_ENOUGH`` times as fast as fp32.
+use them, so a short probe measures both rates once per machine (about 0.1 s) and caches the answer, keyed by CPU
+(its name and bf16-related flags), torch version and thread count, in ``cache_dir()/cpu-dtype.json``. bf16 is chosen
+when it multiplies at least ``FAST_ENOUGH`` times as fast as fp32.
 """
 
 from __future__ import annotations
@@ -87,18 +87,33 @@ def _positive(value) -> bool:
 def machine_key() -> str:
     import torch
 
-    return f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    features = " ".join(matrix_features())
+    return f"{cpu_model()} [{features}] | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+MATRIX_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")  # what decides how fast torch multiplies in bf16
 
 
 def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def matrix_features() -> list[str]:
+    """The CPU flags behind the bf16 rate. A virtual machine's model name can be as vague as "AMD EPYC" for chips of
+    different generations, so the name alone would let one machine's probe answer for another."""
+    flags = set((_cpuinfo("flags") or "").split())
+    return [flag for flag in MATRIX_FLAGS if flag in flags]
+
+
+def _cpuinfo(field: str) -> str | None:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.split(":", 1)[0].strip() == field:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
 
 
 def matmul_gflops(dtype: str, m: int = 256, k: int = 576, n: int = 1536, repeats: int = 8, rounds: int = 3) -> float:
