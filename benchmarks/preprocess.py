@@ -40,6 +40,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import psutil
+
+from llamarec_cli.ranking import precision
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -504,40 +507,30 @@ def child_env(cache_dir: Path) -> dict[str, str]:
 
 
 def cpu_counters() -> tuple[float, float] | None:
-    """Machine-wide busy and stolen CPU seconds so far (/proc/stat), to tell a run disturbed by other work."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    tick = os.sysconf("SC_CLK_TCK")
-    return (user + nice + system + irq + softirq) / tick, steal / tick
+    """Machine-wide busy and stolen CPU seconds so far, to tell a run disturbed by other work."""
+    times = psutil.cpu_times()
+    busy = times.user + times.nice + times.system + getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
+    return busy, getattr(times, "steal", 0.0)
 
 
 def descendants(root: int) -> set[int]:
-    """``root`` and all its descendants alive now, from /proc (a full scan: a few ms)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # the process ended meanwhile
-    tree, frontier = set(), {root} & parents.keys()
-    while frontier:
-        tree |= frontier
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - tree
-    return tree
+    """``root`` and all its descendants alive now."""
+    try:
+        process = psutil.Process(root)
+        return {root} | {child.pid for child in process.children(recursive=True)}
+    except psutil.Error:  # the process ended meanwhile
+        return set()
 
 
 def rss_kib(pids: set[int]) -> int:
     """Summed resident memory of ``pids`` now (KiB); processes that ended count 0."""
-    pages = 0
+    total = 0
     for pid in pids:
         try:
-            pages += int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-        except (OSError, IndexError, ValueError):
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
             continue
-    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+    return total // 1024
 
 
 class TreeMemory(threading.Thread):
@@ -620,24 +613,8 @@ def run_once(llamarec: str, data_dir: Path) -> dict:
 # --- reporting -------------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def memory_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
+def memory_gib() -> float:
+    return round(psutil.virtual_memory().total / 2**30, 1)
 
 
 def git_revision() -> str:
@@ -660,7 +637,7 @@ def nproc() -> int:
 def machine_info(versions: dict, revision: str) -> dict:
     return {
         "nproc": nproc(),
-        "cpu_model": cpu_model(),
+        "cpu_model": precision.cpu_model(),
         "memory_gib": memory_gib(),
         "os": platform.platform(),
         "python": versions.get("python"),

@@ -1,5 +1,6 @@
 """llamarec: two-stage LLM recommendation (LlamaRec). The public API that plugins import."""
 
+from .config import option
 from .data.spec import DatasetSpec, RawFile
 from .errors import (
     ArtifactError,
@@ -12,14 +13,20 @@ from .errors import (
 from .hookspecs import hookimpl
 from .version import __version__
 
-_TORCH_API = {"Retriever", "RetrieverConfig", "option"}  # imported on first use: `llamarec --help` stays fast
+# imported on first use (torch, polars): `llamarec --help` and a plugin's import stay fast
+_LAZY_API = {
+    "Retriever": "retrieval.contract",
+    "RetrieverConfig": "retrieval.contract",
+    "Dropout": "retrieval.dropout",  # nn.Dropout drawing a quarter of the random numbers: faster on CPU
+    "preprocess": "data.preprocess",  # for a plugin's tests: preprocess(name, workdir=..., raw_dir=...)
+}
 
 
 def __getattr__(name):
-    if name in _TORCH_API:
-        from .retrieval import contract
+    if name in _LAZY_API:
+        import importlib
 
-        return getattr(contract, name)
+        return getattr(importlib.import_module(f".{_LAZY_API[name]}", __name__), name)
     raise AttributeError(f"module 'llamarec_cli' has no attribute {name!r}")
 
 
@@ -28,6 +35,7 @@ __all__ = [
     "ConfigError",
     "DataFormatError",
     "DatasetSpec",
+    "Dropout",
     "LlamarecError",
     "RawDataMissingError",
     "RawFile",
@@ -37,4 +45,5 @@ __all__ = [
     "__version__",
     "hookimpl",
     "option",
+    "preprocess",
 ]

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .config import option
 from .errors import ArtifactError, ConfigError
+from .layout import Workdir
 from .ranking.examples import check_negatives
 
 if TYPE_CHECKING:
@@ -25,17 +27,22 @@ if TYPE_CHECKING:
 
 @dataclass
 class Budget:
-    retriever_epochs: int = 20  # ~1,000 LRURec steps on ml-100k; the full early-stopped run takes hours on a CPU
-    train_examples: int = 128
-    val_examples: int = 128  # all of ml-100k's validation subset (about 120 users): early stopping and fusion's α
-    eval_every: int = 16
-    batch_size: int = 4
-    lr: float = 5e-4  # a few dozen steps: a larger step than the paper's 1e-4 (its runs take thousands)
-    warmup_steps: int = 4
+    """What the pipeline spends on each stage; each field is a flag of ``llamarec pipeline``."""
+
+    # ~1,000 LRURec steps on ml-100k; the full early-stopped run takes hours on a CPU
+    retriever_epochs: int = option(20, "Most LRURec epochs.")
+    train_examples: int = option(128, "Ranker training examples.")
+    # all of ml-100k's validation subset (about 120 users)
+    val_examples: int = option(128, "Validation users ranked per validation (early stopping and fusion's α).")
+    eval_every: int = option(16, "Validate the ranker every N steps.")
+    batch_size: int = option(4, "Ranker examples per step.")
+    # a few dozen steps: a larger step than the paper's 1e-4 (its runs take thousands)
+    lr: float = option(5e-4, "Ranker learning rate.")
+    warmup_steps: int = option(4, "Ranker warm-up steps (at most a quarter of the steps when there are few).")
     # The retriever's own candidates, in its order, as at test time: at a CPU budget they beat the paper's random
     # negatives by 0.08 NDCG@10 on the ml-100k test subset (benchmarks/results/ranking.md).
-    negatives: str = "retrieved"
-    test_examples: int | None = None  # all test users of the valid subset
+    negatives: str = option("retrieved", "Training candidates: the retriever's own (retrieved) or random.")
+    test_examples: int | None = option(None, "Rank a sample of this many test users.")
 
 
 def run_pipeline(
@@ -58,12 +65,13 @@ def run_pipeline(
     from .data.artifact import load_dataset
     from .data.preprocess import preprocess
     from .ranking.evaluate import evaluate
-    from .ranking.train import STATE_FILE, ranker_dir, train_ranker
+    from .ranking.train import ranker_dir, train_ranker
     from .retrieval.candidates import export_candidates, load_candidates
-    from .retrieval.checkpoint import partial_dir, read_manifest
+    from .retrieval.checkpoint import read_manifest, retriever_dir
     from .retrieval.retrieve_train import train_retriever
 
     budget = budget or Budget()
+    layout = Workdir(workdir)
     config = _check_before_work(dataset, model, budget, device)
     try:
         data = load_dataset(workdir, dataset)
@@ -77,7 +85,7 @@ def run_pipeline(
         read_manifest(workdir, data, "lrurec")
         log("2/5 retrieve-train: the LRURec checkpoint exists.")
     except ArtifactError:
-        resume = (partial_dir(workdir, dataset, "lrurec") / "run.json").is_file()
+        resume = layout.resumable(retriever_dir(workdir, dataset, "lrurec"))
         log(f"2/5 retrieve-train (LRURec, at most {budget.retriever_epochs} epochs){' — resuming' if resume else ''}")
         train_retriever(
             dataset,
@@ -102,7 +110,7 @@ def run_pipeline(
         _refuse_other_settings(trained["config"], config.to_dict(), ranker_dir(workdir, dataset, "default"))
         log("4/5 rank-train: the ranker exists.")
     else:
-        resume = (ranker_dir(workdir, dataset, ".default.partial") / "training" / STATE_FILE).is_file()
+        resume = layout.resumable(ranker_dir(workdir, dataset, "default"))
         log(f"4/5 rank-train ({model}, {budget.train_examples} examples){' — resuming' if resume else ''}")
         train_ranker(
             dataset, workdir=workdir, config=config, device=device, resume=resume, restart=not resume, reporter=reporter

@@ -56,12 +56,12 @@ def _read_pid(path: Path) -> str | None:
         return None
 
 
-def ensure_writable(folder: Path) -> None:
+def ensure_writable(folder: Path, *, workdir: bool = False) -> None:
     """Create ``folder`` and write a probe file in it, so that an unwritable work directory is refused before minutes
     of work rather than after (disk full can still strike later: the CLI turns it into one line, and every artifact
-    is written beside the old one and swapped in, so the old one survives)."""
+    is written beside the old one and swapped in, so the old one survives). ``workdir``: as ``writing``'s."""
     probe = folder / f".write-probe-{os.getpid()}"
-    with writing(folder):
+    with writing(folder, workdir=workdir):
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from .. import settings
+from ..pipeline import Budget
+from .config_flags import config_flags
 from .options import Device, Json, Workdir
 from .output import print_json, stderr
 
@@ -18,27 +20,17 @@ EPILOG = (
 )
 
 
-def _budget(help: str, name: str):
-    return typer.Option(name, help=help, rich_help_panel="Budget")
-
-
+@config_flags(
+    Budget,
+    ["retriever_epochs", "train_examples", "val_examples", "eval_every", "batch_size", "lr", "negatives",
+     "test_examples"],
+    defaults={"test_examples": "all"},
+    panel="Budget",
+)  # fmt: skip
 def pipeline(
+    flags: dict,
     dataset: Annotated[str, typer.Argument(help="Dataset name.")] = "ml-100k",
     model: Annotated[str, typer.Option("--model", help="Ranker base model: alias, hub id or path.")] = "smollm2-135m",
-    retriever_epochs: Annotated[int, _budget("Most LRURec epochs.", "--retriever-epochs")] = 20,
-    train_examples: Annotated[int, _budget("Ranker training examples.", "--train-examples")] = 128,
-    val_examples: Annotated[
-        int, _budget("Validation users ranked per validation (early stopping and fusion's α).", "--val-examples")
-    ] = 128,
-    eval_every: Annotated[int, _budget("Validate the ranker every N steps.", "--eval-every")] = 16,
-    batch_size: Annotated[int, _budget("Ranker examples per step.", "--batch-size")] = 4,
-    lr: Annotated[float, _budget("Ranker learning rate.", "--lr")] = 5e-4,
-    negatives: Annotated[
-        str, _budget("Training candidates: the retriever's own (retrieved) or random.", "--negatives")
-    ] = "retrieved",
-    test_examples: Annotated[
-        int | None, _budget("Rank a sample of this many test users [default: all].", "--test-examples")
-    ] = None,
     raw_dir: Annotated[
         Path | None,
         typer.Option("--raw-dir", envvar="LLAMAREC_RAW_DIR", show_envvar=True, help="Folder with the raw files."),
@@ -48,22 +40,14 @@ def pipeline(
     json_output: Json = False,
 ) -> None:
     """Run every stage on a CPU-sized budget and print the metrics; run again to continue after an interruption."""
-    from ..pipeline import Budget, run_pipeline
+    from ..pipeline import run_pipeline
     from ..ranking.train import RANKER_EARLY_STOP_METRIC
     from .evaluate_command import print_report
     from .progress import RichReporter
 
-    budget = Budget(
-        retriever_epochs=retriever_epochs,
-        train_examples=train_examples,
-        val_examples=val_examples,
-        eval_every=eval_every,
-        batch_size=batch_size,
-        lr=lr,
-        warmup_steps=min(4, train_examples // max(batch_size, 1)),  # batch size 0 is refused later, in one line
-        negatives=negatives,
-        test_examples=test_examples,
-    )
+    budget = Budget(**flags)
+    # few steps, little warm-up (a batch size of 0 is refused later, in one line)
+    budget.warmup_steps = min(budget.warmup_steps, budget.train_examples // max(budget.batch_size, 1))
     try:
         report = run_pipeline(
             dataset,

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from .. import settings
+from ..ranking.config import RankerConfig
+from .config_flags import config_flags
 from .options import DatasetName, Device, Json, TemplatesDir, TrustRemoteCode, Workdir
 from .output import print_json, stderr, stdout
 from .retrieve_train_command import config_table
@@ -18,10 +20,6 @@ EPILOG = (
     "llamarec rank-train games --negatives retrieved   ·   "
     "accelerate launch -m llamarec_cli rank-train beauty (several GPUs)"
 )
-
-
-def _flag(help: str, name: str):
-    return typer.Option(name, help=help, show_default=False)
 
 
 def resolve_ranker_config(dataset: str, flags: dict):
@@ -35,30 +33,17 @@ def resolve_ranker_config(dataset: str, flags: dict):
     return build_config(RankerConfig, [("dataset", dataset_defaults), ("flag", flags)])
 
 
+@config_flags(
+    RankerConfig,
+    ["model", "template", "retriever", "quantization", "dtype", "negatives", "max_train_examples",
+     "max_val_examples", "batch_size", "lr", "warmup_steps", "epochs", "eval_every", "patience", "lora_r",
+     "lora_target", "seed"],
+    defaults={"batch_size": "per dataset"},
+)  # fmt: skip
 def rank_train(
     dataset: DatasetName,
-    model: Annotated[str | None, _flag("Hub id, local directory or alias [default: Llama 2 7B].", "--model")] = None,
-    template: Annotated[str | None, _flag("Prompt template name or .toml path.", "--template")] = None,
+    flags: dict,
     templates_dir: TemplatesDir = None,
-    retriever: Annotated[str | None, _flag("Whose candidates to rank [default: lrurec].", "--retriever")] = None,
-    quantization: Annotated[str | None, _flag("4bit, 8bit, none or auto.", "--quantization")] = None,
-    dtype: Annotated[str | None, _flag("bf16, fp16, fp32 or auto.", "--dtype")] = None,
-    negatives: Annotated[str | None, _flag("random (the paper) or retrieved.", "--negatives")] = None,
-    max_train_examples: Annotated[
-        int | None, _flag("Train on this many sampled examples [default: all].", "--max-train-examples")
-    ] = None,
-    max_val_examples: Annotated[
-        int | None, _flag("Validate on this many sampled users [default: all].", "--max-val-examples")
-    ] = None,
-    batch_size: Annotated[int | None, _flag("Examples per step [default: per dataset].", "--batch-size")] = None,
-    lr: Annotated[float | None, _flag("Peak learning rate [default: 1e-4].", "--lr")] = None,
-    warmup_steps: Annotated[int | None, _flag("Warm-up steps [default: 100].", "--warmup-steps")] = None,
-    epochs: Annotated[int | None, _flag("Epochs [default: 1].", "--epochs")] = None,
-    eval_every: Annotated[int | None, _flag("Validate every N steps [default: 100].", "--eval-every")] = None,
-    patience: Annotated[int | None, _flag("Early-stop patience in validations [default: 20].", "--patience")] = None,
-    lora_r: Annotated[int | None, _flag("LoRA rank [default: 8].", "--lora-r")] = None,
-    lora_target: Annotated[str | None, _flag("Modules to adapt, comma-separated.", "--lora-target")] = None,
-    seed: Annotated[int | None, _flag("Random seed [default: 42].", "--seed")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Any other setting of the ranker config, as KEY=VALUE.")
     ] = None,
@@ -74,38 +59,10 @@ def rank_train(
     json_output: Json = False,
 ) -> None:
     """Fine-tune the LLM ranker with (Q)LoRA on the retriever's candidates; keep the best adapter (PEFT format)."""
-    from ..ranking.config import RankerConfig
-    from ..ranking.train import (
-        RANKER_EARLY_STOP_METRIC,
-        STATE_FILE,
-        rank_train_command,
-        ranker_dir,
-        resumed_config,
-        train_ranker,
-    )
-    from ..retrieval.contract import parse_sets
+    from ..config import parse_sets
+    from ..ranking.train import RANKER_EARLY_STOP_METRIC, ranker_dir, resumed_config, train_ranker
     from .progress import RichReporter
 
-    given = dict(
-        model=model,
-        template=template,
-        retriever=retriever,
-        quantization=quantization,
-        dtype=dtype,
-        negatives=negatives,
-        max_train_examples=max_train_examples,
-        max_val_examples=max_val_examples,
-        batch_size=batch_size,
-        lr=lr,
-        warmup_steps=warmup_steps,
-        epochs=epochs,
-        eval_every=eval_every,
-        patience=patience,
-        lora_r=lora_r,
-        lora_target=lora_target,
-        seed=seed,
-    )
-    flags = {key: value for key, value in given.items() if value is not None}
     flags |= parse_sets(RankerConfig, set_ or [])
     if resume:  # the interrupted run's config, as retrieve-train --resume does: no flag needs repeating
         config, sources = resumed_config(settings.workdir(workdir), dataset, name, flags)
@@ -131,24 +88,34 @@ def rank_train(
             reporter=reporter,
         )
     except KeyboardInterrupt:
-        state = ranker_dir(settings.workdir(workdir), dataset, f".{name}.partial") / "training" / STATE_FILE
-        if state.is_file():
-            stderr.print(
-                f"Interrupted. Continue from the last validation with: {rank_train_command(dataset, name)} --resume"
-            )
-        else:
-            stderr.print("Interrupted before the first validation: nothing to resume; rerun the same command.")
+        _interrupted(settings.workdir(workdir), dataset, name)
         raise typer.Exit(130) from None
     if json_output:
         print_json(manifest)
-        return
+    else:
+        stderr.print(summary(manifest, ranker_dir(settings.workdir(workdir), dataset, name) / "adapter"))
+
+
+def _interrupted(workdir: Path, dataset: str, name: str) -> None:
+    from ..layout import Workdir
+    from ..ranking.train import rank_train_command, ranker_dir
+
+    if Workdir(workdir).resumable(ranker_dir(workdir, dataset, name)):
+        stderr.print(
+            f"Interrupted. Continue from the last validation with: {rank_train_command(dataset, name)} --resume"
+        )
+    else:
+        stderr.print("Interrupted before the first validation: nothing to resume; rerun the same command.")
+
+
+def summary(manifest: dict, adapter: Path) -> str:
+    """The line a finished rank-train ends with: its validation against the retriever's order of the same users."""
     metrics = manifest["val_metrics"]
-    stderr.print(
+    return (
         f"{manifest['steps']:,} steps on {manifest['train_examples']:,} examples, best at step "
         f"{manifest['best_step']:,}: validation subset NDCG@10 {metrics.get('NDCG@10', 0):.4f}, "
         f"Recall@10 {metrics.get('Recall@10', 0):.4f} (the retriever's order of the same users: NDCG@10 "
-        f"{manifest['val_retriever_metrics']['NDCG@10']:.4f}). Adapter: "
-        f"{Path(settings.workdir(workdir)) / dataset / 'ranker' / name / 'adapter'}"
+        f"{manifest['val_retriever_metrics']['NDCG@10']:.4f}). Adapter: {adapter}"
     )
 
 

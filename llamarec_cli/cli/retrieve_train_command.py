@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 
 from .. import settings
+from ..retrieval.contract import RetrieverConfig
+from .config_flags import config_flags
 from .options import DatasetName, Device, Json, RetrieverName, Workdir
 from .output import metrics_table, print_json, stderr, stdout
 
@@ -16,25 +18,20 @@ EPILOG = (
 )
 
 
-def _flag(help: str, name: str):
-    return typer.Option(name, help=help, show_default=False)
-
-
+@config_flags(
+    RetrieverConfig,
+    ["seed", "batch_size", "max_len", "lr", "weight_decay", "clip", "val_every", "patience", "max_epochs"],
+    defaults={"batch_size": "per dataset", "max_len": "per dataset"},
+)
 def retrieve_train(
     dataset: DatasetName,
+    flags: dict,
     retriever: RetrieverName = "lrurec",
     workdir: Workdir = None,
     device: Device = "auto",
-    seed: Annotated[int | None, _flag("Random seed [default: 42].", "--seed")] = None,
-    batch_size: Annotated[int | None, _flag("Windows per step [default: per dataset].", "--batch-size")] = None,
-    max_len: Annotated[int | None, _flag("Longest history read [default: per dataset].", "--max-len")] = None,
-    lr: Annotated[float | None, _flag("AdamW learning rate [default: 1e-3].", "--lr")] = None,
-    weight_decay: Annotated[float | None, _flag("AdamW weight decay [default: 0.01].", "--weight-decay")] = None,
-    dropout: Annotated[float | None, _flag("Dropout [default: the retriever's].", "--dropout")] = None,
-    clip: Annotated[float | None, _flag("Gradient-norm clip [default: 5].", "--clip")] = None,
-    val_every: Annotated[int | None, _flag("Validate every N steps [default: 500].", "--val-every")] = None,
-    patience: Annotated[int | None, _flag("Early-stop patience in validations [default: 20].", "--patience")] = None,
-    max_epochs: Annotated[int | None, _flag("Most epochs [default: 500].", "--max-epochs")] = None,
+    dropout: Annotated[
+        float | None, typer.Option("--dropout", help="Dropout \\[default: the retriever's].", show_default=False)
+    ] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Any other setting of the retriever's config, as KEY=VALUE (repeatable)."),
@@ -47,27 +44,12 @@ def retrieve_train(
     json_output: Json = False,
 ) -> None:
     """Train a stage-1 retriever (LRURec by default) with early stopping; save the best checkpoint and its metrics."""
-    from ..retrieval.contract import parse_sets
+    from ..config import parse_sets
     from ..retrieval.retrieve_train import resolve_config, retriever_class, train_retriever
     from .progress import RichReporter
 
     cls = retriever_class(retriever)
-    flags = {
-        key: value
-        for key, value in dict(
-            seed=seed,
-            batch_size=batch_size,
-            max_len=max_len,
-            lr=lr,
-            weight_decay=weight_decay,
-            dropout=dropout,
-            clip=clip,
-            val_every=val_every,
-            patience=patience,
-            max_epochs=max_epochs,
-        ).items()
-        if value is not None
-    }
+    flags |= {"dropout": dropout} if dropout is not None else {}
     flags |= parse_sets(cls.Config, set_ or [])
 
     if resume:  # show what will actually run: the interrupted run's config

@@ -18,6 +18,7 @@ import polars as pl
 
 from ..errors import ArtifactError
 from ..files import replace_dir, sha256_of
+from ..layout import Workdir
 from ..workspace import writing
 from .pipeline import SPLITS, Tables
 
@@ -27,7 +28,7 @@ TABLES = ("interactions", "items", "users")
 
 
 def dataset_dir(workdir: Path, name: str) -> Path:
-    return workdir / name / "dataset"
+    return Workdir(workdir).dataset(name)
 
 
 def _json(data) -> str:

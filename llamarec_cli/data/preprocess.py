@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..files import sha256_of
 from ..version import versions
-from ..workspace import writing
+from ..workspace import ensure_writable
 from .artifact import Dataset, dataset_dir, write_dataset
 from .pipeline import build_tables, statistics
 from .pipeline import unescape_titles as unescape
@@ -21,15 +19,6 @@ ID_RULE = (
     "user and item ids are the ranks (from 1) of the original ids in sorted order; equal timestamps are ordered "
     "by item id"
 )
-
-
-def ensure_writable(workdir: Path) -> None:
-    """Fail before hours of work, not after."""
-    with writing(workdir, workdir=True):
-        workdir.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=workdir, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
 
 
 def _input(path: Path) -> dict:
@@ -52,7 +41,7 @@ def preprocess(
     from .. import plugins  # upward, lazily: tests/test_layers.py says why
 
     spec = plugins.datasets().get(name)
-    ensure_writable(workdir)
+    ensure_writable(workdir, workdir=True)  # before hours of work, not after
     if from_split is not None:
         log(f"Importing the split {from_split}")
         tables = read_split(from_split)

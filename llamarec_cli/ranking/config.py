@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import check_finite, check_seed, option
 from ..errors import ConfigError
-from ..retrieval.contract import check_finite, check_seed, option
 from .examples import NEGATIVES
 from .models import DEFAULT_MODEL, QUANTIZATIONS
 from .precision import DTYPES

@@ -20,6 +20,7 @@ from ..data.artifact import load_dataset
 from ..errors import ArtifactError, ConfigError
 from ..evaluation.metrics import paired_difference
 from ..files import write_json
+from ..layout import Workdir
 from ..retrieval.candidates import load_candidates
 from ..retrieval.checkpoint import verify_files
 from ..workspace import ensure_writable
@@ -110,13 +111,17 @@ def load_ranker(
                 f"Drop --model, or rank zero-shot with --adapter none."
             )
     config = manifest["config"] if manifest else {}
-    loaded = load_model(
-        model or config.get("model", DEFAULT_MODEL),
-        quantization=quantization or config.get("quantization", "auto"),
-        device=device,
-        dtype=dtype or config.get("dtype", "auto"),
-        trust_remote_code=trust_remote_code,
-    )
+
+    def load(quantization: str):
+        return load_model(
+            model or config.get("model", DEFAULT_MODEL),
+            quantization=quantization,
+            device=device,
+            dtype=dtype or config.get("dtype", "auto"),
+            trust_remote_code=trust_remote_code,
+        )
+
+    loaded = load(quantization or config.get("quantization", "auto"))
     prompt = load_template(template or config.get("template", DEFAULT_TEMPLATE), templates_dir)
     encoder = PromptEncoder(loaded.tokenizer, prompt, dataset.titles)
     llm = loaded.model
@@ -145,13 +150,7 @@ def load_ranker(
             # and hooks are identical).
             merged = llm.merge_and_unload().state_dict()
             del llm, loaded
-            loaded = load_model(
-                model or config.get("model", DEFAULT_MODEL),
-                quantization="none",
-                device=device,
-                dtype=dtype or config.get("dtype", "auto"),
-                trust_remote_code=trust_remote_code,
-            )
+            loaded = load("none")
             loaded.model.load_state_dict(merged)
             llm = loaded.model
         description = f"{ranker} ({manifest['config']['model']} + LoRA)"
@@ -198,7 +197,7 @@ def evaluate(
         if value is not None and value < 1:
             raise ConfigError(f"{option} must be at least 1 (got {value}).")
     dataset = load_dataset(workdir, dataset_name)
-    ensure_writable(workdir / dataset_name / "reports")  # before minutes of ranking, not after
+    ensure_writable(Workdir(workdir).reports(dataset_name))  # before minutes of ranking, not after
     retriever, alpha, alpha_source = ranker_plan(workdir, dataset, ranker, adapter, retriever, fusion)
     candidates, candidates_manifest = load_candidates(workdir, dataset, retriever)
     subset = valid_subset(dataset, candidates, "test")
@@ -233,36 +232,47 @@ def evaluate(
             trust_remote_code=trust_remote_code,
         )
         log(loaded.dtype_reason)
-        began = time.perf_counter()
-        scores = score_subset(loaded.model, loaded.encoder, examples, batch_size)
-        seconds = time.perf_counter() - began
-        ranks = target_ranks(examples, scores)
         name = "zero-shot" if adapter == "none" else ranker
-        report["ranker"] = {
-            "name": name,
-            "description": loaded.description,
-            "dtype": loaded.dtype,
-            "dtype_reason": loaded.dtype_reason,
-            "seconds": round(seconds, 1),
-            "top_is_first_candidate": _first_share(scores),  # position bias: the share of users it ranks A first
-        }
-        report["ranks"] = {"users": [e.user for e in examples], "retriever": retriever_ranks, "ranker": ranks}
-        _add_order(report, "ranker", ranks, retriever_ranks, subset.hit_rate)
-        report["paired"] = report["paired_by_order"]["ranker"]
-        report["fusion"] = {"alpha": alpha, "source": alpha_source}
-        if alpha is not None:
-            fused = fused_ranks(examples, scores, alpha)
-            report["ranks"]["fused"] = fused
-            _add_order(report, fused_name(alpha), fused, retriever_ranks, subset.hit_rate)
-    folder = workdir / dataset_name / "reports"
+        _add_ranker(report, name, loaded, examples, batch_size, subset.hit_rate, alpha, alpha_source)
+    report["report_files"] = _write_report(Workdir(workdir).reports(dataset_name), name, report)
+    return report
+
+
+def _add_ranker(report: dict, name: str, loaded: Ranker, examples, batch_size: int, hit_rate, alpha, alpha_source):
+    """Rank ``examples`` with ``loaded`` and add its figures to ``report``, beside the retriever's (and the fused
+    order's, when ``alpha`` is set)."""
+    retriever_ranks = [e.target_index + 1.0 for e in examples]
+    began = time.perf_counter()
+    scores = score_subset(loaded.model, loaded.encoder, examples, batch_size)
+    seconds = time.perf_counter() - began
+    ranks = target_ranks(examples, scores)
+    report["ranker"] = {
+        "name": name,
+        "description": loaded.description,
+        "dtype": loaded.dtype,
+        "dtype_reason": loaded.dtype_reason,
+        "seconds": round(seconds, 1),
+        "top_is_first_candidate": _first_share(scores),  # position bias: the share of users it ranks A first
+    }
+    report["ranks"] = {"users": [e.user for e in examples], "retriever": retriever_ranks, "ranker": ranks}
+    _add_order(report, "ranker", ranks, retriever_ranks, hit_rate)
+    report["paired"] = report["paired_by_order"]["ranker"]
+    report["fusion"] = {"alpha": alpha, "source": alpha_source}
+    if alpha is not None:
+        fused = fused_ranks(examples, scores, alpha)
+        report["ranks"]["fused"] = fused
+        _add_order(report, fused_name(alpha), fused, retriever_ranks, hit_rate)
+
+
+def _write_report(folder: Path, name: str, report: dict) -> list[str]:
+    """``evaluate-<name>.json`` and ``.md`` in ``folder``, each replaced atomically; their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / f"evaluate-{name}.json", report)
     markdown = folder / f"evaluate-{name}.md"
     tmp = markdown.with_name(f".{markdown.name}.tmp")
     tmp.write_text(to_markdown(report), encoding="utf-8")
     tmp.replace(markdown)
-    report["report_files"] = [str(folder / f"evaluate-{name}.json"), str(markdown)]
-    return report
+    return [str(folder / f"evaluate-{name}.json"), str(markdown)]
 
 
 def paired_lines(report: dict) -> list[str]:

@@ -26,9 +26,9 @@ from ..data.artifact import Dataset, load_dataset
 from ..errors import ArtifactError, ConfigError, TrainingDivergedError
 from ..evaluation.metrics import MetricSums
 from ..files import replace_dir, sha256_of, write_json
+from ..layout import Workdir
 from ..retrieval.candidates import candidates_paths, load_candidates
 from ..retrieval.checkpoint import (
-    STATE_FILE,
     finish,
     load_state,
     optimizer_state,
@@ -55,7 +55,7 @@ FORMAT_VERSION = 1
 
 
 def ranker_dir(workdir: Path, dataset: str, name: str) -> Path:
-    return workdir / dataset / "ranker" / name
+    return Workdir(workdir).ranker(dataset, name)
 
 
 def label_loss(model, input_ids, attention_mask, labels) -> torch.Tensor:
@@ -206,8 +206,9 @@ def _train_ranker(
     reporter = reporter or Reporter()
     dataset = load_dataset(workdir, dataset_name)
     candidates, candidates_manifest = load_candidates(workdir, dataset, config.retriever)
-    final, partial = ranker_dir(workdir, dataset_name, name), ranker_dir(workdir, dataset_name, f".{name}.partial")
-    state_path = partial / "training" / STATE_FILE
+    final = ranker_dir(workdir, dataset_name, name)
+    partial = Workdir.partial(final)
+    state_path = Workdir.state(partial)
     _check_partial(partial, state_path, dataset, config, name, resume, restart)
     k = candidates_manifest["k"]
     val = valid_subset(dataset, candidates, "val", k)
@@ -423,8 +424,8 @@ class _Trainer:
                 _save_adapter(run.unwrapped, self.partial / "adapter")
         self.reporter.validated(progress.step, metrics, progress.best, progress.bad, config.patience)
         if accelerator.is_main_process:
-            counters = progress.counters(batch_done, best_scores=self.best_scores)
-            _save_resume_state(self.partial / "training" / STATE_FILE, run, counters)
+            counters = progress.counters(batch_done, best_scores=self.best_scores, scheduler=run.scheduler.state_dict())
+            _save_resume_state(Workdir.state(self.partial), run, counters)
         accelerator.wait_for_everyone()
         return progress.bad >= config.patience
 
@@ -468,8 +469,13 @@ def _restore(state_path: Path, run: _Run) -> tuple[Progress, list[list[float]]]:
     run.optimizer.load_state_dict(optimizer_state(run.optimizer, tensors, run.accelerator.device))
     restore_rng(tensors, run.accelerator.device)
     progress = Progress.restored(saved)
-    for _ in range(progress.step):
-        run.scheduler.step()
+    if "scheduler" in saved:
+        run.scheduler.load_state_dict(saved["scheduler"])
+        for group, lr in zip(run.optimizer.param_groups, run.scheduler.get_last_lr(), strict=True):
+            group["lr"] = lr  # the schedule's state holds the rate; the optimizer's groups were saved without it
+    else:  # a state saved before llamarec stored the schedule's: step it to where the run stopped
+        for _ in range(progress.step):
+            run.scheduler.step()
     return progress, saved.get("best_scores", [])
 
 
@@ -545,9 +551,9 @@ def resumed_config(workdir: Path, dataset: str, name: str, flags: dict) -> tuple
     one is refused rather than mixed in (as ``retrieve-train --resume`` does)."""
     from ..retrieval.contract import build_config
 
-    partial = ranker_dir(workdir, dataset, f".{name}.partial")
+    partial = Workdir.partial(ranker_dir(workdir, dataset, name))
     rerun = rank_train_command(dataset, name)
-    if not (partial / "training" / STATE_FILE).is_file():
+    if not Workdir.state(partial).is_file():
         raise ArtifactError(
             f"Nothing to resume for ranker '{name}' on {dataset} (no run reached its first validation). "
             f"Start a run: {rerun}"

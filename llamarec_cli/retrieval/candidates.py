@@ -16,6 +16,7 @@ import torch
 from ..data.artifact import Dataset, load_dataset
 from ..errors import ArtifactError
 from ..files import sha256_of, write_json
+from ..layout import Workdir
 from ..workspace import ensure_writable
 from .checkpoint import read_sealed, retriever_dir, seal
 from .data import eval_set
@@ -28,8 +29,7 @@ SPLITS = ("val", "test")
 
 
 def candidates_paths(workdir: Path, dataset: str, retriever: str) -> tuple[Path, Path]:
-    folder = workdir / dataset / "candidates"
-    return folder / f"{retriever}.parquet", folder / f"{retriever}.json"
+    return Workdir(workdir).candidates(dataset, retriever)
 
 
 def export_candidates(

@@ -18,18 +18,18 @@ import torch
 
 from ..errors import ArtifactError
 from ..files import replace_dir, sha256_of, write_json
+from ..layout import Workdir
 
 FORMAT = "llamarec.retriever"
 FORMAT_VERSION = 1
-STATE_FILE = "state.safetensors"  # the resumable training state, in <run>/training/: retriever and ranker
 
 
 def retriever_dir(workdir: Path, dataset: str, name: str) -> Path:
-    return workdir / dataset / "retriever" / name
+    return Workdir(workdir).retriever(dataset, name)
 
 
 def partial_dir(workdir: Path, dataset: str, name: str) -> Path:
-    return workdir / dataset / "retriever" / f".{name}.partial"
+    return Workdir.partial(retriever_dir(workdir, dataset, name))
 
 
 def read_json(path: Path, rerun: str):
@@ -123,7 +123,7 @@ def finish(partial: Path, final: Path, manifest: dict) -> None:
     files = {name: digest for name, digest in file_hashes(partial).items() if not _run_state(name)}
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "files": files}
     write_json(partial / "manifest.json", seal(manifest))
-    shutil.rmtree(partial / "training", ignore_errors=True)
+    shutil.rmtree(Workdir.training(partial), ignore_errors=True)
     (partial / "run.json").unlink(missing_ok=True)
     replace_dir(partial, final)
 

@@ -12,6 +12,7 @@ import torch
 from ..data.artifact import Dataset, load_dataset
 from ..errors import ArtifactError, ConfigError, TrainingDivergedError
 from ..files import write_json
+from ..layout import Workdir
 from ..retrieval.checkpoint import (
     finish,
     partial_dir,
@@ -25,7 +26,7 @@ from ..workspace import run_lock, writing
 from .contract import Retriever, RetrieverConfig, build_config
 from .data import eval_set
 from .evaluate import evaluate
-from .train import STATE_FILE, Reporter, fit, resolve_device
+from .train import Reporter, fit, resolve_device
 
 DEFAULT_RETRIEVER = "lrurec"
 
@@ -116,7 +117,7 @@ def train_retriever(
                 model,
                 dataset,
                 device=device_,
-                state_dir=partial / "training",
+                state_dir=Workdir.training(partial),
                 resume=resume,
                 reporter=progress_reporter,
                 stop_after_steps=stop_after_steps,
@@ -162,7 +163,7 @@ def _start_or_resume(workdir, dataset, cls, retriever, flags, resume, restart) -
     config, sources = resolve_config(cls, dataset.name, flags)
     partial = partial_dir(workdir, dataset.name, retriever)
     # Only a run that saved training state is worth keeping; one that failed before its first validation is not.
-    if (partial / "training" / STATE_FILE).is_file() and not restart:
+    if Workdir.state(partial).is_file() and not restart:
         raise ArtifactError(
             f"An interrupted run of '{retriever}' on {dataset.name} is in {partial}. Continue it with: "
             f"{rerun_command(dataset.name, retriever)} --resume (or discard it with --restart)."

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from ..errors import ArtifactError, ConfigError, TrainingDivergedError
-from .checkpoint import STATE_FILE, load_state, optimizer_state, optimizer_tensors, restore_rng, rng_tensors, save_state
+from ..layout import STATE_FILE
+from .checkpoint import load_state, optimizer_state, optimizer_tensors, restore_rng, rng_tensors, save_state
 from .data import eval_set, pad_left, training_windows
 from .evaluate import evaluate
 

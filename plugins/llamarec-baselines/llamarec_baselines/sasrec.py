@@ -21,8 +21,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from llamarec_cli.retrieval.contract import ConfigError, Retriever, RetrieverConfig, option
-from llamarec_cli.retrieval.dropout import Dropout
+from llamarec_cli import ConfigError, Dropout, Retriever, RetrieverConfig, option
 from torch import nn
 
 

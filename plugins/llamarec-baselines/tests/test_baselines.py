@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from llamarec_cli.retrieval.contract import ConfigError
+from llamarec_cli import ConfigError
 from llamarec_cli.retrieval.data import pad_left
 
 from llamarec_baselines import NARM, BERT4Rec, SASRec

@@ -1,0 +1,96 @@
+"""Config dataclasses, the ground floor every stage and the CLI share: a field with its help (``option``), checks
+of any config, ``--set KEY=VALUE`` parsing, and defaults layered under dataset suggestions and the user's flags.
+
+No torch here: the CLI builds its flags from these before any model code is imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import field
+from typing import Any
+
+from .errors import ConfigError
+
+
+def option(default, help: str):
+    """A config field with its help text (shown by ``llamarec retrieve-train --show-config``)."""
+    return field(default=default, metadata={"help": help})
+
+
+def check_finite(config) -> None:
+    """Refuse NaN and infinity in any float setting: every range check passes NaN (all comparisons are false)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number (got {value}).")
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**32:  # torch generators take 64 bits, and seeds are multiplied and offset on the way
+        raise ConfigError(f"seed must be from 0 to {2**32 - 1} (got {seed}).")
+
+
+def field_types(config_class: type) -> dict[str, type]:
+    hints = typing.get_type_hints(config_class)
+    return {f.name: hints[f.name] for f in dataclasses.fields(config_class)}
+
+
+def parse_value(config_class: type, key: str, text: str):
+    """Turn ``--set key=value`` text into the field's type, with a clear error naming the known keys."""
+    types_ = field_types(config_class)
+    if key not in types_:
+        raise ConfigError(f"{config_class.__name__} has no setting '{key}'. Known settings: {', '.join(types_)}.")
+    kind = types_[key]
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:  # e.g. int | None
+        options = [t for t in typing.get_args(kind) if t is not type(None)]
+        if text.lower() in ("none", "null"):
+            return None
+        kind = options[0]
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"Setting '{key}' needs a {kind.__name__} value (got '{text}').") from None
+
+
+def parse_sets(config_class: type, items: list[str]) -> dict:
+    """``--set KEY=VALUE`` options (dashes allowed in keys) as typed values of ``config_class``'s fields."""
+    values = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'.")
+        key = key.strip().replace("-", "_")
+        values[key] = parse_value(config_class, key, text.strip())
+    return values
+
+
+def build_config(config_class: type, layers: list[tuple[str, dict]]) -> tuple[Any, dict[str, str]]:
+    """Apply layers of values in order (later wins) over the dataclass defaults.
+
+    Returns the config and, for each field, the name of the layer its value came from ("default" otherwise).
+    Keys a layer has that the config lacks are ignored for dataset-wide defaults (a dataset suggests a batch
+    size; a retriever without that field ignores it) but refused when the user typed them.
+    """
+    known = field_types(config_class)
+    values, sources = {}, {name: "default" for name in known}
+    for layer, layer_values in layers:
+        for key, value in layer_values.items():
+            if key not in known:
+                if layer == "flag":
+                    raise ConfigError(
+                        f"{config_class.__name__} has no setting '{key}'. Known settings: {', '.join(known)}."
+                    )
+                continue
+            values[key], sources[key] = value, layer
+    try:
+        return config_class(**values), sources
+    except TypeError as exc:
+        raise ConfigError(f"Invalid {config_class.__name__}: {exc}") from exc
