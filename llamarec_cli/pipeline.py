@@ -88,7 +88,7 @@ def run_pipeline(
         resume = layout.resumable(retriever_dir(workdir, dataset, "lrurec"))
         log(f"2/5 retrieve-train (LRURec, at most {budget.retriever_epochs} epochs){' — resuming' if resume else ''}")
         train_retriever(
-            dataset,
+            data,
             workdir=workdir,
             flags={} if resume else {"max_epochs": budget.retriever_epochs},
             device=device,
@@ -102,7 +102,7 @@ def run_pipeline(
         log("3/5 candidates: up to date.")
     except ArtifactError:
         log("3/5 candidates (top 20)")
-        export_candidates(dataset, workdir=workdir, device=device)
+        export_candidates(data, workdir=workdir, device=device)
 
     release_memory()
     trained = _finished_ranker(workdir, data)
@@ -113,12 +113,12 @@ def run_pipeline(
         resume = layout.resumable(ranker_dir(workdir, dataset, "default"))
         log(f"4/5 rank-train ({model}, {budget.train_examples} examples){' — resuming' if resume else ''}")
         train_ranker(
-            dataset, workdir=workdir, config=config, device=device, resume=resume, restart=not resume, reporter=reporter
+            data, workdir=workdir, config=config, device=device, resume=resume, restart=not resume, reporter=reporter
         )
 
     release_memory()
     log("5/5 evaluate")
-    return evaluate(dataset, workdir=workdir, device=device, max_examples=budget.test_examples, log=log)
+    return evaluate(data, workdir=workdir, device=device, max_examples=budget.test_examples, log=log)
 
 
 def _check_before_work(dataset: str, model: str, budget: Budget, device: str):

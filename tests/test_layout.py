@@ -34,7 +34,7 @@ def test_status_follows_a_training_run(tmp_path):
 
 
 def test_no_other_module_spells_the_layout():
-    spelled = re.compile(r'/ "(dataset|retriever|candidates|ranker|reports|training)"|\.partial"')
+    spelled = re.compile(r"""/ ["'](dataset|retriever|candidates|ranker|reports|training)["']|\.partial["']""")
     found = [
         f"{path.relative_to(PACKAGE.parent)}:{n}: {line.strip()}"
         for path in sorted(PACKAGE.rglob("*.py"))

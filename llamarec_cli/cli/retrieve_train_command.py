@@ -45,22 +45,15 @@ def retrieve_train(
 ) -> None:
     """Train a stage-1 retriever (LRURec by default) with early stopping; save the best checkpoint and its metrics."""
     from ..config import parse_sets
-    from ..retrieval.retrieve_train import resolve_config, retriever_class, train_retriever
+    from ..retrieval.retrieve_train import retriever_class, train_retriever
     from .progress import RichReporter
 
     cls = retriever_class(retriever)
     flags |= {"dropout": dropout} if dropout is not None else {}
     flags |= parse_sets(cls.Config, set_ or [])
 
-    if resume:  # show what will actually run: the interrupted run's config
-        from ..data.artifact import load_dataset
-        from ..retrieval.retrieve_train import resumed_config
-
-        config, sources = resumed_config(
-            settings.workdir(workdir), load_dataset(settings.workdir(workdir), dataset), retriever, flags
-        )
-    else:
-        config, sources = resolve_config(cls, dataset, flags)
+    root = settings.workdir(workdir)
+    config, sources = _effective_config(root, dataset, cls, retriever, flags, resume)
     if show_config:
         stdout.print(config_table(retriever, config, sources, with_help=True))
         return
@@ -69,7 +62,7 @@ def retrieve_train(
     try:
         manifest = train_retriever(
             dataset,
-            workdir=settings.workdir(workdir),
+            workdir=root,
             retriever=retriever,
             flags=flags,
             device=device,
@@ -87,7 +80,25 @@ def retrieve_train(
         raise typer.Exit(130) from None
     if json_output:
         print_json(manifest)
-        return
+    else:
+        _print_result(manifest, dataset, retriever, root)
+
+
+def _effective_config(root, dataset: str, cls, retriever: str, flags: dict, resume: bool):
+    """What will run: the interrupted run's config on --resume (a flag may not change it), else the defaults, the
+    dataset's suggestions and the flags; each value with where it came from."""
+    from ..retrieval.retrieve_train import resolve_config, resumed_config
+
+    if resume:
+        from ..data.artifact import load_dataset
+
+        return resumed_config(root, load_dataset(root, dataset), retriever, flags)
+    return resolve_config(cls, dataset, flags)
+
+
+def _print_result(manifest: dict, dataset: str, retriever: str, root) -> None:
+    from ..retrieval.checkpoint import retriever_dir
+
     training = manifest["training"]
     stdout.print(
         metrics_table(f"{retriever} on {dataset} (whole history masked, all items ranked)", manifest["metrics"])
@@ -95,7 +106,7 @@ def retrieve_train(
     stderr.print(
         f"{training['steps']:,} steps, {training['epochs']} epochs, best at step {training['best_step']:,}, "
         f"{training['steps_per_second']:.1f} steps/s, {training['wall_seconds']:.0f} s. "
-        f"Saved to {settings.workdir(workdir) / dataset / 'retriever' / retriever}"
+        f"Saved to {retriever_dir(root, dataset, retriever)}"
     )
 
 

@@ -63,45 +63,12 @@ def serve(
     """Serve recommendations over HTTP: POST /recommend, GET /health, GET /info (API docs at /docs).
 
     The retriever and ranker load once, as for serve-shell; requests that arrive together are scored in one batch."""
-    from ..errors import LlamarecError
-
-    try:  # the optional extra: checked before anything loads
-        import uvicorn
-
-        from ..serving.http import create_app
-    except ImportError as exc:
-        raise LlamarecError(
-            f"llamarec serve needs FastAPI and uvicorn ({exc.name} is not installed): pip install 'llamarec[serve]'"
-        ) from None
-    from ..serving.recommender import Recommender
-
+    uvicorn, create_app = _serving_extra()
     sock = listen(host, port)
-    bound = sock.getsockname()[1]
-    url = f"http://{f'[{host}]' if ':' in host else host}:{bound}"
-    server: uvicorn.Server | None = None
-
-    def load() -> Recommender:
-        try:
-            recommender = Recommender(
-                dataset,
-                workdir=settings.workdir(workdir),
-                retriever=retriever,
-                ranker=ranker,
-                adapter=adapter,
-                model=model,
-                dtype=dtype,
-                device=device,
-                fusion=fusion,
-            )
-        except BaseException:
-            server.should_exit = True  # the error is reported once the server has stopped
-            raise
-        for note in recommender.notes():
-            stderr.print(note, highlight=False, soft_wrap=True)
-        ready = f"Serving {dataset} on {url} (ranker: {recommender.ranker_name}; API docs: {url}/docs)"
-        stderr.print(ready, highlight=False, soft_wrap=True)
-        return recommender
-
+    url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
+    options = dict(retriever=retriever, ranker=ranker, adapter=adapter, model=model, dtype=dtype, device=device)
+    load = _loader(dataset, url, lambda: setattr(server, "should_exit", True), workdir=settings.workdir(workdir),
+                   fusion=fusion, **options)  # fmt: skip
     app = create_app(load, max_batch=max_batch, wait_ms=wait_ms, timeout_s=timeout, max_history=max_history)
     config = uvicorn.Config(app, log_level="info", access_log=False, timeout_graceful_shutdown=int(timeout) + 1)
     server = uvicorn.Server(config)
@@ -117,6 +84,42 @@ def serve(
     if app.state.service.failure is not None:
         raise app.state.service.failure
     stderr.print("Stopped.")
+
+
+def _serving_extra():
+    """uvicorn and the app, from the optional extra: checked before anything loads."""
+    from ..errors import LlamarecError
+
+    try:
+        import uvicorn
+
+        from ..serving.http import create_app
+    except ImportError as exc:
+        raise LlamarecError(
+            f"llamarec serve needs FastAPI and uvicorn ({exc.name} is not installed): pip install 'llamarec[serve]'"
+        ) from None
+    return uvicorn, create_app
+
+
+def _loader(dataset: str, url: str, stop, **options):
+    """What the server calls, in a thread once it is up, to load the models; ``stop`` ends the server when loading
+    fails (the error is reported once it has stopped)."""
+
+    def load():
+        from ..serving.recommender import Recommender
+
+        try:
+            recommender = Recommender(dataset, **options)
+        except BaseException:
+            stop()
+            raise
+        for note in recommender.notes():
+            stderr.print(note, highlight=False, soft_wrap=True)
+        ready = f"Serving {dataset} on {url} (ranker: {recommender.ranker_name}; API docs: {url}/docs)"
+        stderr.print(ready, highlight=False, soft_wrap=True)
+        return recommender
+
+    return load
 
 
 def install(cli: typer.Typer) -> None:

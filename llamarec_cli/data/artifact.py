@@ -145,7 +145,11 @@ def _check_manifest(manifest: object, manifest_path: Path, rerun: str) -> dict:
     return manifest
 
 
-def load_dataset(workdir: Path, name: str) -> Dataset:
+def load_dataset(workdir: Path, name: str | Dataset) -> Dataset:
+    """The dataset artifact, every table checked against its manifest; refused with what to rerun. A Dataset already
+    loaded is returned as it is: the pipeline loads and checks it once and hands it to every stage."""
+    if isinstance(name, Dataset):
+        return name
     path = dataset_dir(workdir, name)
     manifest_path = path / "manifest.json"
     rerun = f"llamarec preprocess {name}"

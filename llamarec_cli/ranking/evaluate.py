@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.artifact import load_dataset
+from ..data.artifact import Dataset, load_dataset
 from ..errors import ArtifactError, ConfigError
 from ..evaluation.metrics import paired_difference
 from ..files import write_json
@@ -170,7 +170,7 @@ def check_adapter_folder(folder: Path) -> None:
 
 
 def evaluate(
-    dataset_name: str,
+    dataset_name: str | Dataset,
     *,
     workdir: Path,
     ranker: str = "default",
@@ -196,7 +196,8 @@ def evaluate(
     for option, value in (("--batch-size", batch_size), ("--max-examples", max_examples)):
         if value is not None and value < 1:
             raise ConfigError(f"{option} must be at least 1 (got {value}).")
-    dataset = load_dataset(workdir, dataset_name)
+    dataset = load_dataset(workdir, dataset_name)  # a name, or the Dataset the pipeline loaded
+    dataset_name = dataset.name
     ensure_writable(Workdir(workdir).reports(dataset_name))  # before minutes of ranking, not after
     retriever, alpha, alpha_source = ranker_plan(workdir, dataset, ranker, adapter, retriever, fusion)
     candidates, candidates_manifest = load_candidates(workdir, dataset, retriever)

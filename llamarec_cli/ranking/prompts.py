@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..retrieval.data import pad_left as pad_rows
 from .templates import PromptTemplate
 from .verbalizer import Verbalizer, derive_verbalizer, encode
 
@@ -85,15 +86,11 @@ class Batch:
 
 
 def pad_left(rows: list[list[int]], pad_id: int, labels: list[list[int]] | None = None) -> Batch:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    label_tensor = torch.full((len(rows), width), IGNORE, dtype=torch.long) if labels is not None else None
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row)
-        mask[i, width - len(row) :] = 1
-        if label_tensor is not None:
-            label_tensor[i, width - len(row) :] = torch.tensor(labels[i])
+    """Prompts right-aligned and left-padded with ``pad_id``, their attention mask, and their labels (``IGNORE``
+    where padded)."""
+    ids = pad_rows(rows, value=pad_id)
+    mask = pad_rows([[1] * len(row) for row in rows], length=ids.shape[1])
+    label_tensor = pad_rows(labels, length=ids.shape[1], value=IGNORE) if labels is not None else None
     return Batch(ids, mask, label_tensor)
 
 

@@ -174,18 +174,19 @@ def _add_lora(loaded, config: RankerConfig, gradient_checkpointing: bool):
     return get_peft_model(model, lora)
 
 
-def train_ranker(dataset_name: str, *, workdir: Path, name: str = "default", **options) -> dict:
+def train_ranker(dataset: str | Dataset, *, workdir: Path, name: str = "default", **options) -> dict:
     """Train, keep the best adapter, and return the manifest written beside it; ``options``: those of
     ``_train_ranker``. One run per ranker at a time: a second is refused with the first one's pid."""
+    dataset_name = dataset if isinstance(dataset, str) else dataset.name
     main_process = os.environ.get("RANK", "0") == "0"  # under accelerate launch, the main process holds the lock
     what = f"rank-train of '{name}' on {dataset_name}"
     lock = run_lock(ranker_dir(workdir, dataset_name, name).parent, name, what) if main_process else nullcontext()
     with lock:
-        return _train_ranker(dataset_name, workdir=workdir, name=name, **options)
+        return _train_ranker(dataset, workdir=workdir, name=name, **options)
 
 
 def _train_ranker(
-    dataset_name: str,
+    dataset_name: str | Dataset,
     *,
     workdir: Path,
     config: RankerConfig,
@@ -204,7 +205,8 @@ def _train_ranker(
     from .templates import load_template
 
     reporter = reporter or Reporter()
-    dataset = load_dataset(workdir, dataset_name)
+    dataset = load_dataset(workdir, dataset_name)  # a name, or the Dataset the pipeline loaded
+    dataset_name = dataset.name
     candidates, candidates_manifest = load_candidates(workdir, dataset, config.retriever)
     final = ranker_dir(workdir, dataset_name, name)
     partial = Workdir.partial(final)

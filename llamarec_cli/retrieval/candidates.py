@@ -33,12 +33,13 @@ def candidates_paths(workdir: Path, dataset: str, retriever: str) -> tuple[Path,
 
 
 def export_candidates(
-    dataset_name: str, *, workdir: Path, retriever: str = DEFAULT_RETRIEVER, k: int = 20, device: str = "auto"
+    dataset_name: str | Dataset, *, workdir: Path, retriever: str = DEFAULT_RETRIEVER, k: int = 20, device: str = "auto"
 ) -> dict:
     """Write the top-k candidates and return the manifest (metrics and hit-rate@k per split)."""
     if k < 1:
         raise ArtifactError(f"--k must be at least 1 (got {k}).")
-    dataset = load_dataset(workdir, dataset_name)
+    dataset = load_dataset(workdir, dataset_name)  # a name, or the Dataset the pipeline loaded
+    dataset_name = dataset.name
     parquet, manifest_path = candidates_paths(workdir, dataset_name, retriever)
     ensure_writable(parquet.parent)
     model, retriever_manifest = load_retriever(workdir, dataset, retriever, device)

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 import torch
 
 
-def pad_left(sequences: list[list[int]], length: int | None = None) -> torch.Tensor:
-    """B x length item ids, each row right-aligned and left-padded with 0 (length: the longest row)."""
+def pad_left(sequences: list[list[int]], length: int | None = None, value: int = 0) -> torch.Tensor:
+    """B x length ids, each row right-aligned (cut to its last ``length``) and left-padded with ``value`` (0, the
+    padding item; length: the longest row). The ranker's prompts are padded the same way."""
     length = length or max((len(s) for s in sequences), default=1) or 1
-    out = torch.zeros(len(sequences), length, dtype=torch.long)
+    out = torch.full((len(sequences), length), value, dtype=torch.long)
     for row, seq in enumerate(sequences):
         if seq:
             out[row, -len(seq) :] = torch.as_tensor(seq[-length:], dtype=torch.long)

@@ -71,7 +71,7 @@ def resumed_config(workdir: Path, dataset: Dataset, retriever: str, flags: dict)
 
 
 def train_retriever(
-    dataset_name: str,
+    dataset_name: str | Dataset,
     *,
     workdir: Path,
     retriever: str = DEFAULT_RETRIEVER,
@@ -94,7 +94,8 @@ def train_retriever(
         from ..cli.progress import RichReporter  # upward, on purpose: tests/test_layers.py says why
 
         reporter = RichReporter
-    dataset = load_dataset(workdir, dataset_name)
+    dataset = load_dataset(workdir, dataset_name)  # a name, or the Dataset the pipeline loaded
+    dataset_name = dataset.name
     cls = retriever_class(retriever)
     device_ = resolve_device(device)
     partial = partial_dir(workdir, dataset_name, retriever)

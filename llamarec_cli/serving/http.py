@@ -251,6 +251,14 @@ def create_app(
     app.state.service = service
     app.add_middleware(BoundedBody, max_bytes=max_body, timeout_s=timeout_s)
 
+    add_error_handlers(app, service)
+    add_routes(app, service, max_history, max_body)
+    return app
+
+
+def add_error_handlers(app: FastAPI, service: Service) -> None:
+    """Every error as one JSON line: 4xx for the request's own, 503 while loading or busy, 500 for a bug."""
+
     def candidates() -> int:
         return service.recommender.k if service.recommender else CANDIDATES
 
@@ -282,6 +290,10 @@ def create_app(
     async def internal(request: Request, exc: Exception):  # the traceback goes to the log (uvicorn's), not the body
         return error(500, "Internal error; the server's log has the details.")
 
+
+def add_routes(app: FastAPI, service: Service, max_history: int, max_body: int) -> None:
+    """POST /recommend, GET /health and GET /info; their docstrings are the OpenAPI page's text."""
+
     @app.post("/recommend", responses=ERRORS)
     async def recommend(body: RecommendRequest, response: Response) -> dict:
         """The retriever's candidates and the ranker's order for a user or a history: the JSON of
@@ -293,17 +305,7 @@ def create_app(
             raise LlamarecError('This server has no ranker (started with --ranker none): leave "ranker" out.')
         rank = recommender.llm is not None and body.ranker is not False
         user = None if body.user is None else str(body.user)
-        if user is not None:
-            items = await run_in_threadpool(recommender.user_history, user)
-        elif not body.history:
-            raise LlamarecError("history is empty: give at least one title or item id, oldest first.")
-        elif len(body.history) > max_history:
-            raise LlamarecError(
-                f"history has {len(body.history):,} entries; this server takes at most {max_history:,} "
-                "(the most recent ones are what counts)."
-            )
-        else:
-            items = await run_in_threadpool(resolve_history, recommender, body.history)
+        items = await history_items(recommender, body, max_history)
         job = await service.batcher.submit((items, rank))
         rec = job.future.result()
         response.headers["X-Batch-Size"] = str(job.batch)
@@ -324,26 +326,43 @@ def create_app(
     async def info() -> dict:
         """What is served and how: dataset, retriever, ranker, dtype, fusion, batching (with the batch sizes run so
         far), limits and versions."""
-        recommender = service.ready()
-        batcher = service.batcher
-        return {
-            "dataset": recommender.dataset.name,
-            "users": recommender.dataset.users.height,
-            "items": len(recommender.titles),
-            "retriever": recommender.retriever_name,
-            "ranker": recommender.ranker_name,
-            "dtype": recommender.dtype,
-            "fusion_alpha": recommender.alpha,
-            "candidates": recommender.k,
-            "device": str(recommender.device),
-            "batching": {
-                "max_batch": batcher.max_batch,
-                "wait_ms": batcher.wait_s * 1000,
-                "timeout_s": batcher.timeout_s,
-                "batches": {str(size): n for size, n in sorted(batcher.sizes.items())},
-            },
-            "limits": {"max_history": max_history, "max_body_bytes": max_body},
-            "versions": versions(),
-        }
+        return info_of(service, max_history, max_body)
 
-    return app
+
+async def history_items(recommender: Recommender, body: RecommendRequest, max_history: int) -> list[int]:
+    """The request's history as item ids: the user's (by original id), or the titles and ids it lists."""
+    if body.user is not None:
+        return await run_in_threadpool(recommender.user_history, str(body.user))
+    if not body.history:
+        raise LlamarecError("history is empty: give at least one title or item id, oldest first.")
+    if len(body.history) > max_history:
+        raise LlamarecError(
+            f"history has {len(body.history):,} entries; this server takes at most {max_history:,} "
+            "(the most recent ones are what counts)."
+        )
+    return await run_in_threadpool(resolve_history, recommender, body.history)
+
+
+def info_of(service: Service, max_history: int, max_body: int) -> dict:
+    """GET /info's answer (503 while the models load)."""
+    recommender = service.ready()
+    batcher = service.batcher
+    return {
+        "dataset": recommender.dataset.name,
+        "users": recommender.dataset.users.height,
+        "items": len(recommender.titles),
+        "retriever": recommender.retriever_name,
+        "ranker": recommender.ranker_name,
+        "dtype": recommender.dtype,
+        "fusion_alpha": recommender.alpha,
+        "candidates": recommender.k,
+        "device": str(recommender.device),
+        "batching": {
+            "max_batch": batcher.max_batch,
+            "wait_ms": batcher.wait_s * 1000,
+            "timeout_s": batcher.timeout_s,
+            "batches": {str(size): n for size, n in sorted(batcher.sizes.items())},
+        },
+        "limits": {"max_history": max_history, "max_body_bytes": max_body},
+        "versions": versions(),
+    }
