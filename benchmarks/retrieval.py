@@ -110,9 +110,10 @@ def one_run(args) -> dict:
     """Preprocess, train, export: in this (fresh) process."""
     import torch
 
+    from llamarec_cli.cli.progress import RichReporter
+    from llamarec_cli.config import parse_value
     from llamarec_cli.retrieval.candidates import export_candidates
     from llamarec_cli.retrieval.checkpoint import partial_dir
-    from llamarec_cli.retrieval.contract import parse_value
     from llamarec_cli.retrieval.retrieve_train import retriever_class, train_retriever
 
     workdir = Path(args.workdir)
@@ -130,7 +131,7 @@ def one_run(args) -> dict:
         resume=resume,
         restart=not resume,
         log=lambda m: print(m, file=sys.stderr, flush=True),
-        progress=args.progress,
+        reporter=RichReporter if args.progress else None,
     )
     candidates = export_candidates(args.dataset, workdir=workdir, retriever=args.retriever, k=20, device="cpu")
     test = manifest["metrics"]["test"]

@@ -1,7 +1,8 @@
-"""Files as every stage writes and checks them: a SHA-256, a JSON file written atomically, a folder swapped in.
+"""Files as every stage writes and checks them: a SHA-256, a JSON file written atomically, a folder swapped in,
+tensors in safetensors.
 
-A leaf below every stage (it imports nothing of llamarec), so that the data, retrieval and ranking stages share one
-copy of each rather than one apiece.
+Below every stage (it imports only llamarec's errors), so that the data, retrieval and ranking stages and the
+retriever contract share one copy of each rather than one apiece.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import os
 import shutil
 from pathlib import Path
+
+from .errors import ArtifactError
 
 CHUNK = 1 << 20
 
@@ -42,3 +45,24 @@ def replace_dir(new: Path, final: Path) -> None:
         final.rename(old)
     new.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def save_tensors(path: Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_weights(path: Path, device="cpu") -> dict:
+    """Read a safetensors file, turning a truncated or corrupted file into an actionable error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing.")
+    try:
+        return load_file(path, device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ArtifactError(f"{path} is corrupted or truncated ({exc}).") from exc

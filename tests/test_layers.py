@@ -22,6 +22,11 @@ LAYERS: list[tuple[str, ...]] = [
         "llamarec_cli.layout",
     ),  # environment, layout
     ("llamarec_cli.config",),  # config dataclasses: option(), checks, --set parsing, layered defaults
+    # the plugin contracts: what a dataset plugin fills in, what a retriever plugin subclasses
+    ("llamarec_cli.data.spec", "llamarec_cli.retrieval.contract"),
+    # the plugin manager and its registries: every stage looks its components up by name here; the built-ins are
+    # loaded by module name, as pluggy and simonw/llm load default plugins, so the manager depends on none of them
+    ("llamarec_cli.plugins", "llamarec_cli.registry", "llamarec_cli.hookspecs"),
     ("llamarec_cli.evaluation",),
     ("llamarec_cli.data",),
     ("llamarec_cli.retrieval",),
@@ -29,36 +34,18 @@ LAYERS: list[tuple[str, ...]] = [
     ("llamarec_cli.serving",),
     ("llamarec_cli.pipeline",),
     (
-        "llamarec_cli.plugins",
-        "llamarec_cli.registry",
-        "llamarec_cli.hookspecs",
-        "llamarec_cli.builtins",
-        "llamarec_cli",  # the package itself: the public API that plugins import (it re-exports hookimpl)
+        "llamarec_cli.cli",
+        "llamarec_cli.__main__",
+        "llamarec_cli.builtins",  # the built-in plugin: llamarec's own datasets, retriever and commands
+        "llamarec_cli",  # the package itself: the public API that plugins import
     ),
-    ("llamarec_cli.cli", "llamarec_cli.__main__"),
 ]
 
 # (importing module, imported module or package): the upward imports that stay, each for the reason given.
 EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("llamarec_cli.data.preprocess", "llamarec_cli.plugins"): (
-        "preprocess(name) looks the dataset spec up by name (lazily, inside the function); its callers are the "
-        "pipeline (below the plugin layer too) and the benchmarks, so there is no caller above that could pass it in"
-    ),
-    ("llamarec_cli.retrieval.retrieve_train", "llamarec_cli.plugins"): (
-        "retriever_class(name), the dataset defaults and the plugin named in the manifest (lazily, inside each "
-        "function): every stage after retrieve-train (candidates, ranking, serving, the pipeline) loads its "
-        "retriever by name, and threading the registry through them all would be noise"
-    ),
-    ("llamarec_cli.ranking.templates", "llamarec_cli.plugins"): (
-        "a template name is searched in --templates-dir, then the plugins' templates, then the packaged ones; "
-        "load_template(name) is called from rank-train, evaluate and serving alike"
-    ),
-    ("llamarec_cli.retrieval.retrieve_train", "llamarec_cli.cli.progress"): (
-        "train_retriever(progress=True), the older spelling of reporter=RichReporter, kept (lazily imported) for "
-        "benchmarks/retrieval.py; the CLI passes reporter= itself"
-    ),
-    ("llamarec_cli.builtins", "llamarec_cli.cli"): (
-        "the built-in plugin's register_commands hook installs the CLI's commands, importing them inside the hook"
+    ("llamarec_cli.retrieval.contract", "llamarec_cli.retrieval.train"): (
+        "Retriever.fit(dataset), the plugin guide's convenience for training a retriever by hand, calls the shared "
+        "trainer (lazily, inside the method); the trainer needs the data layer, which the contract must not"
     ),
 }
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
 from ..errors import ArtifactError
-from ..files import replace_dir, sha256_of, write_json
+from ..files import load_weights, replace_dir, save_tensors, sha256_of, write_json
 from ..layout import Workdir
 
 FORMAT = "llamarec.retriever"
@@ -92,27 +91,6 @@ def verify_files(folder: Path, manifest: dict, rerun: str) -> None:
             raise ArtifactError(
                 f"{path} is corrupted or truncated (its SHA-256 differs from the manifest's). Rerun: {rerun}"
             )
-
-
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-    os.replace(tmp, path)
-
-
-def load_weights(path: Path, device="cpu") -> dict[str, torch.Tensor]:
-    """Read a safetensors file, turning a truncated or corrupted file into an actionable error."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise ArtifactError(f"{path} is missing.")
-    try:
-        return load_file(path, device=str(device))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ArtifactError(f"{path} is corrupted or truncated ({exc}).") from exc
 
 
 def finish(partial: Path, final: Path, manifest: dict) -> None:

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..config import build_config, check_finite, check_seed, field_types, option, parse_sets, parse_value
 from ..errors import ConfigError
+from ..files import load_weights, save_tensors
 
 __all__ = [
     "ConfigError",
@@ -99,8 +100,6 @@ class Retriever(nn.Module):
 
     def save(self, folder: Path) -> None:
         """Write ``model.safetensors`` and ``config.json`` into ``folder`` (created)."""
-        from .checkpoint import save_tensors
-
         folder.mkdir(parents=True, exist_ok=True)
         save_tensors(folder / "model.safetensors", self.state_dict())
         meta = {"class": f"{type(self).__module__}.{type(self).__qualname__}", "num_items": self.num_items}
@@ -109,8 +108,6 @@ class Retriever(nn.Module):
     @classmethod
     def load(cls, folder: Path, device: str | torch.device = "cpu") -> Retriever:
         """Rebuild from ``save``'s files. Raises ArtifactError with the file's name when they are unreadable."""
-        from .checkpoint import load_weights
-
         meta = json.loads((folder / "config.json").read_text())
         config, _ = build_config(cls.Config, [("checkpoint", meta["config"])])
         model = cls(config, meta["num_items"])

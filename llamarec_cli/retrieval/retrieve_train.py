@@ -82,18 +82,12 @@ def train_retriever(
     reporter: Callable[[int], Reporter] | None = None,
     log: Callable[[str], None] = lambda message: None,
     stop_after_steps: int | None = None,
-    progress: bool = False,
 ) -> dict:
     """Train a retriever on a preprocessed dataset; return the manifest written beside the checkpoint.
 
     ``reporter`` makes the training's progress reporter once the config is known, from its ``max_epochs`` (the CLI
-    passes ``cli.progress.RichReporter``); without one the training reports nothing. ``progress=True`` is the older
-    spelling of ``reporter=RichReporter``, kept for ``benchmarks/retrieval.py``.
+    passes ``cli.progress.RichReporter``); without one the training reports nothing.
     """
-    if progress and reporter is None:
-        from ..cli.progress import RichReporter  # upward, on purpose: tests/test_layers.py says why
-
-        reporter = RichReporter
     dataset = load_dataset(workdir, dataset_name)  # a name, or the Dataset the pipeline loaded
     dataset_name = dataset.name
     cls = retriever_class(retriever)
