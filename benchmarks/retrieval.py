@@ -216,12 +216,12 @@ def interim(args) -> dict:
     import torch
 
     from llamarec_cli.data.artifact import load_dataset
+    from llamarec_cli.layout import STATE_FILE
     from llamarec_cli.retrieval.checkpoint import load_state, partial_dir
     from llamarec_cli.retrieval.contract import build_config
     from llamarec_cli.retrieval.data import eval_set, training_windows
     from llamarec_cli.retrieval.evaluate import top_k
     from llamarec_cli.retrieval.retrieve_train import retriever_class
-    from llamarec_cli.retrieval.train import STATE_FILE
 
     workdir = Path(args.workdir)
     dataset = load_dataset(workdir, args.dataset)

@@ -22,7 +22,7 @@ from .layout import Workdir
 from .ranking.examples import check_negatives
 
 if TYPE_CHECKING:
-    from .retrieval.train import Reporter
+    from .training import Reporter
 
 
 @dataclass
@@ -127,7 +127,7 @@ def _check_before_work(dataset: str, model: str, budget: Budget, device: str):
     from .ranking.config import RankerConfig
     from .ranking.models import load_tokenizer
     from .retrieval.retrieve_train import resolve_config, retriever_class
-    from .retrieval.train import resolve_device
+    from .training import resolve_device
 
     check_negatives(budget.negatives)
     if budget.test_examples is not None and budget.test_examples < 1:

@@ -222,7 +222,7 @@ def test_cli_resume_shows_and_uses_the_interrupted_runs_config(chain, workdir):
 
 
 def test_device_errors_are_clear(monkeypatch):
-    from llamarec_cli.retrieval.train import resolve_device
+    from llamarec_cli.training import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     with pytest.raises(ConfigError, match="Unknown device 'gpu'"):

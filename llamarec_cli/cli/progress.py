@@ -6,7 +6,8 @@ print nothing themselves; the CLI commands hand them this one.
 
 from __future__ import annotations
 
-from ..retrieval.train import RETRIEVER_EARLY_STOP_METRIC, Reporter
+from ..retrieval.train import RETRIEVER_EARLY_STOP_METRIC
+from ..training import Reporter
 from .output import stderr
 
 

@@ -290,7 +290,7 @@ def load_model(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..retrieval.train import resolve_device
+    from ..training import resolve_device
 
     torch_device = resolve_device(device)
     if torch_device.type == "cuda" and torch_device.index is None:

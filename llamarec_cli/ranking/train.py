@@ -39,7 +39,7 @@ from ..retrieval.checkpoint import (
     rng_tensors,
     save_state,
 )
-from ..retrieval.train import Progress, Reporter, resolve_device, train_epochs
+from ..training import Progress, Reporter, resolve_device, train_epochs
 from ..version import versions
 from ..workspace import run_lock
 from .config import RankerConfig
