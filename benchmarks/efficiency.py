@@ -125,7 +125,7 @@ def requests(workdir: Path, count: int):
     """(dataset, examples): the first ``count`` test users of the valid retrieval subset."""
     from llamarec_cli.data.artifact import load_dataset
     from llamarec_cli.ranking.examples import valid_subset
-    from llamarec_cli.retrieval.candidates import load_candidates
+    from llamarec_cli.stages.candidates import load_candidates
 
     dataset = load_dataset(workdir, "ml-100k")
     frame, _ = load_candidates(workdir, dataset)
@@ -238,11 +238,11 @@ def dtype_agreement(workdir: Path, ranker: str, count: int) -> dict:
     same top letter, rank correlation of the letter logits, and NDCG@10 bf16 minus fp32, paired."""
     from llamarec_cli.data.artifact import load_dataset
     from llamarec_cli.evaluation.metrics import paired_difference
-    from llamarec_cli.ranking.evaluate import load_ranker
     from llamarec_cli.ranking.examples import valid_subset
     from llamarec_cli.ranking.scoring import agreement, score_examples
-    from llamarec_cli.ranking.train import subset_metrics, target_ranks
-    from llamarec_cli.retrieval.candidates import load_candidates
+    from llamarec_cli.stages.candidates import load_candidates
+    from llamarec_cli.stages.evaluate import load_ranker
+    from llamarec_cli.stages.rank_train import subset_metrics, target_ranks
 
     dataset = load_dataset(workdir, "ml-100k")
     frame, _ = load_candidates(workdir, dataset)
@@ -286,7 +286,7 @@ class LossCurve:
 def train_in_each_dtype(workdir: Path, examples: int, val_examples: int) -> dict:
     """A short rank-train in fp32 and in bf16 on the same sampled examples and validation users."""
     from llamarec_cli.ranking.config import RankerConfig
-    from llamarec_cli.ranking.train import train_ranker
+    from llamarec_cli.stages.rank_train import train_ranker
 
     out = {}
     for dtype in ("fp32", "bf16"):
@@ -588,7 +588,7 @@ def main() -> None:
     from llamarec_cli.ranking.models import load_model
     from llamarec_cli.ranking.prompts import PromptEncoder
     from llamarec_cli.ranking.templates import load_template
-    from llamarec_cli.ranking.train import ranker_dir
+    from llamarec_cli.stages.rank_train import ranker_dir
 
     dataset, examples = requests(args.workdir, 32)
     titles = dataset.titles

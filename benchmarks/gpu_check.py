@@ -116,10 +116,10 @@ def retriever(ctx: dict) -> dict:
     from efficiency import LossCurve
 
     from llamarec_cli.data.artifact import load_dataset
-    from llamarec_cli.data.preprocess import preprocess
-    from llamarec_cli.retrieval.candidates import export_candidates
-    from llamarec_cli.retrieval.retrieve_train import resolve_config, retriever_class, train_retriever
     from llamarec_cli.retrieval.train import fit
+    from llamarec_cli.stages.candidates import export_candidates
+    from llamarec_cli.stages.preprocess import preprocess
+    from llamarec_cli.stages.retrieve_train import resolve_config, retriever_class, train_retriever
 
     workdir, device = ctx["workdir"], ctx["device"]
     if not (workdir / "ml-100k" / "dataset" / "manifest.json").is_file():
@@ -206,11 +206,11 @@ def qlora(ctx: dict) -> dict:
 
     from llamarec_cli.data.artifact import load_dataset
     from llamarec_cli.ranking.config import RankerConfig
-    from llamarec_cli.ranking.evaluate import evaluate, load_ranker
     from llamarec_cli.ranking.examples import valid_subset
     from llamarec_cli.ranking.scoring import agreement, score_examples
-    from llamarec_cli.ranking.train import ranker_dir, train_ranker
-    from llamarec_cli.retrieval.candidates import load_candidates
+    from llamarec_cli.stages.candidates import load_candidates
+    from llamarec_cli.stages.evaluate import evaluate, load_ranker
+    from llamarec_cli.stages.rank_train import ranker_dir, train_ranker
 
     workdir, device, dry = ctx["workdir"], ctx["device"], ctx["dry_run"]
     source, real = model_source(ctx)
@@ -317,7 +317,7 @@ def shaped(ctx: dict) -> dict:
 
     from llamarec_cli.data.artifact import load_dataset
     from llamarec_cli.ranking.examples import valid_subset
-    from llamarec_cli.retrieval.candidates import load_candidates
+    from llamarec_cli.stages.candidates import load_candidates
 
     workdir, device, dry = ctx["workdir"], ctx["device"], ctx["dry_run"]
     shape = TINY if dry else LLAMA2_7B
@@ -363,8 +363,8 @@ def data(ctx: dict) -> dict:
     """SmolLM2 trained on as many ml-100k training prefixes as fit in ``--data-minutes``, against the retriever's
     order: what data, not the model, buys."""
     from llamarec_cli.ranking.config import RankerConfig
-    from llamarec_cli.ranking.evaluate import evaluate
-    from llamarec_cli.ranking.train import train_ranker
+    from llamarec_cli.stages.evaluate import evaluate
+    from llamarec_cli.stages.rank_train import train_ranker
 
     if ctx["data_minutes"] <= 0:
         return {"skipped": "--data-minutes 0"}

@@ -92,7 +92,7 @@ COLUMNS = ("MRR@5", "NDCG@5", "Recall@5", "MRR@10", "NDCG@10", "Recall@10", "Hit
 
 def preprocess(dataset: str, workdir: Path) -> None:
     from llamarec_cli.data.artifact import dataset_dir
-    from llamarec_cli.data.preprocess import preprocess as run
+    from llamarec_cli.stages.preprocess import preprocess as run
 
     if (dataset_dir(workdir, dataset) / "manifest.json").is_file():
         return
@@ -112,9 +112,9 @@ def one_run(args) -> dict:
 
     from llamarec_cli.cli.progress import RichReporter
     from llamarec_cli.config import parse_value
-    from llamarec_cli.retrieval.candidates import export_candidates
     from llamarec_cli.retrieval.checkpoint import partial_dir
-    from llamarec_cli.retrieval.retrieve_train import retriever_class, train_retriever
+    from llamarec_cli.stages.candidates import export_candidates
+    from llamarec_cli.stages.retrieve_train import retriever_class, train_retriever
 
     workdir = Path(args.workdir)
     preprocess(args.dataset, workdir)
@@ -164,8 +164,8 @@ def throughput(args) -> dict:
 
     from llamarec_cli.data.artifact import load_dataset
     from llamarec_cli.retrieval.data import pad_left, training_windows
-    from llamarec_cli.retrieval.retrieve_train import resolve_config, retriever_class
     from llamarec_cli.retrieval.train import param_groups
+    from llamarec_cli.stages.retrieve_train import resolve_config, retriever_class
 
     workdir = Path(args.workdir)
     preprocess(args.dataset, workdir)
@@ -221,7 +221,7 @@ def interim(args) -> dict:
     from llamarec_cli.retrieval.contract import build_config
     from llamarec_cli.retrieval.data import eval_set, training_windows
     from llamarec_cli.retrieval.evaluate import top_k
-    from llamarec_cli.retrieval.retrieve_train import retriever_class
+    from llamarec_cli.stages.retrieve_train import retriever_class
 
     workdir = Path(args.workdir)
     dataset = load_dataset(workdir, args.dataset)
@@ -265,7 +265,7 @@ def test_ranks(workdir: Path, dataset_name: str, retriever: str) -> list[float]:
     from llamarec_cli.evaluation.metrics import ranks
     from llamarec_cli.retrieval.data import eval_set
     from llamarec_cli.retrieval.evaluate import scored_batches
-    from llamarec_cli.retrieval.retrieve_train import load_retriever
+    from llamarec_cli.stages.retrieve_train import load_retriever
 
     dataset = load_dataset(workdir, dataset_name)
     model, _ = load_retriever(workdir, dataset, retriever)
@@ -397,7 +397,7 @@ def paired_table(dataset: str, rows: dict) -> list[str]:
 
 def default_config(dataset: str, retriever: str) -> dict:
     """The config ``llamarec retrieve-train DATASET --retriever NAME`` uses today, without flags."""
-    from llamarec_cli.retrieval.retrieve_train import resolve_config, retriever_class
+    from llamarec_cli.stages.retrieve_train import resolve_config, retriever_class
 
     return resolve_config(retriever_class(retriever), dataset, {})[0].to_dict()
 

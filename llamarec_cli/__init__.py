@@ -18,7 +18,7 @@ _LAZY_API = {
     "Retriever": "retrieval.contract",
     "RetrieverConfig": "retrieval.contract",
     "Dropout": "retrieval.dropout",  # nn.Dropout drawing a quarter of the random numbers: faster on CPU
-    "preprocess": "data.preprocess",  # for a plugin's tests: preprocess(name, workdir=..., raw_dir=...)
+    "preprocess": "stages.preprocess",  # for a plugin's tests: preprocess(name, workdir=..., raw_dir=...)
 }
 
 

@@ -1,4 +1,4 @@
-"""The training loop both trainers share (the retriever's in retrieval/train.py, the ranker's in ranking/train.py):
+"""The training loop both trainers share (the retriever's in retrieval/train.py, the ranker's in stages/rank_train.py):
 where a run stands (``Progress``, saved with the resume state), the epochs-of-batches loop with validation, early
 stopping and a step limit (``train_epochs``), what a trainer reports (``Reporter``), and the device it runs on.
 """
@@ -17,7 +17,7 @@ from .errors import ConfigError
 @dataclass
 class Progress:
     """Where a training run stands: the counters saved with the resume state at every validation and restored by
-    ``--resume``. The retriever's trainer (``fit``) and the ranker's (``ranking/train.py``) share it, and the loop."""
+    ``--resume``. The retriever's trainer (``fit``) and the ranker's (``stages/rank_train.py``) share it."""
 
     step: int = 0
     epoch: int = 0

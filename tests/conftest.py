@@ -105,7 +105,7 @@ class ChainPlugin:
 def chain(workdir):
     """The 'chain' dataset, preprocessed into ``workdir``."""
     from llamarec_cli import plugins
-    from llamarec_cli.data.preprocess import preprocess
+    from llamarec_cli.stages.preprocess import preprocess
 
     plugins.register_plugin(ChainPlugin(), name="chain-plugin")
     try:
@@ -117,8 +117,8 @@ def chain(workdir):
 @pytest.fixture
 def chain_with_candidates(chain, workdir):
     """'chain' with a small LRURec trained and its top-10 candidates exported."""
-    from llamarec_cli.retrieval.candidates import export_candidates
-    from llamarec_cli.retrieval.retrieve_train import train_retriever
+    from llamarec_cli.stages.candidates import export_candidates
+    from llamarec_cli.stages.retrieve_train import train_retriever
 
     flags = {"hidden": 16, "val_every": 10, "patience": 2, "max_epochs": 6}
     train_retriever("chain", workdir=workdir, device="cpu", flags=flags)

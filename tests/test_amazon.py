@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 from conftest import write_amazon_ratings, write_meta_2014, write_meta_2018
 
-from llamarec_cli.data.preprocess import preprocess
 from llamarec_cli.errors import DataFormatError
+from llamarec_cli.stages.preprocess import preprocess
 
 CORE_USERS = ["AZ5", "AB2", "AM9", "AA7", "AQ1"]  # file order differs from sorted order on purpose
 CORE_ITEMS = ["B0E", "B0A", "B0D", "B0B", "B0C"]

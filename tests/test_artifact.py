@@ -13,8 +13,8 @@ from conftest import shared_path
 
 from llamarec_cli.data import artifact
 from llamarec_cli.data.artifact import load_dataset
-from llamarec_cli.data.preprocess import preprocess
 from llamarec_cli.errors import ArtifactError, WorkdirError
+from llamarec_cli.stages.preprocess import preprocess
 
 
 def ml_raw():
@@ -54,7 +54,7 @@ def test_killed_preprocess_keeps_the_previous_artifact_intact(workdir, tmp_path)
         "def slow(self, path, **kw):\n"
         "    real(self, path, **kw); print('wrote', flush=True); time.sleep(60)\n"
         "pl.DataFrame.write_parquet = slow\n"
-        "from llamarec_cli.data.preprocess import preprocess\n"
+        "from llamarec_cli.stages.preprocess import preprocess\n"
         f"preprocess('ml-100k', workdir=__import__('pathlib').Path({str(workdir)!r}), "
         f"raw_dir=__import__('pathlib').Path({str(raw)!r}))\n"
     )

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from llamarec_cli.cli import build_app
 from llamarec_cli.data.artifact import load_dataset
-from llamarec_cli.data.preprocess import preprocess
 from llamarec_cli.data.split_import import KEYS, read_split
 from llamarec_cli.errors import ArtifactError, DataFormatError, LlamarecError
+from llamarec_cli.stages.preprocess import preprocess
 
 
 def one_line(exc: BaseException) -> str:
@@ -78,7 +78,7 @@ def test_empty_k_core_says_so_with_the_counts(tmp_path, workdir, users, items, t
 def test_empty_k_core_is_one_line_in_the_cli(tmp_path, workdir, command, monkeypatch):
     # pipeline first checks every stage's options, loading the ranker's tokenizer (a minute's conversion of the
     # default model in a fresh cache): beside the point here, which is its preprocess stage.
-    monkeypatch.setattr("llamarec_cli.pipeline._check_before_work", lambda *args, **kwargs: None)
+    monkeypatch.setattr("llamarec_cli.stages.pipeline._check_before_work", lambda *args, **kwargs: None)
     raw = write_ml(tmp_path / "raw", 4, 4)
     result = cli(command, "ml-100k", "--raw-dir", str(raw), "--workdir", str(workdir))
     assert_one_red_line(result, "nothing survives the 5-core filter", "4 users and 4 items")

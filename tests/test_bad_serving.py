@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from llamarec_cli.cli import build_app
 from llamarec_cli.errors import LlamarecError
-from llamarec_cli.retrieval.retrieve_train import train_retriever
 from llamarec_cli.serving.recommender import CANDIDATES, TitleIndex
 from llamarec_cli.serving.shell import Shell, parse_history
+from llamarec_cli.stages.retrieve_train import train_retriever
 
 TITLES = {
     1: "The Jungle Book (1967)",

@@ -102,8 +102,8 @@ def test_more_candidates_than_letters_is_a_config_error():
 def test_templates_show_with_25_candidates_is_refused_in_one_line(chain, workdir):
     """A user's test request with 25 retrieved candidates (candidates --k 25) cannot be lettered A-T."""
     from llamarec_cli.cli import build_app
-    from llamarec_cli.retrieval.candidates import export_candidates
-    from llamarec_cli.retrieval.retrieve_train import train_retriever
+    from llamarec_cli.stages.candidates import export_candidates
+    from llamarec_cli.stages.retrieve_train import train_retriever
 
     flags = {"hidden": 16, "val_every": 10, "patience": 1, "max_epochs": 1}
     train_retriever("chain", workdir=workdir, device="cpu", flags=flags)
@@ -198,7 +198,7 @@ def test_quiet_libraries_silences_their_logs_bars_and_warnings(restored_library_
     assert os.environ["TRANSFORMERS_VERBOSITY"] == "error"
     # llamarec's own warnings and errors, and the libraries' errors, still show
     with warnings.catch_warnings(record=True) as caught:
-        warnings.warn_explicit("mine", UserWarning, "x.py", 1, module="llamarec_cli.ranking.train", registry={})
+        warnings.warn_explicit("mine", UserWarning, "x.py", 1, module="llamarec_cli.stages.rank_train", registry={})
     assert [str(w.message) for w in caught] == ["mine"]
     assert logging.getLogger("transformers.modeling_utils").isEnabledFor(logging.ERROR)
 

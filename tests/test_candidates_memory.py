@@ -39,7 +39,7 @@ def test_candidate_export_memory_does_not_grow_with_users_times_items(workdir):
     import torch
 
     from llamarec_cli.retrieval.lru import LRURec, LRURecConfig
-    from llamarec_cli.retrieval.retrieve_train import write_checkpoint
+    from llamarec_cli.stages.retrieve_train import write_checkpoint
 
     dataset = wide_dataset(workdir)
     torch.manual_seed(0)
@@ -49,8 +49,8 @@ def test_candidate_export_memory_does_not_grow_with_users_times_items(workdir):
         import resource, json
         from pathlib import Path
         from llamarec_cli.data.artifact import load_dataset
-        from llamarec_cli.retrieval.retrieve_train import load_retriever
-        from llamarec_cli.retrieval.candidates import export_candidates
+        from llamarec_cli.stages.retrieve_train import load_retriever
+        from llamarec_cli.stages.candidates import export_candidates
         workdir = Path({str(workdir)!r})
         load_retriever(workdir, load_dataset(workdir, "wide"), "lrurec")
         loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

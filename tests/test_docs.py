@@ -8,7 +8,7 @@ import sys
 from conftest import REPO
 
 from llamarec_cli import plugins
-from llamarec_cli.data.preprocess import preprocess
+from llamarec_cli.stages.preprocess import preprocess
 
 
 def python_block_after(markdown: str, marker: str) -> str:

@@ -124,7 +124,7 @@ def test_a_huge_size_is_one_line(chain, workdir, setting):
 
 def test_a_diverging_retriever_stops_and_keeps_the_old_checkpoint(chain, workdir):
     from llamarec_cli.retrieval.checkpoint import partial_dir, retriever_dir
-    from llamarec_cli.retrieval.retrieve_train import train_retriever
+    from llamarec_cli.stages.retrieve_train import train_retriever
 
     train_retriever("chain", workdir=workdir, device="cpu", flags=FAST_RETRIEVER)
     weights = retriever_dir(workdir, "chain", "lrurec") / "model.safetensors"
@@ -145,10 +145,10 @@ def trained(tmp_path_factory, tiny_llama_dir):
     from conftest import ChainPlugin
 
     from llamarec_cli import plugins
-    from llamarec_cli.data.preprocess import preprocess
-    from llamarec_cli.ranking.train import train_ranker
-    from llamarec_cli.retrieval.candidates import export_candidates
-    from llamarec_cli.retrieval.retrieve_train import train_retriever
+    from llamarec_cli.stages.candidates import export_candidates
+    from llamarec_cli.stages.preprocess import preprocess
+    from llamarec_cli.stages.rank_train import train_ranker
+    from llamarec_cli.stages.retrieve_train import train_retriever
 
     workdir = tmp_path_factory.mktemp("trained")
     plugins.register_plugin(ChainPlugin(), name="chain-plugin")
@@ -165,11 +165,11 @@ def trained(tmp_path_factory, tiny_llama_dir):
 def load_each(workdir):
     """What each artifact's loader gives, reduced to what a user would see change."""
     from llamarec_cli.data.artifact import load_dataset
-    from llamarec_cli.ranking.evaluate import load_ranker
-    from llamarec_cli.retrieval.candidates import load_candidates
     from llamarec_cli.retrieval.data import eval_set
     from llamarec_cli.retrieval.evaluate import evaluate
-    from llamarec_cli.retrieval.retrieve_train import load_retriever
+    from llamarec_cli.stages.candidates import load_candidates
+    from llamarec_cli.stages.evaluate import load_ranker
+    from llamarec_cli.stages.retrieve_train import load_retriever
 
     dataset = load_dataset(workdir, "chain")
     model, manifest = load_retriever(workdir, dataset, "lrurec")
@@ -289,7 +289,7 @@ def test_random_bytes_never_give_a_traceback_or_other_results(trained, tmp_path,
 
 def test_evaluate_refuses_an_adapter_folder_that_is_not_one(trained, tmp_path, chain_registered):
     from llamarec_cli.data.artifact import load_dataset
-    from llamarec_cli.ranking.evaluate import load_ranker
+    from llamarec_cli.stages.evaluate import load_ranker
 
     dataset = load_dataset(trained, "chain")
     with pytest.raises(ArtifactError, match="not a PEFT adapter folder"):
@@ -316,7 +316,7 @@ def test_a_second_run_on_the_same_artifact_is_refused_with_the_first_ones_pid(tm
 
 def test_a_run_that_failed_before_training_does_not_block_the_next(chain, workdir):
     from llamarec_cli.retrieval.checkpoint import partial_dir
-    from llamarec_cli.retrieval.retrieve_train import train_retriever
+    from llamarec_cli.stages.retrieve_train import train_retriever
 
     partial = partial_dir(workdir, "chain", "lrurec")
     partial.mkdir(parents=True)
@@ -346,7 +346,7 @@ def os_message(code):
 
 
 def test_an_unwritable_work_directory_is_refused_before_the_work(chain, workdir):
-    from llamarec_cli.retrieval.retrieve_train import train_retriever
+    from llamarec_cli.stages.retrieve_train import train_retriever
 
     (workdir / "chain" / "retriever").write_text("a file where the folder goes")  # fails for root too, unlike chmod
     with pytest.raises(WorkdirError, match="Cannot write to .*retriever"):
@@ -357,7 +357,7 @@ def test_an_unwritable_work_directory_is_refused_before_the_work(chain, workdir)
 
 
 def test_rank_train_resume_takes_the_saved_config_and_the_hint_works(chain_with_candidates, workdir, tiny_llama_dir):
-    from llamarec_cli.ranking.train import ranker_dir, train_ranker
+    from llamarec_cli.stages.rank_train import ranker_dir, train_ranker
 
     config = fast_config(tiny_llama_dir)
     stopped = train_ranker("chain", workdir=workdir, config=config, name="mine", device="cpu", stop_after_steps=4)
@@ -373,7 +373,7 @@ def test_rank_train_resume_takes_the_saved_config_and_the_hint_works(chain_with_
 
 
 def test_rank_train_resume_refuses_a_flag_that_changes_the_run(chain_with_candidates, workdir, tiny_llama_dir):
-    from llamarec_cli.ranking.train import train_ranker
+    from llamarec_cli.stages.rank_train import train_ranker
 
     train_ranker("chain", workdir=workdir, config=fast_config(tiny_llama_dir), device="cpu", stop_after_steps=2)
     result = CliRunner().invoke(build_app(), ["rank-train", "chain", "--resume", "--lr", "0.5", "-w", str(workdir)])
@@ -383,8 +383,9 @@ def test_rank_train_resume_refuses_a_flag_that_changes_the_run(chain_with_candid
 def test_an_empty_validation_subset_is_refused_before_the_model_loads(
     chain_with_candidates, workdir, tiny_llama_dir, monkeypatch
 ):
-    from llamarec_cli.ranking import models, train
+    from llamarec_cli.ranking import models
     from llamarec_cli.ranking.examples import Subset
+    from llamarec_cli.stages import rank_train as train
 
     monkeypatch.setattr(train, "valid_subset", lambda dataset, candidates, split, k=None: Subset(split, [], 30))
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded first"))
@@ -396,7 +397,7 @@ def test_an_empty_validation_subset_is_refused_before_the_model_loads(
 def test_a_diverging_ranker_stops_with_one_line(chain_with_candidates, workdir, tiny_llama_dir, monkeypatch, where):
     # A huge lr does not make the tiny model's loss NaN (it saturates at ln |vocab|), so NaN is injected where it
     # would appear: the training loss, or the letter logits at validation.
-    from llamarec_cli.ranking import train
+    from llamarec_cli.stages import rank_train as train
 
     if where == "loss":
         real = train.accumulate_step
@@ -412,7 +413,7 @@ def test_a_diverging_ranker_stops_with_one_line(chain_with_candidates, workdir, 
 
 def test_restart_cannot_delete_a_live_runs_state(chain, workdir):
     from llamarec_cli.retrieval.checkpoint import partial_dir
-    from llamarec_cli.retrieval.retrieve_train import train_retriever
+    from llamarec_cli.stages.retrieve_train import train_retriever
     from llamarec_cli.workspace import run_lock
 
     partial = partial_dir(workdir, "chain", "lrurec")

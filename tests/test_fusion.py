@@ -12,13 +12,13 @@ from typer.testing import CliRunner
 
 from llamarec_cli.cli import build_app
 from llamarec_cli.errors import ConfigError
-from llamarec_cli.ranking.evaluate import evaluate, fused_name, load_ranker
 from llamarec_cli.ranking.examples import valid_subset
 from llamarec_cli.ranking.fusion import GRID, choose_alpha, fuse, fused_ranks, order, rank, resolve_alpha
 from llamarec_cli.ranking.prompts import Example
-from llamarec_cli.ranking.train import ranker_dir, sample, score_subset, train_ranker
-from llamarec_cli.retrieval.candidates import load_candidates
 from llamarec_cli.serving.recommender import Recommender
+from llamarec_cli.stages.candidates import load_candidates
+from llamarec_cli.stages.evaluate import evaluate, fused_name, load_ranker
+from llamarec_cli.stages.rank_train import ranker_dir, sample, score_subset, train_ranker
 
 
 def requests(n=200, k=20, seed=0):

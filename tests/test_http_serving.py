@@ -82,8 +82,8 @@ def chain_dir(tmp_path_factory):
     from conftest import ChainPlugin
 
     from llamarec_cli import plugins
-    from llamarec_cli.data.preprocess import preprocess
-    from llamarec_cli.retrieval.retrieve_train import train_retriever
+    from llamarec_cli.stages.preprocess import preprocess
+    from llamarec_cli.stages.retrieve_train import train_retriever
 
     workdir = tmp_path_factory.mktemp("serve")
     plugins.register_plugin(ChainPlugin(), name="chain-plugin")

@@ -32,8 +32,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("llamarec_cli.data",),
     ("llamarec_cli.retrieval",),
     ("llamarec_cli.ranking",),
+    # the stages as services (preprocess, retrieve-train, candidates, rank-train, evaluate, the pipeline): each
+    # takes a dataset (by name or loaded) and the work directory, and reads what the stages before it wrote
+    ("llamarec_cli.stages",),
     ("llamarec_cli.serving",),
-    ("llamarec_cli.pipeline",),
     (
         "llamarec_cli.cli",
         "llamarec_cli.__main__",

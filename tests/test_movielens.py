@@ -11,9 +11,9 @@ from conftest import shared_path
 from typer.testing import CliRunner
 
 from llamarec_cli.cli import build_app
-from llamarec_cli.data.preprocess import preprocess
 from llamarec_cli.data.readers import read_movielens_titles
 from llamarec_cli.errors import DataFormatError, RawDataMissingError
+from llamarec_cli.stages.preprocess import preprocess
 
 ML_FILES = ("ratings.csv", "movies.csv")
 

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from llamarec_cli import DatasetSpec, hookimpl, plugins
 from llamarec_cli.cli import build_app
-from llamarec_cli.data.preprocess import preprocess
 from llamarec_cli.errors import DuplicateNameError, UnknownNameError
+from llamarec_cli.stages.preprocess import preprocess
 
 USERS = 6
 

@@ -12,12 +12,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llamarec_cli.errors import ConfigError
 from llamarec_cli.ranking import precision
-from llamarec_cli.ranking.evaluate import evaluate, load_ranker
 from llamarec_cli.ranking.models import load_model
 from llamarec_cli.ranking.prompts import Example, PromptEncoder, pad_id
 from llamarec_cli.ranking.scoring import agreement, pass_token_cap, passes, score_examples
 from llamarec_cli.ranking.templates import load_template
-from llamarec_cli.ranking.train import accumulate_step, ranker_dir, train_ranker
+from llamarec_cli.stages.evaluate import evaluate, load_ranker
+from llamarec_cli.stages.rank_train import accumulate_step, ranker_dir, train_ranker
 
 REAL_MATMUL_GFLOPS = precision.matmul_gflops  # taken at import, before conftest pins it for each test
 TITLES = {i: f"Movie number {i} ({1990 + i % 30})" for i in range(1, 41)}

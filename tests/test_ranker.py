@@ -16,14 +16,14 @@ from typer.testing import CliRunner
 from llamarec_cli.cli import build_app
 from llamarec_cli.errors import ArtifactError, ConfigError, DataFormatError
 from llamarec_cli.evaluation.metrics import paired_difference
-from llamarec_cli.ranking.evaluate import evaluate, fused_name, load_ranker
 from llamarec_cli.ranking.examples import random_negative_examples, training_examples, valid_subset
 from llamarec_cli.ranking.prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
 from llamarec_cli.ranking.scoring import score_examples
 from llamarec_cli.ranking.templates import load_template
-from llamarec_cli.ranking.train import label_loss, ranker_dir, train_ranker
 from llamarec_cli.ranking.verbalizer import VerbalizerError, derive_verbalizer
-from llamarec_cli.retrieval.candidates import load_candidates
+from llamarec_cli.stages.candidates import load_candidates
+from llamarec_cli.stages.evaluate import evaluate, fused_name, load_ranker
+from llamarec_cli.stages.rank_train import label_loss, ranker_dir, train_ranker
 
 TITLES = {i: f"Movie number {i} ({1990 + i % 30})" for i in range(1, 41)}
 LLAMA_LETTER_A = 29909  # the piece "A" after "\n"; tokenizer.encode("A") alone is "▁A" (319), the reference's bug
@@ -217,7 +217,7 @@ def test_rank_train_in_4bit_on_cpu(chain_with_candidates, workdir, tiny_llama_di
 
 
 def test_retrieved_negatives_are_the_retrievers_candidates(chain_with_candidates, workdir):
-    from llamarec_cli.retrieval.retrieve_train import load_retriever
+    from llamarec_cli.stages.retrieve_train import load_retriever
 
     retriever, _ = load_retriever(workdir, chain_with_candidates, "lrurec")
     examples = training_examples(

@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 from llamarec_cli.cli import build_app
 from llamarec_cli.errors import ArtifactError, UnknownNameError
-from llamarec_cli.retrieval.candidates import export_candidates, load_candidates
 from llamarec_cli.retrieval.checkpoint import partial_dir, retriever_dir, seal
 from llamarec_cli.retrieval.contract import ConfigError, parse_value
 from llamarec_cli.retrieval.data import eval_set, pad_left, training_windows
 from llamarec_cli.retrieval.lru import LRURec, LRURecConfig
-from llamarec_cli.retrieval.retrieve_train import resolve_config, retriever_class, train_retriever
+from llamarec_cli.stages.candidates import export_candidates, load_candidates
+from llamarec_cli.stages.retrieve_train import resolve_config, retriever_class, train_retriever
 
 FAST = {"hidden": 16, "val_every": 10, "patience": 3, "max_epochs": 12}
 

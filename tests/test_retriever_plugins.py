@@ -12,10 +12,10 @@ from test_docs import python_block_after
 
 from llamarec_cli import plugins
 from llamarec_cli.errors import PluginError
-from llamarec_cli.retrieval.candidates import export_candidates, load_candidates
 from llamarec_cli.retrieval.checkpoint import retriever_dir
 from llamarec_cli.retrieval.dropout import Dropout
-from llamarec_cli.retrieval.retrieve_train import load_retriever, train_retriever
+from llamarec_cli.stages.candidates import export_candidates, load_candidates
+from llamarec_cli.stages.retrieve_train import load_retriever, train_retriever
 
 
 def small_flags(cls) -> dict:

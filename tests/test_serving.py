@@ -12,9 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 from llamarec_cli.cli import build_app
-from llamarec_cli.retrieval.candidates import export_candidates
-from llamarec_cli.retrieval.retrieve_train import train_retriever
 from llamarec_cli.serving.recommender import Recommender, TitleIndex
+from llamarec_cli.stages.candidates import export_candidates
+from llamarec_cli.stages.retrieve_train import train_retriever
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from conftest import shared_path
 from typer.testing import CliRunner
 
 from llamarec_cli.cli import build_app
-from llamarec_cli.data.preprocess import preprocess
 from llamarec_cli.errors import DataFormatError
+from llamarec_cli.stages.preprocess import preprocess
 
 
 @pytest.mark.parametrize(

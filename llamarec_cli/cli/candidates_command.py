@@ -22,7 +22,7 @@ def candidates(
     json_output: Json = False,
 ) -> None:
     """Export the retriever's top-k candidates for every validation and test user, with retrieval metrics."""
-    from ..retrieval.candidates import candidates_paths, export_candidates
+    from ..stages.candidates import candidates_paths, export_candidates
 
     manifest = export_candidates(dataset, workdir=settings.workdir(workdir), retriever=retriever, k=k, device=device)
     if json_output:

@@ -42,7 +42,7 @@ def evaluate(
     json_output: Json = False,
 ) -> None:
     """Rank the test users' candidates and report the subset and overall metrics, ranker next to retriever."""
-    from ..ranking.evaluate import evaluate as run
+    from ..stages.evaluate import evaluate as run
 
     report = run(
         dataset,
@@ -74,7 +74,7 @@ def evaluate(
 
 def print_report(report: dict) -> None:
     """Both views as tables, then whether each order's gain over the retriever's order is more than chance."""
-    from ..ranking.evaluate import paired_lines
+    from ..stages.evaluate import paired_lines
 
     stdout.print(report_table(report, "subset", "valid retrieval subset"))
     stdout.print(report_table(report, "overall", "all test users"))
@@ -85,7 +85,7 @@ def print_report(report: dict) -> None:
 def report_table(report: dict, view: str, title: str):
     from rich.table import Table
 
-    from ..ranking.evaluate import NAMES, REPORT_KS
+    from ..stages.evaluate import NAMES, REPORT_KS
 
     table = Table(title=f"{report['dataset']} test, {title}")
     table.add_column("order")

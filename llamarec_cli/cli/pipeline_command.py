@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import settings
-from ..pipeline import Budget
+from ..stages.pipeline import Budget
 from .config_flags import config_flags
 from .options import Device, Json, Workdir
 from .output import print_json, stderr
@@ -40,8 +40,8 @@ def pipeline(
     json_output: Json = False,
 ) -> None:
     """Run every stage on a CPU-sized budget and print the metrics; run again to continue after an interruption."""
-    from ..pipeline import run_pipeline
-    from ..ranking.train import RANKER_EARLY_STOP_METRIC
+    from ..stages.pipeline import run_pipeline
+    from ..stages.rank_train import RANKER_EARLY_STOP_METRIC
     from .evaluate_command import print_report
     from .progress import RichReporter
 

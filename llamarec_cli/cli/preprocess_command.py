@@ -41,7 +41,7 @@ def preprocess(
     """Build a dataset artifact from raw files and print its statistics (the paper's Table 2)."""
     from rich.table import Table
 
-    from ..data.preprocess import preprocess as run
+    from ..stages.preprocess import preprocess as run
 
     dataset_ = run(
         dataset,

@@ -1,6 +1,6 @@
 """The training progress on stderr: a bar per epoch with the running loss and the last validation figures.
 
-The trainers (``retrieval/train.fit``, ``ranking/train.train_ranker``) report through the ``Reporter`` interface and
+The trainers (``retrieval/train.fit``, ``stages/rank_train.train_ranker``) report through the ``Reporter`` interface and
 print nothing themselves; the CLI commands hand them this one.
 """
 

@@ -60,7 +60,7 @@ def rank_train(
 ) -> None:
     """Fine-tune the LLM ranker with (Q)LoRA on the retriever's candidates; keep the best adapter (PEFT format)."""
     from ..config import parse_sets
-    from ..ranking.train import RANKER_EARLY_STOP_METRIC, ranker_dir, resumed_config, train_ranker
+    from ..stages.rank_train import RANKER_EARLY_STOP_METRIC, ranker_dir, resumed_config, train_ranker
     from .progress import RichReporter
 
     flags |= parse_sets(RankerConfig, set_ or [])
@@ -98,7 +98,7 @@ def rank_train(
 
 def _interrupted(workdir: Path, dataset: str, name: str) -> None:
     from ..layout import Workdir
-    from ..ranking.train import rank_train_command, ranker_dir
+    from ..stages.rank_train import rank_train_command, ranker_dir
 
     if Workdir(workdir).resumable(ranker_dir(workdir, dataset, name)):
         stderr.print(

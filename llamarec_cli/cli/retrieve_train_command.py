@@ -45,7 +45,7 @@ def retrieve_train(
 ) -> None:
     """Train a stage-1 retriever (LRURec by default) with early stopping; save the best checkpoint and its metrics."""
     from ..config import parse_sets
-    from ..retrieval.retrieve_train import retriever_class, train_retriever
+    from ..stages.retrieve_train import retriever_class, train_retriever
     from .progress import RichReporter
 
     cls = retriever_class(retriever)
@@ -72,7 +72,7 @@ def retrieve_train(
             log=lambda message: stderr.print(message, style="dim", highlight=False),
         )
     except KeyboardInterrupt:
-        from ..retrieval.retrieve_train import rerun_command
+        from ..stages.retrieve_train import rerun_command
 
         stderr.print(
             f"Interrupted. Continue from the last validation with: {rerun_command(dataset, retriever)} --resume"
@@ -87,7 +87,7 @@ def retrieve_train(
 def _effective_config(root, dataset: str, cls, retriever: str, flags: dict, resume: bool):
     """What will run: the interrupted run's config on --resume (a flag may not change it), else the defaults, the
     dataset's suggestions and the flags; each value with where it came from."""
-    from ..retrieval.retrieve_train import resolve_config, resumed_config
+    from ..stages.retrieve_train import resolve_config, resumed_config
 
     if resume:
         from ..data.artifact import load_dataset

@@ -70,7 +70,7 @@ def _user_request(workdir, dataset_name: str, user: int | None, retriever: str) 
 
     from ..data.artifact import load_dataset
     from ..errors import ConfigError
-    from ..retrieval.candidates import load_candidates
+    from ..stages.candidates import load_candidates
 
     dataset = load_dataset(workdir, dataset_name)
     candidates, _ = load_candidates(workdir, dataset, retriever)

@@ -20,7 +20,7 @@ from .checkpoint import load_state, optimizer_state, optimizer_tensors, restore_
 from .data import eval_set, pad_left, training_windows
 from .evaluate import evaluate
 
-RETRIEVER_EARLY_STOP_METRIC = "Recall@10"  # the ranker stops on NDCG@10: ranking/train.py
+RETRIEVER_EARLY_STOP_METRIC = "Recall@10"  # the ranker stops on NDCG@10: stages/rank_train.py
 
 
 @dataclass

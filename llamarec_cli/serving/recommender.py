@@ -129,8 +129,8 @@ class Recommender:
         fusion: str = "auto",
     ):
         from ..data.artifact import load_dataset
-        from ..ranking.evaluate import load_ranker, ranker_plan
-        from ..retrieval.retrieve_train import load_retriever
+        from ..stages.evaluate import load_ranker, ranker_plan
+        from ..stages.retrieve_train import load_retriever
 
         self.dataset = load_dataset(workdir, dataset_name)
         # α: the weight of the ranker's log-probabilities against the retriever's (ranking/fusion.py); None: ranker only

@@ -17,10 +17,10 @@ from ..data.artifact import Dataset, load_dataset
 from ..errors import ArtifactError
 from ..files import sha256_of, write_json
 from ..layout import Workdir
+from ..retrieval.checkpoint import read_sealed, retriever_dir, seal
+from ..retrieval.data import eval_set
+from ..retrieval.evaluate import top_k
 from ..workspace import ensure_writable
-from .checkpoint import read_sealed, retriever_dir, seal
-from .data import eval_set
-from .evaluate import top_k
 from .retrieve_train import DEFAULT_RETRIEVER, load_retriever
 
 FORMAT = "llamarec.candidates"

@@ -21,12 +21,12 @@ from ..errors import ArtifactError, ConfigError
 from ..evaluation.metrics import paired_difference
 from ..files import write_json
 from ..layout import Workdir
-from ..retrieval.candidates import load_candidates
+from ..ranking.examples import valid_subset
+from ..ranking.fusion import fused_ranks, order, resolve_alpha
 from ..retrieval.checkpoint import verify_files
 from ..workspace import ensure_writable
-from .examples import valid_subset
-from .fusion import fused_ranks, order, resolve_alpha
-from .train import (
+from .candidates import load_candidates
+from .rank_train import (
     load_ranker_manifest,
     rank_train_command,
     ranker_dir,
@@ -94,9 +94,9 @@ def load_ranker(
 ) -> Ranker:
     """A trained ranker, or a zero-shot one with ``adapter="none"``. ``dtype``: as the ranker was trained (its
     --dtype, usually auto, decided again for this machine) unless given."""
-    from .models import DEFAULT_MODEL, load_model
-    from .prompts import PromptEncoder
-    from .templates import DEFAULT_TEMPLATE, load_template
+    from ..ranking.models import DEFAULT_MODEL, load_model
+    from ..ranking.prompts import PromptEncoder
+    from ..ranking.templates import DEFAULT_TEMPLATE, load_template
 
     manifest = None
     if adapter != "none":

@@ -21,13 +21,13 @@ from ..retrieval.checkpoint import (
     retriever_dir,
     verify_files,
 )
+from ..retrieval.contract import Retriever, RetrieverConfig, build_config
+from ..retrieval.data import eval_set
+from ..retrieval.evaluate import evaluate
+from ..retrieval.train import fit
 from ..training import Reporter, resolve_device
 from ..version import versions
 from ..workspace import run_lock, writing
-from .contract import Retriever, RetrieverConfig, build_config
-from .data import eval_set
-from .evaluate import evaluate
-from .train import fit
 
 DEFAULT_RETRIEVER = "lrurec"
 

@@ -27,7 +27,12 @@ from ..errors import ArtifactError, ConfigError, TrainingDivergedError
 from ..evaluation.metrics import MetricSums
 from ..files import replace_dir, sha256_of, write_json
 from ..layout import Workdir
-from ..retrieval.candidates import candidates_paths, load_candidates
+from ..ranking.config import RankerConfig
+from ..ranking.examples import training_examples, valid_subset
+from ..ranking.fusion import choose_alpha, rank
+from ..ranking.prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
+from ..ranking.scoring import pass_token_cap, passes, score_examples
+from ..ranking.verbalizer import position_ids
 from ..retrieval.checkpoint import (
     finish,
     load_state,
@@ -42,12 +47,7 @@ from ..retrieval.checkpoint import (
 from ..training import Progress, Reporter, resolve_device, train_epochs
 from ..version import versions
 from ..workspace import run_lock
-from .config import RankerConfig
-from .examples import training_examples, valid_subset
-from .fusion import choose_alpha, rank
-from .prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
-from .scoring import pass_token_cap, passes, score_examples
-from .verbalizer import position_ids
+from .candidates import candidates_paths, load_candidates
 
 RANKER_EARLY_STOP_METRIC = "NDCG@10"  # the retriever stops on Recall@10: retrieval/train.py
 FORMAT = "llamarec.ranker"
@@ -152,7 +152,7 @@ def _make_optimizer(params, config: RankerConfig, device: torch.device):
 def _add_lora(loaded, config: RankerConfig, gradient_checkpointing: bool):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    from .models import lora_target_modules
+    from ..ranking.models import lora_target_modules
 
     model = loaded.model
     if loaded.quantization != "none":
@@ -201,8 +201,8 @@ def _train_ranker(
 ) -> dict:
     from accelerate import Accelerator
 
-    from .models import load_model
-    from .templates import load_template
+    from ..ranking.models import load_model
+    from ..ranking.templates import load_template
 
     reporter = reporter or Reporter()
     dataset = load_dataset(workdir, dataset_name)  # a name, or the Dataset the pipeline loaded
@@ -315,7 +315,7 @@ def _training_set(workdir: Path, dataset: Dataset, config: RankerConfig, k: int,
     """The training examples: random negatives, or the retriever's own candidates (``--negatives retrieved``)."""
     retriever = None
     if config.negatives == "retrieved":
-        from ..retrieval.retrieve_train import load_retriever
+        from .retrieve_train import load_retriever
 
         retriever, _ = load_retriever(workdir, dataset, config.retriever, device=str(accelerator.device))
     examples = training_examples(

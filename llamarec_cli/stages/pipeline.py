@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import option
-from .errors import ArtifactError, ConfigError
-from .layout import Workdir
-from .ranking.examples import check_negatives
+from ..config import option
+from ..errors import ArtifactError, ConfigError
+from ..layout import Workdir
+from ..ranking.examples import check_negatives
 
 if TYPE_CHECKING:
-    from .training import Reporter
+    from ..training import Reporter
 
 
 @dataclass
@@ -62,13 +62,13 @@ def run_pipeline(
     ``reporter``: the ranker training's progress reporter; ``retriever_reporter``: makes the retriever training's,
     as ``train_retriever(reporter=...)`` does. The CLI passes its ``RichReporter``; without them nothing is shown.
     """
-    from .data.artifact import load_dataset
-    from .data.preprocess import preprocess
-    from .ranking.evaluate import evaluate
-    from .ranking.train import ranker_dir, train_ranker
-    from .retrieval.candidates import export_candidates, load_candidates
-    from .retrieval.checkpoint import read_manifest, retriever_dir
-    from .retrieval.retrieve_train import train_retriever
+    from ..data.artifact import load_dataset
+    from ..retrieval.checkpoint import read_manifest, retriever_dir
+    from .candidates import export_candidates, load_candidates
+    from .evaluate import evaluate
+    from .preprocess import preprocess
+    from .rank_train import ranker_dir, train_ranker
+    from .retrieve_train import train_retriever
 
     budget = budget or Budget()
     layout = Workdir(workdir)
@@ -124,10 +124,10 @@ def run_pipeline(
 def _check_before_work(dataset: str, model: str, budget: Budget, device: str):
     """Every stage's options, checked before the first stage runs: a bad --batch-size or --model is refused in a
     second, not after preprocessing and an hour of retriever training. Returns the ranker's config."""
-    from .ranking.config import RankerConfig
-    from .ranking.models import load_tokenizer
-    from .retrieval.retrieve_train import resolve_config, retriever_class
-    from .training import resolve_device
+    from ..ranking.config import RankerConfig
+    from ..ranking.models import load_tokenizer
+    from ..training import resolve_device
+    from .retrieve_train import resolve_config, retriever_class
 
     check_negatives(budget.negatives)
     if budget.test_examples is not None and budget.test_examples < 1:
@@ -165,7 +165,7 @@ def release_memory() -> None:
 
 def _finished_ranker(workdir: Path, data) -> dict | None:
     """The manifest of the pipeline's finished ranker, or None if there is none for the current candidates."""
-    from .ranking.train import load_ranker_manifest
+    from .rank_train import load_ranker_manifest
 
     try:
         trained = load_ranker_manifest(workdir, data, "default")
@@ -188,7 +188,7 @@ def _refuse_other_settings(trained: dict, wanted: dict, folder: Path) -> None:
 
 
 def _candidates_sha(workdir: Path, dataset: str) -> str:
-    from .files import sha256_of
-    from .retrieval.candidates import candidates_paths
+    from ..files import sha256_of
+    from .candidates import candidates_paths
 
     return sha256_of(candidates_paths(workdir, dataset, "lrurec")[0])

@@ -6,14 +6,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..data.artifact import Dataset, dataset_dir, write_dataset
+from ..data.pipeline import build_tables, statistics
+from ..data.pipeline import unescape_titles as unescape
+from ..data.rawfiles import resolve_raw_files
+from ..data.split_import import read_split
 from ..files import sha256_of
 from ..version import versions
 from ..workspace import ensure_writable
-from .artifact import Dataset, dataset_dir, write_dataset
-from .pipeline import build_tables, statistics
-from .pipeline import unescape_titles as unescape
-from .rawfiles import resolve_raw_files
-from .split_import import read_split
 
 ID_RULE = (
     "user and item ids are the ranks (from 1) of the original ids in sorted order; equal timestamps are ordered "
