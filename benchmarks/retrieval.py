@@ -215,9 +215,10 @@ def interim(args) -> dict:
     training state; the run itself is left untouched and can go on with --resume)."""
     import torch
 
+    from llamarec_cli.artifacts import load_state
     from llamarec_cli.data.artifact import load_dataset
     from llamarec_cli.layout import STATE_FILE
-    from llamarec_cli.retrieval.checkpoint import load_state, partial_dir
+    from llamarec_cli.retrieval.checkpoint import partial_dir
     from llamarec_cli.retrieval.contract import build_config
     from llamarec_cli.retrieval.data import eval_set, training_windows
     from llamarec_cli.retrieval.evaluate import top_k

@@ -218,7 +218,7 @@ def empty(path):
 
 def edit_manifest(change):
     """An edit sealed anew, as an older or another run would have written it: the checks behind the seal refuse it."""
-    from llamarec_cli.retrieval.checkpoint import seal
+    from llamarec_cli.artifacts import seal
 
     def apply(path):
         manifest = json.loads(path.read_text())

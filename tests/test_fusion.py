@@ -118,7 +118,7 @@ def test_alpha_is_chosen_on_validation_and_used_by_evaluate_and_serving(chain_wi
 
     # Overwrite the stored α with 0 (re-sealed: an edited manifest is refused otherwise): evaluate's fused order and
     # serving's order become the retriever's exactly.
-    from llamarec_cli.retrieval.checkpoint import seal
+    from llamarec_cli.artifacts import seal
 
     path = ranker_dir(workdir, "chain", "default") / "manifest.json"
     stored = json.loads(path.read_text())

@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
         "llamarec_cli.layout",
     ),  # environment, layout
     ("llamarec_cli.config",),  # config dataclasses: option(), checks, --set parsing, layered defaults
+    ("llamarec_cli.artifacts",),  # sealed manifests and their checks, finishing a run, the resume state
     ("llamarec_cli.training",),  # the training loop both trainers share, the reporter protocol, the device
     # the plugin contracts: what a dataset plugin fills in, what a retriever plugin subclasses
     ("llamarec_cli.data.spec", "llamarec_cli.retrieval.contract"),

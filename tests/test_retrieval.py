@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from llamarec_cli.artifacts import seal
 from llamarec_cli.cli import build_app
 from llamarec_cli.errors import ArtifactError, UnknownNameError
-from llamarec_cli.retrieval.checkpoint import partial_dir, retriever_dir, seal
+from llamarec_cli.retrieval.checkpoint import partial_dir, retriever_dir
 from llamarec_cli.retrieval.contract import ConfigError, parse_value
 from llamarec_cli.retrieval.data import eval_set, pad_left, training_windows
 from llamarec_cli.retrieval.lru import LRURec, LRURecConfig

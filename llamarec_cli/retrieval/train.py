@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
+from ..artifacts import load_state, optimizer_state, optimizer_tensors, restore_rng, rng_tensors, save_state
 from ..errors import ArtifactError, TrainingDivergedError
 from ..layout import STATE_FILE
 from ..training import Progress, Reporter, train_epochs
-from .checkpoint import load_state, optimizer_state, optimizer_tensors, restore_rng, rng_tensors, save_state
 from .data import eval_set, pad_left, training_windows
 from .evaluate import evaluate
 

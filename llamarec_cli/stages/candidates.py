@@ -13,11 +13,12 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from ..artifacts import read_sealed, seal
 from ..data.artifact import Dataset, load_dataset
 from ..errors import ArtifactError
 from ..files import sha256_of, write_json
 from ..layout import Workdir
-from ..retrieval.checkpoint import read_sealed, retriever_dir, seal
+from ..retrieval.checkpoint import retriever_dir
 from ..retrieval.data import eval_set
 from ..retrieval.evaluate import top_k
 from ..workspace import ensure_writable

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import verify_files
 from ..data.artifact import Dataset, load_dataset
 from ..errors import ArtifactError, ConfigError
 from ..evaluation.metrics import paired_difference
@@ -23,7 +24,6 @@ from ..files import write_json
 from ..layout import Workdir
 from ..ranking.examples import valid_subset
 from ..ranking.fusion import fused_ranks, order, resolve_alpha
-from ..retrieval.checkpoint import verify_files
 from ..workspace import ensure_writable
 from .candidates import load_candidates
 from .rank_train import (

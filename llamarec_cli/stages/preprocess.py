@@ -38,7 +38,7 @@ def preprocess(
 
     ``log`` receives one line per stage (the CLI prints them on stderr).
     """
-    from .. import plugins  # upward, lazily: tests/test_layers.py says why
+    from .. import plugins  # lazily: the plugins load on first use
 
     spec = plugins.datasets().get(name)
     ensure_writable(workdir, workdir=True)  # before hours of work, not after

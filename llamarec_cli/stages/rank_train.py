@@ -22,6 +22,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..artifacts import (
+    finish,
+    load_state,
+    optimizer_state,
+    optimizer_tensors,
+    read_json,
+    read_sealed,
+    restore_rng,
+    rng_tensors,
+    save_state,
+)
 from ..data.artifact import Dataset, load_dataset
 from ..errors import ArtifactError, ConfigError, TrainingDivergedError
 from ..evaluation.metrics import MetricSums
@@ -33,17 +44,6 @@ from ..ranking.fusion import choose_alpha, rank
 from ..ranking.prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
 from ..ranking.scoring import pass_token_cap, passes, score_examples
 from ..ranking.verbalizer import position_ids
-from ..retrieval.checkpoint import (
-    finish,
-    load_state,
-    optimizer_state,
-    optimizer_tensors,
-    read_json,
-    read_sealed,
-    restore_rng,
-    rng_tensors,
-    save_state,
-)
 from ..training import Progress, Reporter, resolve_device, train_epochs
 from ..version import versions
 from ..workspace import run_lock

@@ -9,18 +9,12 @@ from pathlib import Path
 
 import torch
 
+from ..artifacts import finish, read_json, verify_files
 from ..data.artifact import Dataset, load_dataset
 from ..errors import ArtifactError, ConfigError, TrainingDivergedError
 from ..files import write_json
 from ..layout import Workdir
-from ..retrieval.checkpoint import (
-    finish,
-    partial_dir,
-    read_json,
-    read_manifest,
-    retriever_dir,
-    verify_files,
-)
+from ..retrieval.checkpoint import FORMAT, FORMAT_VERSION, partial_dir, read_manifest, retriever_dir
 from ..retrieval.contract import Retriever, RetrieverConfig, build_config
 from ..retrieval.data import eval_set
 from ..retrieval.evaluate import evaluate
@@ -33,14 +27,14 @@ DEFAULT_RETRIEVER = "lrurec"
 
 
 def retriever_class(name: str) -> type[Retriever]:
-    from .. import plugins  # upward, lazily: tests/test_layers.py says why
+    from .. import plugins  # lazily: the plugins load on first use
 
     return plugins.retrievers().get(name)  # unknown names list the known ones
 
 
 def resolve_config(cls: type[Retriever], dataset: str, flags: dict) -> tuple[RetrieverConfig, dict[str, str]]:
     """Config defaults < the dataset's suggestions < the retriever's per-dataset values < the user's flags."""
-    from .. import plugins  # upward, lazily: tests/test_layers.py says why
+    from .. import plugins  # lazily: the plugins load on first use
 
     registry = plugins.datasets()
     dataset_defaults = dict(registry.get(dataset).retrieval_defaults) if dataset in registry else {}
@@ -174,7 +168,7 @@ def _start_or_resume(workdir, dataset, cls, retriever, flags, resume, restart) -
 
 def write_checkpoint(workdir: Path, dataset: Dataset, name: str, model: Retriever, extra: dict, sources=None) -> dict:
     """Save ``model`` as the complete checkpoint of retriever ``name`` for ``dataset`` (replacing any older one)."""
-    from .. import plugins  # upward, lazily: tests/test_layers.py says why
+    from .. import plugins  # lazily: the plugins load on first use
 
     partial = partial_dir(workdir, dataset.name, name)
     partial.mkdir(parents=True, exist_ok=True)
@@ -189,7 +183,11 @@ def write_checkpoint(workdir: Path, dataset: Dataset, name: str, model: Retrieve
         **extra,
         "versions": versions("torch"),
     }
-    finish(partial, retriever_dir(workdir, dataset.name, name), manifest)
+    finish(
+        partial,
+        retriever_dir(workdir, dataset.name, name),
+        {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest},
+    )
     return manifest
 
 
