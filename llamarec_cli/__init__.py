@@ -19,6 +19,7 @@ _LAZY_API = {
     "RetrieverConfig": "retrieval.contract",
     "Dropout": "retrieval.dropout",  # nn.Dropout drawing a quarter of the random numbers: faster on CPU
     "preprocess": "stages.preprocess",  # for a plugin's tests: preprocess(name, workdir=..., raw_dir=...)
+    "train_retriever": "stages.retrieve_train",  # train_retriever(dataset, workdir=..., retriever=name)
 }
 
 
@@ -46,4 +47,5 @@ __all__ = [
     "hookimpl",
     "option",
     "preprocess",
+    "train_retriever",
 ]

@@ -46,12 +46,7 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 
 # (importing module, imported module or package): the upward imports that stay, each for the reason given.
-EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("llamarec_cli.retrieval.contract", "llamarec_cli.retrieval.train"): (
-        "Retriever.fit(dataset), the plugin guide's convenience for training a retriever by hand, calls the shared "
-        "trainer (lazily, inside the method); the trainer needs the data layer, which the contract must not"
-    ),
-}
+EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path) -> str:

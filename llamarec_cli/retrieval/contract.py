@@ -6,8 +6,8 @@ A retriever is a ``torch.nn.Module`` subclass of :class:`Retriever` with a typed
 - ``loss(windows)``: the training loss of a batch of training windows (B x L item ids, left-padded with 0);
 - ``score(histories)``: scores of every item id for a batch of histories (B x L, left-padded) -> B x (N + 1).
 
-``fit`` (the shared trainer: AdamW, clipping, validation, early stopping, resume), ``save`` and ``load``
-(safetensors + JSON) come from the base class. See docs/plugins.md for a complete example.
+``save`` and ``load`` (safetensors + JSON) come from the base class; llamarec trains it with the shared trainer
+(``retrieve-train``: AdamW, clipping, validation, early stopping, resume). See docs/plugins.md for a complete example.
 """
 
 from __future__ import annotations
@@ -91,12 +91,6 @@ class Retriever(nn.Module):
     def no_decay(self, name: str, param: nn.Parameter) -> bool:
         """Parameters AdamW must not decay: biases and LayerNorm weights (override for other norms)."""
         return param.ndim < 2 or "norm" in name.lower() or name.endswith("bias")
-
-    def fit(self, dataset, **options):
-        """Train on a preprocessed dataset with the shared trainer; see ``llamarec_cli.retrieval.train.fit``."""
-        from .train import fit
-
-        return fit(self, dataset, **options)
 
     def save(self, folder: Path) -> None:
         """Write ``model.safetensors`` and ``config.json`` into ``folder`` (created)."""
