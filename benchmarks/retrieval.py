@@ -112,7 +112,8 @@ def one_run(args) -> dict:
 
     from llamarec_cli.cli.progress import RichReporter
     from llamarec_cli.config import parse_value
-    from llamarec_cli.retrieval.checkpoint import partial_dir
+    from llamarec_cli.layout import Workdir
+    from llamarec_cli.retrieval.checkpoint import retriever_dir
     from llamarec_cli.stages.candidates import export_candidates
     from llamarec_cli.stages.retrieve_train import retriever_class, train_retriever
 
@@ -121,7 +122,7 @@ def one_run(args) -> dict:
     cls = retriever_class(args.retriever)
     flags = {k: parse_value(cls.Config, k, v) for k, v in parse_sets(args.set).items()}
     began = time.perf_counter()
-    resume = args.resume and (partial_dir(workdir, args.dataset, args.retriever) / "run.json").is_file()
+    resume = args.resume and Workdir(workdir).resumable(retriever_dir(workdir, args.dataset, args.retriever))
     manifest = train_retriever(
         args.dataset,
         workdir=workdir,
@@ -217,7 +218,7 @@ def interim(args) -> dict:
 
     from llamarec_cli.artifacts import load_state
     from llamarec_cli.data.artifact import load_dataset
-    from llamarec_cli.layout import STATE_FILE
+    from llamarec_cli.layout import Workdir
     from llamarec_cli.retrieval.checkpoint import partial_dir
     from llamarec_cli.retrieval.contract import build_config
     from llamarec_cli.retrieval.data import eval_set, training_windows
@@ -231,7 +232,7 @@ def interim(args) -> dict:
     cls = retriever_class(args.retriever)
     config, _ = build_config(cls.Config, [("checkpoint", run["config"])])
     model = cls(config, dataset.num_items)
-    tensors, counters = load_state(partial / "training" / STATE_FILE)
+    tensors, counters = load_state(Workdir.state(partial))
     windows = training_windows(list(dataset.sequences("train").values()), config.max_len)
     model.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
     out = {}

@@ -87,6 +87,8 @@ def finish(partial: Path, final: Path, manifest: dict) -> None:
 
     The resume state goes only once the manifest is written: a disk that fills up here leaves a run that ``--resume``
     can still finish."""
+    if "format" not in manifest or "format_version" not in manifest:  # read_sealed would refuse it later
+        raise ValueError("a finished artifact's manifest names its format and format_version")
     files = {name: digest for name, digest in file_hashes(partial).items() if not _run_state(name)}
     manifest = {**manifest, "files": files}
     write_json(partial / "manifest.json", seal(manifest))

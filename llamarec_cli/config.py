@@ -10,7 +10,7 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
@@ -94,3 +94,31 @@ def build_config(config_class: type, layers: list[tuple[str, dict]]) -> tuple[An
         return config_class(**values), sources
     except TypeError as exc:
         raise ConfigError(f"Invalid {config_class.__name__}: {exc}") from exc
+
+
+@dataclass
+class RetrieverConfig:
+    """Training hyper-parameters every retriever shares; a retriever's own config subclasses this."""
+
+    max_len: int = option(50, "Longest history the model reads; longer training sequences are cut into windows.")
+    batch_size: int = option(64, "Training windows per step.")
+    lr: float = option(1e-3, "AdamW learning rate (no schedule).")
+    weight_decay: float = option(0.01, "AdamW weight decay, not applied to biases and LayerNorm weights.")
+    clip: float = option(5.0, "Gradient-norm clipping threshold.")
+    val_every: int = option(500, "Validate every this many steps.")
+    patience: int = option(20, "Stop after this many validations without a better Recall@10.")
+    max_epochs: int = option(500, "Upper bound on passes over the training windows.")
+    seed: int = option(42, "Seed for initialisation, batch order and dropout.")
+
+    def __post_init__(self):
+        check_finite(self)
+        positive = ("max_len", "batch_size", "val_every", "patience", "max_epochs")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.lr <= 0 or self.weight_decay < 0 or self.clip <= 0:
+            raise ConfigError("lr and clip must be positive and weight_decay not negative")
+        check_seed(self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -68,3 +68,14 @@ def test_debug_variable_shows_the_traceback(tmp_path):
     result = run_cli("preprocess", "no-such-dataset", env_extra={"LLAMAREC_DEBUG": "1"}, tmp_path=tmp_path)
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "UnknownNameError" in result.stderr
+
+
+def test_the_cli_starts_without_the_heavy_libraries():
+    """`llamarec --help` and every command's start-up stay fast: torch, polars and numpy load inside the commands."""
+    code = (
+        "import sys; from llamarec_cli.cli import build_app; build_app(); "
+        "print(sorted(m for m in ('torch', 'polars', 'numpy', 'transformers') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import settings
-from ..retrieval.contract import RetrieverConfig
+from ..config import RetrieverConfig
 from .config_flags import config_flags
 from .options import DatasetName, Device, Json, RetrieverName, Workdir
 from .output import metrics_table, print_json, stderr, stdout

@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import settings
-from ..serving.answer import MAX_HISTORY
-from ..serving.batcher import MAX_BATCH, TIMEOUT_S, WAIT_MS
+from ..serving.batcher import MAX_BATCH, MAX_HISTORY, TIMEOUT_S, WAIT_MS
 from .options import Adapter, DatasetName, Device, Dtype, Fusion, Model, Ranker, RetrieverName, Workdir
 from .output import stderr
 

@@ -8,10 +8,16 @@ from typing import Any
 
 from ..config import check_finite, check_seed, option
 from ..errors import ConfigError
-from .examples import NEGATIVES
 from .models import DEFAULT_MODEL, QUANTIZATIONS
 from .precision import DTYPES
 from .templates import DEFAULT_TEMPLATE
+
+NEGATIVES = ("random", "retrieved")  # the training candidates: see RankerConfig.negatives
+
+
+def check_negatives(negatives: str) -> None:
+    if negatives not in NEGATIVES:
+        raise ConfigError(f"Unknown --negatives '{negatives}'. Use one of: {', '.join(NEGATIVES)}.")
 
 
 @dataclass

@@ -17,10 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from ..errors import ConfigError
+from .config import check_negatives
 from .prompts import Example
-
-NEGATIVES = ("random", "retrieved")
 
 
 @dataclass
@@ -77,11 +75,6 @@ def retrieved_examples(
         if target in row:
             examples.append(Example(history, row, row.index(target), user, values.tolist()))
     return examples
-
-
-def check_negatives(negatives: str) -> None:
-    if negatives not in NEGATIVES:
-        raise ConfigError(f"Unknown --negatives '{negatives}'. Use one of: {', '.join(NEGATIVES)}.")
 
 
 def training_examples(

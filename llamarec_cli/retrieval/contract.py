@@ -12,16 +12,14 @@ A retriever is a ``torch.nn.Module`` subclass of :class:`Retriever` with a typed
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..config import build_config, check_finite, check_seed, field_types, option, parse_sets, parse_value
+from ..config import RetrieverConfig, build_config, field_types, option, parse_sets, parse_value
 from ..errors import ConfigError
 from ..files import load_weights, save_tensors
 
@@ -35,34 +33,6 @@ __all__ = [
     "parse_sets",
     "parse_value",
 ]
-
-
-@dataclass
-class RetrieverConfig:
-    """Training hyper-parameters every retriever shares; a retriever's own config subclasses this."""
-
-    max_len: int = option(50, "Longest history the model reads; longer training sequences are cut into windows.")
-    batch_size: int = option(64, "Training windows per step.")
-    lr: float = option(1e-3, "AdamW learning rate (no schedule).")
-    weight_decay: float = option(0.01, "AdamW weight decay, not applied to biases and LayerNorm weights.")
-    clip: float = option(5.0, "Gradient-norm clipping threshold.")
-    val_every: int = option(500, "Validate every this many steps.")
-    patience: int = option(20, "Stop after this many validations without a better Recall@10.")
-    max_epochs: int = option(500, "Upper bound on passes over the training windows.")
-    seed: int = option(42, "Seed for initialisation, batch order and dropout.")
-
-    def __post_init__(self):
-        check_finite(self)
-        positive = ("max_len", "batch_size", "val_every", "patience", "max_epochs")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        if self.lr <= 0 or self.weight_decay < 0 or self.clip <= 0:
-            raise ConfigError("lr and clip must be positive and weight_decay not negative")
-        check_seed(self.seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class Retriever(nn.Module):

@@ -10,8 +10,6 @@ from __future__ import annotations
 from ..errors import LlamarecError
 from .recommender import Match, Recommendation, Recommender, normalize
 
-MAX_HISTORY = 1000  # entries in a request's history: far more than a retriever reads (ml-100k's LRURec reads 200)
-
 
 class HistoryError(LlamarecError):
     """A history entry that names no single item: an unknown, ambiguous or unsure title, or an unknown item id."""

@@ -28,8 +28,8 @@ from starlette.exceptions import HTTPException
 
 from .. import version
 from ..errors import LlamarecError
-from .answer import MAX_HISTORY, answer_json, resolve_history
-from .batcher import MAX_BATCH, TIMEOUT_S, WAIT_MS, Batcher, BusyError
+from .answer import answer_json, resolve_history
+from .batcher import MAX_BATCH, MAX_HISTORY, TIMEOUT_S, WAIT_MS, Batcher, BusyError
 from .recommender import CANDIDATES, Recommender, UnknownUserError
 
 log = logging.getLogger("llamarec.serve")

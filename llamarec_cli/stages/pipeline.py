@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from ..config import option
 from ..errors import ArtifactError, ConfigError
 from ..layout import Workdir
-from ..ranking.examples import check_negatives
+from ..ranking.config import check_negatives
 
 if TYPE_CHECKING:
     from ..training import Reporter
@@ -38,7 +38,7 @@ class Budget:
     batch_size: int = option(4, "Ranker examples per step.")
     # a few dozen steps: a larger step than the paper's 1e-4 (its runs take thousands)
     lr: float = option(5e-4, "Ranker learning rate.")
-    warmup_steps: int = option(4, "Ranker warm-up steps (at most a quarter of the steps when there are few).")
+    warmup_steps: int = option(4, "Ranker warm-up steps (at most the number of training steps).")
     # The retriever's own candidates, in its order, as at test time: at a CPU budget they beat the paper's random
     # negatives by 0.08 NDCG@10 on the ml-100k test subset (benchmarks/results/ranking.md).
     negatives: str = option("retrieved", "Training candidates: the retriever's own (retrieved) or random.")
