@@ -41,6 +41,7 @@ from ..layout import Workdir
 from ..ranking.config import RankerConfig
 from ..ranking.examples import training_examples, valid_subset
 from ..ranking.fusion import choose_alpha, rank
+from ..ranking.precision import DtypeChoice, choose_dtype
 from ..ranking.prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
 from ..ranking.scoring import pass_token_cap, passes, score_examples
 from ..ranking.verbalizer import position_ids
@@ -227,13 +228,15 @@ def _train_ranker(
         reporter = Reporter()  # one progress bar, from the main process
     torch.manual_seed(config.seed)
     template = load_template(config.template, templates_dir)
+    choice = _agreed_dtype(_resumed_dtype(partial, config, accelerator.device) if resume else config.dtype, accelerator)
     loaded = load_model(
         config.model,
         quantization=config.quantization,
         device=str(accelerator.device),
-        dtype=_resumed_dtype(partial, config, accelerator.device) if resume else config.dtype,
+        dtype=choice.dtype,
         trust_remote_code=trust_remote_code,
     )
+    loaded.dtype_reason = choice.reason
     reporter.note(loaded.dtype_reason)
     encoder = PromptEncoder(loaded.tokenizer, template, dataset.titles)
     encoder.verbalizer.ids(k)  # more candidates than letters: refused before any training
@@ -512,6 +515,19 @@ def _check_partial(partial, state_path, dataset: Dataset, config: RankerConfig, 
             f"An interrupted rank-train run exists in {partial}. "
             f"Continue it with: {rerun} --resume (or discard it with --restart)."
         )
+
+
+def _agreed_dtype(requested: str, accelerator) -> DtypeChoice:
+    """One dtype for every process of a run. ``auto`` is decided by the main process and sent to the others: each
+    process's own CPU probe can land on either side of the threshold on a busy machine, and processes computing in
+    different dtypes cannot exchange gradients."""
+    if accelerator.num_processes == 1 or requested != "auto":
+        return choose_dtype(requested, accelerator.device)
+    from accelerate.utils import broadcast_object_list
+
+    decided = [choose_dtype(requested, accelerator.device).to_dict() if accelerator.is_main_process else None]
+    broadcast_object_list(decided)
+    return DtypeChoice(**decided[0])
 
 
 def _resumed_dtype(partial: Path, config: RankerConfig, device: torch.device) -> str:
