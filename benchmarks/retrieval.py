@@ -17,6 +17,7 @@ Run (from the repository root)::
     .venv/bin/python benchmarks/retrieval.py --datasets beauty --set dropout=0.3 --set weight_decay=0
     .venv/bin/python benchmarks/retrieval.py --profile --datasets ml-100k beauty
     .venv/bin/python benchmarks/retrieval.py --throughput --datasets ml-100k beauty games   # steps/s only
+    .venv/bin/python benchmarks/retrieval.py --scale    # 1M items and users: step memory, export (retrieval_scale.py)
     .venv/bin/python benchmarks/retrieval.py --resume          # continue interrupted runs (exact, see --resume)
     .venv/bin/python benchmarks/retrieval.py --grid --resume --datasets games --dropouts 0.3 0.4 0.5
     # finished runs minus the default run, user by user on the same test users (95% paired interval):
@@ -262,17 +263,24 @@ def interim(args) -> dict:
 
 
 def test_ranks(workdir: Path, dataset_name: str, retriever: str) -> list[float]:
-    """The test item's rank for every test user, from a finished checkpoint."""
+    """The test item's exact rank for every test user, from a finished checkpoint (all scores, users in batches)."""
+    import torch
+
     from llamarec_cli.data.artifact import load_dataset
-    from llamarec_cli.evaluation.metrics import ranks
-    from llamarec_cli.retrieval.data import eval_set
-    from llamarec_cli.retrieval.evaluate import scored_batches
+    from llamarec_cli.evaluation.metrics import mask_history, ranks
+    from llamarec_cli.retrieval.data import eval_set, pad_left
     from llamarec_cli.stages.retrieve_train import load_retriever
 
     dataset = load_dataset(workdir, dataset_name)
     model, _ = load_retriever(workdir, dataset, retriever)
-    return [r for _, scores, targets in scored_batches(model, eval_set(dataset, "test"), "cpu")
-            for r in ranks(scores, targets).tolist()]  # fmt: skip
+    data, found = eval_set(dataset, "test"), []
+    with torch.no_grad():
+        for start in range(0, len(data), 256):
+            histories = data.histories[start : start + 256]
+            scores = model.score(pad_left([h[-model.config.max_len :] for h in histories])).float()
+            mask_history(scores, pad_left(histories))
+            found += ranks(scores, torch.tensor(data.targets[start : start + 256])).tolist()
+    return found
 
 
 def paired(args) -> dict:
@@ -501,6 +509,11 @@ def markdown(data: dict) -> str:
 
 
 def main() -> None:
+    if "--scale" in sys.argv:  # a million items and users: benchmarks/retrieval_scale.py
+        sys.path.insert(0, str(Path(__file__).parent))
+        from retrieval_scale import main as scale
+
+        return scale()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["ml-100k", "beauty", "games"])
     parser.add_argument("--retrievers", nargs="+", default=["lrurec"])

@@ -96,6 +96,9 @@ def build_config(config_class: type, layers: list[tuple[str, dict]]) -> tuple[An
         raise ConfigError(f"Invalid {config_class.__name__}: {exc}") from exc
 
 
+RETRIEVER_LOSSES = ("full", "chunked", "sampled")  # retrieval/losses.py
+
+
 @dataclass
 class RetrieverConfig:
     """Training hyper-parameters every retriever shares; a retriever's own config subclasses this."""
@@ -109,9 +112,20 @@ class RetrieverConfig:
     patience: int = option(20, "Stop after this many validations without a better Recall@10.")
     max_epochs: int = option(500, "Upper bound on passes over the training windows.")
     seed: int = option(42, "Seed for initialisation, batch order and dropout.")
+    loss: str = option(
+        "full",
+        "Training loss over the catalogue: full (the paper's softmax over all items), chunked (the same, a slice "
+        "of the items at a time: bounded memory) or sampled (the batch's items and --uniform-negatives uniform ones, "
+        "log-Q corrected: time and memory independent of the catalogue).",
+    )
+    uniform_negatives: int = option(1024, "Uniform negatives per step of --loss sampled, beside the batch's items.")
 
     def __post_init__(self):
         check_finite(self)
+        if self.loss not in RETRIEVER_LOSSES:
+            raise ConfigError(f"Unknown loss '{self.loss}'. Known losses: {', '.join(RETRIEVER_LOSSES)}.")
+        if self.uniform_negatives < 0:
+            raise ConfigError(f"uniform_negatives must not be negative (got {self.uniform_negatives})")
         positive = ("max_len", "batch_size", "val_every", "patience", "max_epochs")
         for name in positive:
             if getattr(self, name) < 1:

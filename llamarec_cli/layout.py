@@ -32,6 +32,9 @@ class Status(StrEnum):
 class Workdir:
     root: Path
 
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))  # library callers may pass a string
+
     def dataset(self, dataset: str) -> Path:
         return self.root / dataset / "dataset"
 

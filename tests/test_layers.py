@@ -24,6 +24,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("llamarec_cli.config",),  # config dataclasses: option(), checks, --set parsing, layered defaults
     ("llamarec_cli.artifacts",),  # sealed manifests and their checks, finishing a run, the resume state
     ("llamarec_cli.training",),  # the training loop both trainers share, the reporter protocol, the device
+    # the catalogue losses a retriever's contract trains with (torch only)
+    ("llamarec_cli.retrieval.losses",),
     # the plugin contracts: what a dataset plugin fills in, what a retriever plugin subclasses
     ("llamarec_cli.data.spec", "llamarec_cli.retrieval.contract"),
     # the plugin manager and its registries: every stage looks its components up by name here; the built-ins are

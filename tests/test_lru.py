@@ -46,7 +46,7 @@ def test_gradients_flow_through_the_scan_and_the_model():
 
     model = LRURec(LRURecConfig(hidden=8), num_items=30)
     items = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5]])
-    model.scores(model(items)).logsumexp(-1).sum().backward()
+    model.score(items).logsumexp(-1).sum().backward()
     for name, param in model.named_parameters():
         assert (
             param.grad is not None

@@ -38,6 +38,10 @@ def test_every_registered_retriever_trains_saves_loads_and_exports(name, chain, 
     export_candidates("chain", workdir=workdir, retriever=name, k=10, device="cpu")
     frame, _ = load_candidates(workdir, chain, name)
     assert frame.height == 2 * chain.users.height and frame["candidates"].list.len().min() == 10
+    if cls.has_item_table():  # the large-catalogue losses go through the contract, not one model's code
+        flags = small_flags(cls) | {"loss": "sampled", "uniform_negatives": 32, "max_epochs": 1}
+        sampled = train_retriever("chain", workdir=workdir, retriever=name, flags=flags, device="cpu")
+        assert sampled["config"]["loss"] == "sampled" and sampled["training"]["steps"] > 0
 
 
 def test_plugin_guide_retriever_example_works(chain, workdir, tmp_path, monkeypatch):
@@ -50,6 +54,9 @@ def test_plugin_guide_retriever_example_works(chain, workdir, tmp_path, monkeypa
     try:
         manifest = train_retriever("chain", workdir=workdir, retriever="bag", flags={"max_epochs": 3}, device="cpu")
         assert manifest["plugin"] == "bag" and manifest["config"]["hidden"] == 64
+        flags = {"max_epochs": 3, "loss": "chunked"}  # the same loss, a slice of the catalogue at a time
+        chunked = train_retriever("chain", workdir=workdir, retriever="bag", flags=flags, device="cpu")
+        assert chunked["metrics"]["test"] == pytest.approx(manifest["metrics"]["test"], abs=1e-4)
         export_candidates("chain", workdir=workdir, retriever="bag", device="cpu")
         assert (retriever_dir(workdir, "chain", "bag") / "model.safetensors").is_file()
     finally:

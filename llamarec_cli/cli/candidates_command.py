@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -25,6 +26,8 @@ def candidates(
     from ..stages.candidates import candidates_paths, export_candidates
 
     manifest = export_candidates(dataset, workdir=settings.workdir(workdir), retriever=retriever, k=k, device=device)
+    if os.environ.get("RANK", "0") != "0":  # another process of an accelerate launch: the main one reports
+        return
     if json_output:
         print_json(manifest)
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -20,7 +21,19 @@ EPILOG = (
 
 @config_flags(
     RetrieverConfig,
-    ["seed", "batch_size", "max_len", "lr", "weight_decay", "clip", "val_every", "patience", "max_epochs"],
+    [
+        "seed",
+        "batch_size",
+        "max_len",
+        "lr",
+        "weight_decay",
+        "clip",
+        "val_every",
+        "patience",
+        "max_epochs",
+        "loss",
+        "uniform_negatives",
+    ],
     defaults={"batch_size": "per dataset", "max_len": "per dataset"},
 )
 def retrieve_train(
@@ -57,7 +70,8 @@ def retrieve_train(
     if show_config:
         stdout.print(config_table(retriever, config, sources, with_help=True))
         return
-    if not json_output:
+    main = os.environ.get("RANK", "0") == "0"  # under accelerate launch, the main process alone speaks
+    if not json_output and main:
         stdout.print(config_table(retriever, config, sources, with_help=False))
     try:
         manifest = train_retriever(
@@ -68,7 +82,7 @@ def retrieve_train(
             device=device,
             resume=resume,
             restart=restart,
-            reporter=None if json_output else RichReporter,
+            reporter=None if json_output or not main else RichReporter,
             log=lambda message: stderr.print(message, style="dim", highlight=False),
         )
     except KeyboardInterrupt:
@@ -78,6 +92,8 @@ def retrieve_train(
             f"Interrupted. Continue from the last validation with: {rerun_command(dataset, retriever)} --resume"
         )
         raise typer.Exit(130) from None
+    if not manifest:  # another process of an accelerate launch: the main one reports
+        return
     if json_output:
         print_json(manifest)
     else:

@@ -1,10 +1,17 @@
 """The Retriever contract: what a stage-1 retriever (built in or from a plugin) implements.
 
 A retriever is a ``torch.nn.Module`` subclass of :class:`Retriever` with a typed config (a dataclass subclass of
-:class:`RetrieverConfig`). It implements two methods:
+:class:`RetrieverConfig`). Most retrievers score an item by the dot product of a query vector with the item's row
+of a table (plus a bias); those implement three methods and get everything else:
 
-- ``loss(windows)``: the training loss of a batch of training windows (B x L item ids, left-padded with 0);
-- ``score(histories)``: scores of every item id for a batch of histories (B x L, left-padded) -> B x (N + 1).
+- ``train_queries(windows)``: for a batch of training windows (B x L item ids, left-padded with 0), the query at
+  every position that predicts an item (P x d) and the item it predicts (P);
+- ``queries(histories)``: the query that predicts the next item after each history (B x L, left-padded) -> B x d;
+- ``item_table()``: the item table ((N + 1) x d, row 0 the padding id) and the per-item bias (N + 1, or None).
+
+With these, every training loss works (``--loss full|chunked|sampled``, retrieval/losses.py) and candidates are
+exported a slice of the catalogue at a time. A retriever that does not score by a dot product implements
+``loss(windows)`` and ``score(histories)`` (B x (N + 1) scores) instead, and trains with the full softmax only.
 
 ``save`` and ``load`` (safetensors + JSON) come from the base class; llamarec trains it with the shared trainer
 (``retrieve-train``: AdamW, clipping, validation, early stopping, resume). See docs/plugins.md for a complete example.
@@ -22,6 +29,7 @@ from torch import nn
 from ..config import RetrieverConfig, build_config, field_types, option, parse_sets, parse_value
 from ..errors import ConfigError
 from ..files import load_weights, save_tensors
+from .losses import full_softmax, item_logits
 
 __all__ = [
     "ConfigError",
@@ -50,13 +58,32 @@ class Retriever(nn.Module):
             raise ValueError("num_items must be positive")
         self.config, self.num_items = config, num_items
 
-    def loss(self, windows: torch.Tensor) -> torch.Tensor:
-        """Mean training loss of B x L training windows (item ids 1..N, left-padded with 0)."""
+    def train_queries(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The queries (P x d) at the positions of B x L training windows that predict an item, and those items (P)."""
         raise NotImplementedError
+
+    def queries(self, histories: torch.Tensor) -> torch.Tensor:
+        """B x d queries for the next item after each history (B x L item ids, left-padded with 0)."""
+        raise NotImplementedError
+
+    def item_table(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The (N + 1) x d item table (row 0: the padding id) and the N + 1 item biases (or None)."""
+        raise NotImplementedError
+
+    @classmethod
+    def has_item_table(cls) -> bool:
+        """Whether this retriever scores by queries and an item table (and so supports every loss)."""
+        own = ("train_queries", "queries", "item_table")
+        return all(getattr(cls, name) is not getattr(Retriever, name) for name in own)
+
+    def loss(self, windows: torch.Tensor) -> torch.Tensor:
+        """Mean training loss of B x L training windows (item ids 1..N, left-padded with 0): by default the full
+        softmax over the item table."""
+        return full_softmax(*self.train_queries(windows), *self.item_table())
 
     def score(self, histories: torch.Tensor) -> torch.Tensor:
         """B x (N + 1) scores for the next item after each history (B x L, left-padded); column 0 is padding."""
-        raise NotImplementedError
+        return item_logits(self.queries(histories), *self.item_table())
 
     def no_decay(self, name: str, param: nn.Parameter) -> bool:
         """Parameters AdamW must not decay: biases and LayerNorm weights (override for other norms)."""

@@ -1,19 +1,25 @@
-"""Full-ranking evaluation and top-k export, streaming users in batches.
+"""Full-ranking evaluation and top-k export, streaming users in batches and, for a retriever with an item table,
+the catalogue in slices.
 
-Only one batch of scores (rows x items) exists at a time, and its row count shrinks as the item count grows, so
-peak memory does not depend on users x items (the reference kept every user's full score vector).
+Only one block of scores (rows x items, at most SCORE_BUDGET floats) exists at a time, so peak memory depends on
+neither users x items (the reference kept every user's full score vector) nor, for a retriever that exposes its
+queries and item table, on the catalogue's size. Under ``accelerate launch`` each process ranks its share of the
+users and every process gets all the results back, in the users' order.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
-from ..evaluation.metrics import MetricSums, mask_history, ranks
+from ..evaluation.metrics import KS, MetricSums
 from .data import EvalSet, pad_left
+from .losses import chunk_size, item_logits
 
-SCORE_BUDGET = 1 << 24  # floats in one batch of scores (64 MiB)
+SCORE_BUDGET = 1 << 24  # floats in one block of scores (64 MiB)
 MAX_ROWS = 512
 
 
@@ -21,42 +27,126 @@ def rows_per_batch(num_items: int) -> int:
     return max(1, min(MAX_ROWS, SCORE_BUDGET // (num_items + 1)))
 
 
+@dataclass
+class Ranked:
+    """One batch of users: each target's 1-based rank among the unseen items, and (when asked) the top-k."""
+
+    ranks: torch.Tensor  # B, float64: exact up to max(k, 20) + 1, +inf beyond
+    items: torch.Tensor  # B x k item ids (int32), best first; -inf scores where fewer than k items are unseen
+    scores: torch.Tensor  # B x k
+
+
+def _score_blocks(model, inputs: torch.Tensor, targets: torch.Tensor):
+    """(the targets' scores, an iterator of (first item id, scores B x items)) over the catalogue."""
+    if not model.has_item_table():
+        scores = model.score(inputs).float()
+        return scores.gather(1, targets[:, None]).squeeze(1), iter([(0, scores)])
+    table, bias = model.item_table()
+    queries = model.queries(inputs)
+    target_scores = (queries * table[targets]).sum(dim=1) + (0 if bias is None else bias[targets])
+    chunk = chunk_size(queries.size(0), table.size(0))
+
+    def blocks():
+        for start in range(0, table.size(0), chunk):
+            part = slice(start, start + chunk)
+            yield start, item_logits(queries, table[part], None if bias is None else bias[part]).float()
+
+    return target_scores.float(), blocks()
+
+
 @torch.no_grad()
-def scored_batches(model, data: EvalSet, device) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
-    """(rows, masked scores B x (N+1), targets B) per batch: history and padding scored -inf."""
+def _rank_batch(model, histories: list[list[int]], targets: torch.Tensor, k: int) -> Ranked:
+    """Rank one batch of users over the whole catalogue, one block of items at a time, keeping only each user's
+    best ``max(k, 20) + 1`` items: a target's rank is exact (as ``metrics.ranks`` counts it: ties and NaN before the
+    target) whenever it is within them, and +inf beyond, which is all the metrics @5/10/20 need. A target in the
+    history, or scored NaN or +inf, ranks last."""
+    device = targets.device
+    depth = max(k, max(KS)) + 1
+    inputs = pad_left([h[-model.config.max_len :] for h in histories]).to(device)
+    seen = pad_left(histories).to(device)  # 0 (the padding id) is masked like a seen item
+    target_scores, blocks = _score_blocks(model, inputs, targets)
+    broken = target_scores.isnan() | target_scores.isposinf()
+    target_scores = target_scores.masked_fill((seen == targets[:, None]).any(dim=1), -math.inf)
+    rows = torch.arange(len(histories), device=device)
+    best_scores = torch.empty(len(histories), 0, device=device)
+    best_items = torch.empty(len(histories), 0, dtype=torch.long, device=device)
+    total = 0
+    for start, scores in blocks:
+        width = scores.size(1)
+        total += width
+        local = targets - start
+        here = (local >= 0) & (local < width)
+        scores[rows[here], local[here]] = target_scores[here]  # the target counts itself, whatever the route
+        local = seen - start
+        inside = (local >= 0) & (local < width)
+        scores[rows[:, None].expand_as(seen)[inside], local[inside]] = -math.inf
+        top = scores.topk(min(depth, width), dim=1)
+        merged = torch.cat([best_scores, top.values], dim=1)
+        order = merged.topk(min(depth, merged.size(1)), dim=1).indices  # NaN first, as a rank counts it
+        best_scores = merged.gather(1, order)
+        best_items = torch.cat([best_items, top.indices + start], dim=1).gather(1, order)
+    ahead = ((best_scores >= target_scores[:, None]) | best_scores.isnan()).sum(dim=1)
+    exact = (ahead < depth) | (total <= depth)  # the whole catalogue was kept, or something ranked below the target
+    ranks = torch.where(exact & ~broken, ahead.double(), math.inf)
+    keep = min(k, total - 1)  # the padding id is never a candidate
+    return Ranked(ranks, best_items[:, :keep].to(torch.int32), best_scores[:, :keep])
+
+
+def ranked_batches(model, data: EvalSet, device, k: int = 0) -> Iterator[tuple[slice, Ranked]]:
+    """(rows of ``data``, their ranks and top-k) per batch of users; the model is put in eval mode meanwhile."""
     was_training = model.training
     model.eval()
     try:
-        step = rows_per_batch(model.num_items)
-        max_len = model.config.max_len
-        for start in range(0, len(data), step):
-            rows = slice(start, start + step)
-            histories = data.histories[rows]
-            inputs = pad_left([h[-max_len:] for h in histories]).to(device)
-            scores = model.score(inputs).float()
-            mask_history(scores, pad_left(histories).to(device))
-            yield rows, scores, torch.as_tensor(data.targets[rows], device=device)
+        rows = MAX_ROWS if model.has_item_table() else rows_per_batch(model.num_items)
+        for start in range(0, len(data), rows):
+            part = slice(start, start + rows)
+            targets = torch.as_tensor(data.targets[part], dtype=torch.long, device=device)
+            yield part, _rank_batch(model, data.histories[part], targets, k)
     finally:
         model.train(was_training)
 
 
-def evaluate(model, data: EvalSet, device) -> dict[str, float]:
+def _ranked(model, data: EvalSet, device, k: int, accelerator=None) -> Ranked:
+    """Every user's rank and top-k; under several processes, each ranks a contiguous share and all get all."""
+    share = data
+    if accelerator is not None and accelerator.num_processes > 1:
+        share = shard(data, accelerator.process_index, accelerator.num_processes)
+    parts = [ranked for _, ranked in ranked_batches(model, share, device, k)]
+    if parts:
+        ranked = Ranked(*(torch.cat(column) for column in zip(*((p.ranks, p.items, p.scores) for p in parts))))
+    else:
+        ranked = Ranked(torch.zeros(0, dtype=torch.float64), torch.zeros(0, k, dtype=torch.int32), torch.zeros(0, k))
+    if share is data:
+        return ranked
+    return Ranked(*(gather_rows(accelerator, t, len(share)) for t in (ranked.ranks, ranked.items, ranked.scores)))
+
+
+def shard(data: EvalSet, index: int, count: int) -> EvalSet:
+    """The ``index``-th of ``count`` contiguous, near-equal shares of the users."""
+    bounds = [len(data) * i // count for i in range(count + 1)]
+    part = slice(bounds[index], bounds[index + 1])
+    return EvalSet(data.split, data.users[part], data.histories[part], data.targets[part])
+
+
+def gather_rows(accelerator, tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """The processes' row blocks concatenated in process order (blocks differ by at most one row: padded to send)."""
+    sizes = accelerator.gather(torch.tensor([rows], device=accelerator.device)).tolist()
+    padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=accelerator.device)
+    padded[:rows] = tensor
+    gathered = accelerator.gather(padded).reshape(len(sizes), max(sizes), *tensor.shape[1:])
+    return torch.cat([block[:size] for block, size in zip(gathered, sizes)]).cpu()
+
+
+def evaluate(model, data: EvalSet, device, accelerator=None) -> dict[str, float]:
     """MRR/NDCG/Recall @5/10/20, exact averages over the users of ``data``."""
     sums = MetricSums()
-    for _, scores, targets in scored_batches(model, data, device):
-        sums.add(ranks(scores, targets).cpu())
+    sums.add(_ranked(model, data, device, 0, accelerator).ranks.cpu())
     return sums.result()
 
 
-def top_k(model, data: EvalSet, device, k: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+def top_k(model, data: EvalSet, device, k: int, accelerator=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Top-k item ids and scores per user (score order) and the full-ranking metrics, in one pass."""
+    ranked = _ranked(model, data, device, k, accelerator)
     sums = MetricSums()
-    items, values = [], []
-    for _, scores, targets in scored_batches(model, data, device):
-        sums.add(ranks(scores, targets).cpu())
-        best = scores.topk(min(k, scores.size(1) - 1), dim=1)
-        items.append(best.indices.cpu().to(torch.int32))
-        values.append(best.values.cpu())
-    if not items:
-        return torch.zeros(0, k, dtype=torch.int32), torch.zeros(0, k), {}
-    return torch.cat(items), torch.cat(values), sums.result()
+    sums.add(ranked.ranks.cpu())
+    return ranked.items.cpu(), ranked.scores.cpu(), sums.result()

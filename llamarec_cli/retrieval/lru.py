@@ -111,7 +111,8 @@ class LRUBlock(nn.Module):
 
 class LRURec(Retriever):
     """Item ids (B x L, left-padded with 0) -> hidden states (B x L x d); scores over all items from tied
-    embeddings plus a per-item bias. Trained with full-softmax cross-entropy at every position."""
+    embeddings plus a per-item bias. Trained with next-item cross-entropy at every position (the paper's full
+    softmax by default)."""
 
     Config = LRURecConfig
     # Chosen on validation Recall@10, as the paper's grid chooses: on all three datasets dropout 0.5 beat the
@@ -144,17 +145,15 @@ class LRURec(Retriever):
             x = block(x, mask)
         return x
 
-    def scores(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Scores of every item id (column 0 is padding) for each hidden state."""
-        return hidden @ self.embedding.weight.T + self.item_bias
+    def item_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tied embeddings and a per-item bias score the items."""
+        return self.embedding.weight, self.item_bias
 
-    def loss(self, windows: torch.Tensor) -> torch.Tensor:
-        """Next-item cross-entropy over all items at every real position of each window."""
+    def train_queries(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-item prediction at every real position of each window."""
         inputs, labels = windows[:, :-1], windows[:, 1:]
-        real = labels > 0
-        # Only real positions get the (P x N) logits: on Amazon most of a window is padding.
-        hidden = self(inputs)[real]
-        return F.cross_entropy(self.scores(hidden), labels[real])
+        real = labels > 0  # on Amazon most of a window is padding: only real positions become queries
+        return self(inputs)[real], labels[real]
 
-    def score(self, histories: torch.Tensor) -> torch.Tensor:
-        return self.scores(self(histories)[:, -1])
+    def queries(self, histories: torch.Tensor) -> torch.Tensor:
+        return self(histories)[:, -1]

@@ -3,6 +3,10 @@
 
 Resume is exact: batch order comes from (seed, epoch), and the model, optimizer and RNG states are saved at each
 validation, so an interrupted run continued with ``resume=True`` ends where an uninterrupted run would have.
+
+Under ``accelerate launch`` (an ``accelerator`` with several processes), each process trains on its share of every
+batch's windows (DDP averages the gradients), ranks its share of the validation users, and keeps its own RNG
+state in the resume file; the main process alone writes.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from pathlib import Path
 import torch
 
 from ..artifacts import load_state, optimizer_state, optimizer_tensors, restore_rng, rng_tensors, save_state
-from ..errors import ArtifactError, TrainingDivergedError
+from ..errors import ArtifactError, ConfigError, TrainingDivergedError
 from ..layout import STATE_FILE
 from ..training import Progress, Reporter, train_epochs
 from .data import eval_set, pad_left, training_windows
 from .evaluate import evaluate
+from .losses import SampledSoftmax, chunked_softmax
 
 RETRIEVER_EARLY_STOP_METRIC = "Recall@10"  # the ranker stops on NDCG@10: stages/rank_train.py
 
@@ -60,6 +65,34 @@ def param_groups(model) -> list[dict]:
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class Objective(torch.nn.Module):
+    """The training loss as a module's forward, so that DDP (which hooks ``forward``) can wrap it."""
+
+    def __init__(self, model, windows: list[list[int]]):
+        super().__init__()
+        self.model = model
+        config = model.config
+        if config.loss != "full" and not model.has_item_table():
+            raise ConfigError(
+                f"{type(model).__name__} trains with its own loss only: --loss {config.loss} needs a retriever that "
+                "implements train_queries, queries and item_table (docs/plugins.md)."
+            )
+        self.sampled = None
+        if config.loss == "sampled":
+            counts = torch.bincount(torch.tensor([i for w in windows for i in w]), minlength=model.num_items + 1)
+            self.sampled = SampledSoftmax(counts, config.uniform_negatives)
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        model, loss = self.model, self.model.config.loss
+        if loss == "full":
+            return model.loss(windows)
+        queries, labels = model.train_queries(windows)
+        table, bias = model.item_table()
+        if loss == "chunked":
+            return chunked_softmax(queries, labels, table, bias)
+        return self.sampled(queries, labels, table, bias)
+
+
 def fit(
     model,
     dataset,
@@ -69,11 +102,13 @@ def fit(
     resume: bool = False,
     reporter: Reporter | None = None,
     stop_after_steps: int | None = None,
+    accelerator=None,
 ) -> TrainResult:
     """Train ``model`` in place on ``dataset``'s training sequences and leave the best weights loaded.
 
     ``state_dir``: where the resumable state goes (saved at every validation); ``resume``: continue from it.
     ``stop_after_steps``: stop (as if interrupted) after this many steps in total; used by tests.
+    ``accelerator``: an ``accelerate.Accelerator`` of several processes (``accelerate launch``), or None.
     """
     config, reporter = model.config, reporter or Reporter()
     device = torch.device(device)
@@ -82,22 +117,27 @@ def fit(
     if not windows:
         raise ArtifactError(f"Dataset '{dataset.name}' has no training sequence of two or more items.")
     val = eval_set(dataset, "val")
+    objective = Objective(model, windows)
     optimizer = torch.optim.AdamW(param_groups(model), lr=config.lr, weight_decay=config.weight_decay)
     batches_per_epoch = -(-len(windows) // config.batch_size)
+    rank, processes = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    if processes > 1:
+        objective = accelerator.prepare(objective)  # DDP: the same initial weights everywhere, gradients averaged
+        torch.manual_seed(config.seed * 1_000_003 + rank)  # each process its own dropout and negatives
 
     progress = Progress()
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if resume and state_dir is not None and (state_dir / STATE_FILE).is_file():
-        progress, best_state = _restore_state(state_dir, model, optimizer, device)
+        progress, best_state = _restore_state(state_dir, model, optimizer, device, rank)
 
     def train_step(order: list[int], batch_index: int) -> float:
         rows = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
-        batch = pad_left([windows[i] for i in rows]).to(device)
-        loss = model.loss(batch)
+        batch = pad_left([windows[i] for i in rows[rank::processes]]).to(device)
+        loss = objective(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-        value = loss.item()
+        value = (accelerator.reduce(loss.detach(), reduction="mean") if processes > 1 else loss).item()
         if not math.isfinite(value):  # stop before the broken weights reach a validation or a checkpoint
             raise TrainingDivergedError(
                 f"The training loss became {value} at step {progress.step + 1}: the run diverged (lr {config.lr})."
@@ -107,12 +147,16 @@ def fit(
 
     def validate(batch_done: int) -> bool:
         nonlocal best_state
-        metrics = evaluate(model, val, device)
+        metrics = evaluate(model, val, device, accelerator)  # the same figures in every process
         if progress.validated(metrics, RETRIEVER_EARLY_STOP_METRIC, batch_done, batches_per_epoch):
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         reporter.validated(progress.step, metrics, progress.best, progress.bad, config.patience)
         if state_dir is not None:
-            _save_state(state_dir, model, best_state, optimizer, progress.counters(batch_done))
+            rng = _gathered_rng(accelerator, device) if processes > 1 else rng_tensors(device)
+            if rank == 0:
+                _save_state(state_dir, model, best_state, optimizer, rng, progress.counters(batch_done))
+            if processes > 1:
+                accelerator.wait_for_everyone()
         return progress.bad >= config.patience
 
     try:
@@ -141,20 +185,36 @@ def fit(
     return TrainResult.of(progress, batches_per_epoch, stopped, interrupted)
 
 
-def _restore_state(state_dir: Path, model, optimizer, device) -> tuple[Progress, dict[str, torch.Tensor]]:
-    """``resume=True``: the model, optimizer and RNG as the last validation left them; the progress and best weights."""
+def _restore_state(state_dir: Path, model, optimizer, device, rank: int) -> tuple[Progress, dict[str, torch.Tensor]]:
+    """``resume=True``: the model, optimizer and RNG as the last validation left them; the progress and best weights.
+    Process ``rank`` of a multi-process run takes its own RNG state (saved as ``rank.<rank>.rng.*``)."""
     tensors, saved = load_state(state_dir / STATE_FILE)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     best_state = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
     optimizer.load_state_dict(optimizer_state(optimizer, tensors, device))
+    own = f"rank.{rank}."
+    if any(k.startswith(own) for k in tensors):
+        tensors = {k.removeprefix(own): v for k, v in tensors.items()}
     restore_rng(tensors, device)
     return Progress.restored(saved), best_state
 
 
-def _save_state(state_dir: Path, model, best_state, optimizer, counters: dict) -> None:
+def _gathered_rng(accelerator, device) -> dict[str, torch.Tensor]:
+    """Every process's RNG state, as ``rank.<i>.rng.*`` tensors (for the main process to save)."""
+    from accelerate.utils import gather_object
+
+    own = {k: v.tolist() for k, v in rng_tensors(device).items()}
+    return {
+        f"rank.{i}.{k}": torch.tensor(v, dtype=torch.uint8)
+        for i, states in enumerate(gather_object([own]))
+        for k, v in states.items()
+    }
+
+
+def _save_state(state_dir: Path, model, best_state, optimizer, rng: dict, counters: dict) -> None:
     """One file: the tensors and, in its metadata, the counters, so they can never disagree."""
     state_dir.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors |= {f"best.{k}": v for k, v in best_state.items()}
-    tensors |= optimizer_tensors(optimizer) | rng_tensors(next(model.parameters()).device)
+    tensors |= optimizer_tensors(optimizer) | rng
     save_state(state_dir / STATE_FILE, tensors, counters)

@@ -3,6 +3,9 @@
 Written to ``<workdir>/<dataset>/candidates/<retriever>.parquet`` (one row per user and split: ``split``, ``user``,
 ``target``, ``candidates`` and ``scores`` in score order, ``hit``) with ``<retriever>.json`` beside it (metrics,
 hit-rate@k, and the checksums of the dataset and the retriever weights, so the ranker can refuse stale candidates).
+
+Runs unchanged under ``accelerate launch``: each process ranks a contiguous share of the users, and the main process
+writes the same file one process would have.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from ..retrieval.checkpoint import retriever_dir
 from ..retrieval.data import eval_set
 from ..retrieval.evaluate import top_k
 from ..workspace import ensure_writable
-from .retrieve_train import DEFAULT_RETRIEVER, load_retriever
+from .retrieve_train import DEFAULT_RETRIEVER, launched_accelerator, load_retriever
 
 FORMAT = "llamarec.candidates"
 FORMAT_VERSION = 1
@@ -43,12 +46,15 @@ def export_candidates(
     dataset_name = dataset.name
     parquet, manifest_path = candidates_paths(workdir, dataset_name, retriever)
     ensure_writable(parquet.parent)
-    model, retriever_manifest = load_retriever(workdir, dataset, retriever, device)
+    accelerator = launched_accelerator(device)
+    model, retriever_manifest = load_retriever(
+        workdir, dataset, retriever, str(accelerator.device) if accelerator else device
+    )
     device_ = next(model.parameters()).device
     frames, summary = [], {}
     for split in SPLITS:
         data = eval_set(dataset, split)
-        items, scores, metrics = top_k(model, data, device_, k)
+        items, scores, metrics = top_k(model, data, device_, k, accelerator)
         keep = torch.isfinite(scores)  # a user who has seen almost everything has fewer than k unseen items
         candidates = [row[mask].tolist() for row, mask in zip(items, keep)]
         frame = pl.DataFrame(
@@ -64,6 +70,9 @@ def export_candidates(
         hit_rate = frame["hit"].mean() if frame.height else 0.0
         summary[split] = {"users": frame.height, "hits": int(frame["hit"].sum()), "hit_rate": hit_rate, **metrics}
 
+    if accelerator is not None and not accelerator.is_main_process:
+        accelerator.wait_for_everyone()  # until the main process has written
+        return read_sealed(manifest_path, "", format=FORMAT, version=FORMAT_VERSION)
     tmp = parquet.with_name(f".{parquet.name}.tmp-{os.getpid()}")
     pl.concat(frames).write_parquet(tmp, compression="zstd")
     os.replace(tmp, parquet)
@@ -80,6 +89,8 @@ def export_candidates(
     }
     manifest = seal(manifest)
     write_json(manifest_path, manifest)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     return manifest
 
 

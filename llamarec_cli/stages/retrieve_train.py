@@ -1,10 +1,16 @@
-"""``llamarec retrieve-train`` as a library call: resolve the config, train, evaluate, write the checkpoint."""
+"""``llamarec retrieve-train`` as a library call: resolve the config, train, evaluate, write the checkpoint.
+
+Runs unchanged under ``accelerate launch`` on several GPUs, machines or CPU processes: the processes share each batch
+and the validation users (``retrieval/train.py``), and the main process alone holds the lock and writes.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -42,9 +48,11 @@ def resolve_config(cls: type[Retriever], dataset: str, flags: dict) -> tuple[Ret
     return build_config(cls.Config, layers)
 
 
-def resumed_config(workdir: Path, dataset: Dataset, retriever: str, flags: dict) -> tuple[RetrieverConfig, dict]:
+def resumed_config(
+    workdir: Path, dataset: Dataset, retriever: str, flags: dict, resume: bool = True
+) -> tuple[RetrieverConfig, dict]:
     """The config of the interrupted run that ``--resume`` continues. Its values stand: a flag that contradicts one
-    is refused rather than mixed in."""
+    is refused rather than mixed in. (``resume=False``: the fresh run's, as the main process of several wrote it.)"""
     partial = partial_dir(workdir, dataset.name, retriever)
     rerun = rerun_command(dataset.name, retriever)
     if not (partial / "run.json").is_file():
@@ -55,8 +63,10 @@ def resumed_config(workdir: Path, dataset: Dataset, retriever: str, flags: dict)
             f"The interrupted run in {partial} was on another version of dataset '{dataset.name}' (or its run.json "
             f"is damaged). Start afresh: {rerun} --restart"
         )
-    config, _ = build_config(retriever_class(retriever).Config, [("checkpoint", saved["config"]), ("flag", flags)])
-    changed = [f"{k}={saved['config'][k]}" for k, v in config.to_dict().items() if saved["config"][k] != v]
+    layers = [("checkpoint", saved["config"])] + ([("flag", flags)] if resume else [])
+    config, _ = build_config(retriever_class(retriever).Config, layers)
+    before = {**config.to_dict(), **saved["config"]}  # a setting newer than the run has its default
+    changed = [f"{k}={before[k]}" for k, v in config.to_dict().items() if before[k] != v]
     if changed:
         raise ArtifactError(
             f"--resume continues a run with {', '.join(changed)}; "
@@ -87,10 +97,19 @@ def train_retriever(
     dataset_name = dataset.name
     cls = retriever_class(retriever)
     device_ = resolve_device(device)
+    accelerator = launched_accelerator(device)
+    if accelerator is not None:
+        device_ = accelerator.device
+    main = accelerator is None or accelerator.is_main_process
     partial = partial_dir(workdir, dataset_name, retriever)
     what = f"retrieve-train of '{retriever}' on {dataset_name}"
-    with run_lock(partial.parent, retriever, what):
-        config, sources = _start_or_resume(workdir, dataset, cls, retriever, flags or {}, resume, restart)
+    with run_lock(partial.parent, retriever, what) if main else nullcontext():
+        if main:
+            config, sources = _start_or_resume(workdir, dataset, cls, retriever, flags or {}, resume, restart)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()  # the main process has checked and written run.json
+            if not main:
+                config, sources = resumed_config(workdir, dataset, retriever, flags or {}, resume=resume)
         log(f"Training {retriever} on {dataset_name} ({dataset.num_items:,} items) on {device_}.")
         torch.manual_seed(config.seed)
         try:
@@ -100,7 +119,7 @@ def train_retriever(
             raise ConfigError(
                 f"Cannot build {retriever} with this config ({first}): is a size setting too large?"
             ) from None
-        progress_reporter = reporter(config.max_epochs) if reporter else Reporter()
+        progress_reporter = reporter(config.max_epochs) if reporter and main else Reporter()
         began = time.perf_counter()
         try:
             result = fit(
@@ -111,9 +130,11 @@ def train_retriever(
                 resume=resume,
                 reporter=progress_reporter,
                 stop_after_steps=stop_after_steps,
+                accelerator=accelerator,
             )
         except TrainingDivergedError as exc:
-            shutil.rmtree(partial, ignore_errors=True)  # resuming it would only diverge again
+            if main:
+                shutil.rmtree(partial, ignore_errors=True)  # resuming it would only diverge again
             raise TrainingDivergedError(
                 f"{exc} Nothing was saved; the previous checkpoint, if any, is unchanged. "
                 f"Try a lower learning rate: {rerun_command(dataset_name, retriever)} --lr {config.lr / 10:g}"
@@ -122,9 +143,12 @@ def train_retriever(
             log(f"Stopped after {result.steps} steps as asked; continue with --resume.")
             return {}
         metrics = {"val": result.best_metrics}  # measured on these very weights when they became the best
-        metrics["test"] = evaluate(model, eval_set(dataset, "test"), device_)
+        metrics["test"] = evaluate(model, eval_set(dataset, "test"), device_, accelerator)
+        if not main:
+            return {}
         manifest = {
             "device": str(device_),
+            "processes": accelerator.num_processes if accelerator else 1,
             "metrics": metrics,
             "training": {
                 "steps": result.steps,
@@ -138,6 +162,16 @@ def train_retriever(
             },
         }
         return write_checkpoint(workdir, dataset, retriever, model, manifest, sources)
+
+
+def launched_accelerator(device: str):
+    """An ``accelerate.Accelerator`` when this process is one of several started by ``accelerate launch``, else
+    None (one process trains as it always did, with no accelerate in the way)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=device == "cpu")
 
 
 def rerun_command(dataset: str, retriever: str) -> str:

@@ -140,21 +140,23 @@ class BERT4Rec(Retriever):
             x = block(x, mask)
         return x
 
-    def scores(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Scores of item ids 0..N (column 0 is padding; [MASK] is not a candidate) for each hidden state."""
-        projected = F.gelu(self.head(hidden), approximate="tanh")
-        return projected @ self.embedding.weight[: self.num_items + 1].T + self.item_bias
+    def item_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item ids 0..N (0 is padding; [MASK] is not a candidate) and their bias."""
+        return self.embedding.weight[: self.num_items + 1], self.item_bias
 
-    def loss(self, windows: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over all items at the masked positions of each window (its last max_len items)."""
+    def head_queries(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.head(hidden), approximate="tanh")
+
+    def train_queries(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The masked positions of each window (its last max_len items) predict the items masked there."""
         items = windows[:, -self.config.max_len :]
         real = items > 0
         masked = (torch.rand(items.shape, device=items.device) < self.config.mask_prob) & real
         masked[:, -1] |= ~masked.any(dim=1)  # a row without a mask predicts its last item (always real)
         hidden = self(items.masked_fill(masked, self.mask_token))[masked]
-        return F.cross_entropy(self.scores(hidden), items[masked])
+        return self.head_queries(hidden), items[masked]
 
-    def score(self, histories: torch.Tensor) -> torch.Tensor:
+    def queries(self, histories: torch.Tensor) -> torch.Tensor:
         mask = torch.full_like(histories[:, :1], self.mask_token)
         items = torch.cat([histories, mask], dim=1)[:, -self.config.max_len :]
-        return self.scores(self(items)[:, -1])
+        return self.head_queries(self(items)[:, -1])

@@ -160,13 +160,16 @@ class NARM(Retriever):
         states, _ = self.gru(self.embedding_dropout(self.embedding(items.gather(1, index))))
         return states, lengths, index
 
-    def scores(self, global_context: torch.Tensor, local_context: torch.Tensor) -> torch.Tensor:
-        """Scores of every item id (column 0 is padding) for each pair of contexts (... x H each)."""
-        context = self.context_dropout(torch.cat([global_context, local_context], dim=-1))
-        return self.project(context) @ self.embedding.weight.T
+    def item_table(self) -> tuple[torch.Tensor, None]:
+        """The item embeddings (tied) score the items, with no bias."""
+        return self.embedding.weight, None
 
-    def loss(self, windows: torch.Tensor) -> torch.Tensor:
-        """Next-item cross-entropy over all items at every real position, each reading its own prefix."""
+    def context_queries(self, global_context: torch.Tensor, local_context: torch.Tensor) -> torch.Tensor:
+        """B [global; local] for each pair of contexts (... x H each)."""
+        return self.project(self.context_dropout(torch.cat([global_context, local_context], dim=-1)))
+
+    def train_queries(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-item prediction at every real position, each reading its own prefix."""
         order = (windows > 0).sum(dim=1).argsort(descending=True)  # longest first, for AdditiveEnergy
         inputs, labels = windows[order, :-1], windows[order, 1:]
         states, lengths, index = self(inputs)
@@ -174,12 +177,12 @@ class NARM(Retriever):
         causal = torch.ones(length, length, dtype=torch.bool, device=states.device).tril()
         local = self.attention(states, states, causal[None], lengths=lengths)  # t reads the states 0..t
         real = torch.arange(length, device=states.device) < lengths[:, None]  # right-padded now
-        return F.cross_entropy(self.scores(states[real], local[real]), labels.gather(1, index)[real])
+        return self.context_queries(states[real], local[real]), labels.gather(1, index)[real]
 
-    def score(self, histories: torch.Tensor) -> torch.Tensor:
+    def queries(self, histories: torch.Tensor) -> torch.Tensor:
         states, lengths, _ = self(histories[:, -self.config.max_len :])
         lengths = lengths.clamp(min=1)  # an empty history reads one padding item rather than nothing
         last = states[torch.arange(states.size(0), device=states.device), lengths - 1]  # the global context
         real = torch.arange(states.size(1), device=states.device) < lengths[:, None]
         local = self.attention(last[:, None], states, real[:, None]).squeeze(1)
-        return self.scores(last, local)
+        return self.context_queries(last, local)

@@ -142,16 +142,15 @@ class SASRec(Retriever):
             x = block(x, mask)
         return x
 
-    def scores(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Scores of every item id (column 0 is padding) for each hidden state."""
-        return hidden @ self.embedding.weight.T
+    def item_table(self) -> tuple[torch.Tensor, None]:
+        """The item embeddings (tied) score the items, with no bias."""
+        return self.embedding.weight, None
 
-    def loss(self, windows: torch.Tensor) -> torch.Tensor:
-        """Next-item cross-entropy over all items at every position whose input is a real item."""
+    def train_queries(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-item prediction at every position whose input is a real item."""
         inputs, labels = windows[:, :-1], windows[:, 1:]
-        real = inputs > 0
-        hidden = self(inputs)[real]  # only real positions get the (P x N) logits
-        return F.cross_entropy(self.scores(hidden), labels[real])
+        real = inputs > 0  # only real positions become queries
+        return self(inputs)[real], labels[real]
 
-    def score(self, histories: torch.Tensor) -> torch.Tensor:
-        return self.scores(self(histories[:, -self.config.max_len :])[:, -1])
+    def queries(self, histories: torch.Tensor) -> torch.Tensor:
+        return self(histories[:, -self.config.max_len :])[:, -1]

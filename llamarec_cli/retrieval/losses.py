@@ -1,0 +1,109 @@
+"""The retriever's training losses over the item catalogue, for every retriever that exposes its queries and item
+table (``Retriever.train_queries`` and ``Retriever.item_table``):
+
+- ``full``: the paper's softmax cross-entropy over all N + 1 item ids (METHOD.md §3). Its P x (N + 1) logits and
+  their gradient grow with the catalogue: with a million items one Amazon-sized batch holds gigabytes.
+- ``chunked``: the same loss and the same gradient, computed over slices of the catalogue so that only P x chunk
+  logits exist at a time (the slices are recomputed in the backward pass). Exact, but its time is still the
+  catalogue's.
+- ``sampled``: softmax over the batch's own target items plus ``negatives`` uniform samples, with the log-Q
+  correction (Bengio & Senecal 2008; Yi et al. 2019, "Sampling-bias-corrected neural modeling"): each candidate's
+  logit loses the log of its probability of being in the sampled set, so popular items, which are in-batch
+  negatives more often, are not pushed down for it. Time and memory no longer depend on the catalogue's size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOGITS_BUDGET = 1 << 24  # floats of logits one chunk may hold (64 MiB)
+
+
+def item_logits(queries: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Scores of every row of ``table`` for each query: queries @ table^T (+ bias)."""
+    logits = queries @ table.T
+    return logits if bias is None else logits + bias
+
+
+def full_softmax(queries, labels, table, bias) -> torch.Tensor:
+    return F.cross_entropy(item_logits(queries, table, bias), labels)
+
+
+def chunk_size(rows: int, items: int) -> int:
+    return max(1, min(items, LOGITS_BUDGET // max(rows, 1)))
+
+
+class _ChunkedSoftmax(torch.autograd.Function):
+    """Mean cross-entropy over all rows of ``table``, one slice of ``chunk`` items at a time in both passes."""
+
+    @staticmethod
+    def forward(ctx, queries, labels, table, bias, chunk):
+        lse = torch.full((queries.size(0),), -math.inf, dtype=queries.dtype, device=queries.device)
+        for start in range(0, table.size(0), chunk):
+            part = slice(start, start + chunk)
+            logits = item_logits(queries, table[part], None if bias is None else bias[part])
+            lse = torch.logaddexp(lse, logits.logsumexp(dim=1))
+        target = (queries * table[labels]).sum(dim=1)
+        if bias is not None:
+            target = target + bias[labels]
+        ctx.save_for_backward(queries, labels, table, bias, lse)
+        ctx.chunk = chunk
+        return (lse - target).mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        queries, labels, table, bias, lse = ctx.saved_tensors
+        scale = grad / queries.size(0)
+        grad_queries = torch.zeros_like(queries)
+        grad_table = torch.zeros_like(table)
+        grad_bias = None if bias is None else torch.zeros_like(bias)
+        for start in range(0, table.size(0), ctx.chunk):
+            part = slice(start, start + ctx.chunk)
+            logits = item_logits(queries, table[part], None if bias is None else bias[part])
+            probs = torch.exp(logits - lse[:, None]).mul_(scale)  # d loss / d logits, less the targets' one-hot
+            grad_queries.addmm_(probs, table[part])
+            grad_table[part] = probs.T @ queries
+            if grad_bias is not None:
+                grad_bias[part] = probs.sum(dim=0)
+        grad_queries.sub_(scale * table[labels])
+        grad_table.index_add_(0, labels, -scale * queries)
+        if grad_bias is not None:
+            grad_bias.index_add_(0, labels, (-scale).expand(labels.size(0)).to(bias.dtype))
+        return grad_queries, None, grad_table, grad_bias, None
+
+
+def chunked_softmax(queries, labels, table, bias, chunk: int | None = None) -> torch.Tensor:
+    """The full softmax's loss and gradients without its P x (N + 1) logits."""
+    chunk = chunk or chunk_size(queries.size(0), table.size(0))
+    return _ChunkedSoftmax.apply(queries, labels, table, bias, chunk)
+
+
+class SampledSoftmax:
+    """Softmax over the batch's targets and ``negatives`` uniform items (ids 1..N), log-Q corrected.
+
+    ``item_counts``: how often each item id occurs in the training data (N + 1 entries, id 0 the padding), the
+    in-batch sampling distribution. The candidates are the set of distinct ids drawn; an id's probability of being
+    in that set, for P targets and K uniform draws, is 1 - (1 - p_i)^P (1 - 1/N)^K.
+    """
+
+    def __init__(self, item_counts: torch.Tensor, negatives: int):
+        counts = item_counts.double().clone()
+        counts[0] = 0
+        self.log_miss = torch.log1p(-counts / counts.sum().clamp(min=1))  # log(1 - p_i); p_0 = 0
+        self.num_items = item_counts.numel() - 1
+        self.negatives = negatives
+
+    def log_inclusion(self, ids: torch.Tensor, targets: int) -> torch.Tensor:
+        uniform = self.negatives * math.log1p(-1 / self.num_items) if self.num_items > 1 else -math.inf
+        log_missed = targets * self.log_miss.to(ids.device)[ids] + uniform
+        return torch.log(-torch.expm1(log_missed)).float()  # log(1 - exp(log P(missed)))
+
+    def __call__(self, queries, labels, table, bias) -> torch.Tensor:
+        drawn = torch.randint(1, self.num_items + 1, (self.negatives,), device=labels.device)
+        ids, where = torch.unique(torch.cat([labels, drawn]), return_inverse=True)
+        logits = item_logits(queries, table[ids], None if bias is None else bias[ids])
+        logits = logits - self.log_inclusion(ids, labels.numel()).to(logits.dtype)
+        return F.cross_entropy(logits, where[: labels.numel()])

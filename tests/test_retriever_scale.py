@@ -1,0 +1,161 @@
+"""The retriever past small catalogues and one process: the catalogue losses, ranking a slice of the items at a
+time, and retrieve-train / candidates under ``accelerate launch``."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llamarec_cli.errors import ConfigError
+from llamarec_cli.evaluation.metrics import MetricSums, mask_history, ranks
+from llamarec_cli.retrieval import evaluate as ranking
+from llamarec_cli.retrieval import losses
+from llamarec_cli.retrieval.checkpoint import retriever_dir
+from llamarec_cli.retrieval.data import EvalSet, pad_left
+from llamarec_cli.retrieval.lru import LRURec, LRURecConfig
+from llamarec_cli.stages.candidates import candidates_paths, export_candidates
+from llamarec_cli.stages.retrieve_train import train_retriever
+
+FAST = {"hidden": 16, "val_every": 10, "patience": 3, "max_epochs": 12}
+
+
+def batch(rows=37, items=101, dim=8, seed=0):
+    torch.manual_seed(seed)
+    queries = torch.randn(rows, dim, requires_grad=True)
+    table = torch.randn(items, dim, requires_grad=True)
+    bias = torch.randn(items, requires_grad=True)
+    return queries, torch.randint(1, items, (rows,)), table, bias
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_chunked_softmax_is_the_full_softmax_loss_and_gradient(with_bias):
+    queries, labels, table, bias = batch()
+    bias = bias if with_bias else None
+    inputs = (queries, table) + ((bias,) if with_bias else ())
+    full = losses.full_softmax(queries, labels, table, bias)
+    chunked = losses.chunked_softmax(queries, labels, table, bias, chunk=13)  # 101 items: 8 slices, one short
+    assert chunked.item() == pytest.approx(full.item(), rel=1e-6)
+    for expected, got in zip(torch.autograd.grad(full, inputs), torch.autograd.grad(chunked, inputs)):
+        assert torch.allclose(expected, got, atol=1e-6)
+
+
+def test_chunked_softmax_never_holds_the_full_logits(monkeypatch):
+    queries, labels, table, bias = batch(rows=8, items=1000)
+    widths = []
+    real = losses.item_logits
+    monkeypatch.setattr(losses, "item_logits", lambda q, t, b: widths.append(t.size(0)) or real(q, t, b))
+    monkeypatch.setattr(losses, "LOGITS_BUDGET", 8 * 64)
+    losses.chunked_softmax(queries, labels, table, bias).backward()
+    assert max(widths) == 64 and sum(widths) == 2 * 1000  # every item once forward, once backward
+
+
+def test_sampled_softmax_corrects_by_the_probability_of_being_sampled():
+    counts = torch.tensor([0, 6, 3, 1, 0, 0])  # item 1 is 6x as common as item 3; items 4 and 5 never occur
+    sampled = losses.SampledSoftmax(counts, negatives=4)
+    ids = torch.tensor([1, 3, 5])
+    p = torch.tensor([0.6, 0.1, 0.0], dtype=torch.float64)
+    expected = torch.log(1 - (1 - p) ** 2 * (1 - 1 / 5) ** 4)  # 2 targets, 4 uniform draws over 5 items
+    assert torch.allclose(sampled.log_inclusion(ids, targets=2).double(), expected, atol=1e-6)
+
+    queries, labels, table, bias = batch(rows=16, items=6)
+    torch.manual_seed(3)
+    loss = sampled(queries, labels.clamp(max=3), table, bias)
+    assert math.isfinite(loss.item())
+    loss.backward()
+    assert table.grad[0].abs().sum() == 0  # the padding id is never a sampled candidate
+
+
+def test_each_loss_trains_lrurec_and_a_plugin_without_a_table_is_refused(chain, workdir):
+    for loss in ("chunked", "sampled"):
+        flags = {**FAST, "max_epochs": 4, "loss": loss, "uniform_negatives": 64}
+        manifest = train_retriever("chain", workdir=workdir, device="cpu", flags=flags)
+        assert manifest["config"]["loss"] == loss
+        assert manifest["metrics"]["test"]["Recall@10"] > 0.3  # the chain's next item is learnable; chance is 1/150
+
+    from llamarec_cli.retrieval.contract import Retriever, RetrieverConfig
+    from llamarec_cli.retrieval.train import Objective
+
+    class OwnLoss(Retriever):
+        def loss(self, windows):
+            return torch.zeros(())
+
+    with pytest.raises(ConfigError, match="needs a retriever that implements train_queries, queries and item_table"):
+        Objective(OwnLoss(RetrieverConfig(loss="sampled"), 10), [[1, 2]])
+    with pytest.raises(ConfigError, match="Known losses: full, chunked, sampled"):
+        RetrieverConfig(loss="bpr")
+
+
+def test_ranking_a_slice_of_the_catalogue_at_a_time_gives_the_full_rankings(monkeypatch):
+    torch.manual_seed(0)
+    model = LRURec(LRURecConfig(hidden=16), num_items=500).eval()
+    with torch.no_grad():
+        model.item_bias.normal_()
+    generator = torch.Generator().manual_seed(1)
+    histories = [torch.randint(1, 501, (int(n),), generator=generator).tolist() for n in torch.randint(1, 30, (90,))]
+    targets = torch.randint(1, 501, (90,), generator=generator).tolist()
+    targets[3] = histories[3][0]  # a target already seen ranks last, as in metrics.ranks
+    data = EvalSet("test", list(range(90)), histories, targets)
+    with torch.no_grad():
+        scores = model.score(pad_left([h[-50:] for h in histories])).float()
+    mask_history(scores, pad_left(histories))
+    expected = MetricSums()
+    expected.add(ranks(scores, torch.tensor(targets)))
+    top = scores.topk(7, dim=1)
+
+    monkeypatch.setattr(losses, "LOGITS_BUDGET", 512 * 37)  # slices of 37 items: the target and top-k straddle them
+    items, values, metrics = ranking.top_k(model, data, "cpu", 7)
+    assert metrics == pytest.approx(expected.result())
+    assert torch.equal(items, top.indices.to(torch.int32)) and torch.allclose(values, top.values, atol=1e-5)
+
+
+def launch(*args: str, cwd) -> subprocess.CompletedProcess:
+    """Two CPU processes under ``accelerate launch`` (gloo), as on two GPUs."""
+    command = [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
+        *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"),
+        *args,
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=600, cwd=cwd
+    )
+    assert done.returncode == 0, done.stderr[-6000:]
+    return done
+
+
+def test_retrieve_train_and_candidates_run_on_two_processes(chain, workdir, tmp_path):
+    flags = ["--set", "hidden=16", "--val-every", "10", "--patience", "3", "--max-epochs", "12", "--device", "cpu"]
+    cli = ("-m", "llamarec_cli", "retrieve-train", "chain", "-w", str(workdir), *flags)
+    whole = launch(*cli, "--json", cwd=tmp_path)
+    manifest = __import__("json").loads(whole.stdout)
+    assert manifest["processes"] == 2
+    whole_weights = load_file(retriever_dir(workdir, "chain", "lrurec") / "model.safetensors")
+
+    # Interrupted between validations, then resumed by the CLI: the same weights as the uninterrupted run.
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        "import sys\nfrom llamarec_cli.stages.retrieve_train import train_retriever\n"
+        "flags = {'hidden': 16, 'val_every': 10, 'patience': 3, 'max_epochs': 12}\n"
+        "train_retriever('chain', workdir=sys.argv[1], device='cpu', flags=flags, stop_after_steps=25)\n"
+    )
+    launch(str(script), str(workdir), cwd=tmp_path)
+    launch(*cli, "--resume", "--json", cwd=tmp_path)
+    resumed = load_file(retriever_dir(workdir, "chain", "lrurec") / "model.safetensors")
+    assert all(torch.equal(v, resumed[k]) for k, v in whole_weights.items())
+
+    # Candidates: two processes write what one writes.
+    export_candidates("chain", workdir=workdir, k=10, device="cpu")
+    parquet, _ = candidates_paths(workdir, "chain", "lrurec")
+    alone = pl.read_parquet(parquet)
+    launch("-m", "llamarec_cli", "candidates", "chain", "-w", str(workdir), "--k", "10", "--device", "cpu", cwd=tmp_path)
+    shared = pl.read_parquet(parquet)
+    assert shared.drop("scores").equals(alone.drop("scores"))
+    assert all(
+        a == pytest.approx(b, abs=1e-5) for a, b in zip(shared["scores"].to_list(), alone["scores"].to_list())
+    )
