@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llamarec_cli.errors import ConfigError
+from llamarec_cli.errors import ArtifactError, ConfigError
 from llamarec_cli.evaluation.metrics import MetricSums, mask_history, ranks
 from llamarec_cli.retrieval import evaluate as ranking
 from llamarec_cli.retrieval import losses
@@ -114,8 +114,14 @@ def test_ranking_a_slice_of_the_catalogue_at_a_time_gives_the_full_rankings(monk
     assert metrics == pytest.approx(expected.result())
     assert torch.equal(items, top.indices.to(torch.int32)) and torch.allclose(values, top.values, atol=1e-5)
 
+    with torch.no_grad():
+        model.item_bias[0] = 100.0  # the padding id scores best, and no history here needs padding: still never ranked
+    alone = EvalSet("test", [0, 1], [[5, 6, 7], [8, 9, 10]], [11, 12])
+    items, _, _ = ranking.top_k(model, alone, "cpu", 20)
+    assert items.shape == (2, 20) and not (items == 0).any()
 
-def launch(*args: str, cwd) -> subprocess.CompletedProcess:
+
+def launch(*args: str, cwd, ok: bool = True) -> subprocess.CompletedProcess:
     """Two CPU processes under ``accelerate launch`` (gloo), as on two GPUs."""
     command = [
         *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
@@ -125,7 +131,7 @@ def launch(*args: str, cwd) -> subprocess.CompletedProcess:
     done = subprocess.run(
         command, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=600, cwd=cwd
     )
-    assert done.returncode == 0, done.stderr[-6000:]
+    assert (done.returncode == 0) == ok, done.stderr[-6000:]
     return done
 
 
@@ -145,6 +151,10 @@ def test_retrieve_train_and_candidates_run_on_two_processes(chain, workdir, tmp_
         "train_retriever('chain', workdir=sys.argv[1], device='cpu', flags=flags, stop_after_steps=25)\n"
     )
     launch(str(script), str(workdir), cwd=tmp_path)
+    refused = launch(*cli, cwd=tmp_path, ok=False)  # the main process's refusal ends both, rather than one waiting
+    assert "Continue it with" in refused.stderr and "--resume" in refused.stderr
+    with pytest.raises(ArtifactError, match=r"ran on 2 process\(es\), this one on 1"):
+        train_retriever("chain", workdir=workdir, device="cpu", flags=FAST, resume=True)
     launch(*cli, "--resume", "--json", cwd=tmp_path)
     resumed = load_file(retriever_dir(workdir, "chain", "lrurec") / "model.safetensors")
     assert all(torch.equal(v, resumed[k]) for k, v in whole_weights.items())
@@ -153,9 +163,7 @@ def test_retrieve_train_and_candidates_run_on_two_processes(chain, workdir, tmp_
     export_candidates("chain", workdir=workdir, k=10, device="cpu")
     parquet, _ = candidates_paths(workdir, "chain", "lrurec")
     alone = pl.read_parquet(parquet)
-    launch("-m", "llamarec_cli", "candidates", "chain", "-w", str(workdir), "--k", "10", "--device", "cpu", cwd=tmp_path)
+    launch("-m", "llamarec_cli", "candidates", "chain", "-w", str(workdir), "--k", "10", "--device=cpu", cwd=tmp_path)
     shared = pl.read_parquet(parquet)
     assert shared.drop("scores").equals(alone.drop("scores"))
-    assert all(
-        a == pytest.approx(b, abs=1e-5) for a, b in zip(shared["scores"].to_list(), alone["scores"].to_list())
-    )
+    assert all(a == pytest.approx(b, abs=1e-5) for a, b in zip(shared["scores"].to_list(), alone["scores"].to_list()))

@@ -74,6 +74,8 @@ def _rank_batch(model, histories: list[list[int]], targets: torch.Tensor, k: int
     for start, scores in blocks:
         width = scores.size(1)
         total += width
+        if start == 0:
+            scores[:, 0] = -math.inf  # the padding id, even when no history in the batch needs padding
         local = targets - start
         here = (local >= 0) & (local < width)
         scores[rows[here], local[here]] = target_scores[here]  # the target counts itself, whatever the route
@@ -87,7 +89,8 @@ def _rank_batch(model, histories: list[list[int]], targets: torch.Tensor, k: int
         best_items = torch.cat([best_items, top.indices + start], dim=1).gather(1, order)
     ahead = ((best_scores >= target_scores[:, None]) | best_scores.isnan()).sum(dim=1)
     exact = (ahead < depth) | (total <= depth)  # the whole catalogue was kept, or something ranked below the target
-    ranks = torch.where(exact & ~broken, ahead.double(), math.inf)
+    ranks = torch.where(exact, ahead.double(), math.inf)
+    ranks = torch.where(broken, float(total) if total <= depth else math.inf, ranks)  # last, as metrics.ranks has it
     keep = min(k, total - 1)  # the padding id is never a candidate
     return Ranked(ranks, best_items[:, :keep].to(torch.int32), best_scores[:, :keep])
 
@@ -115,7 +118,10 @@ def _ranked(model, data: EvalSet, device, k: int, accelerator=None) -> Ranked:
     if parts:
         ranked = Ranked(*(torch.cat(column) for column in zip(*((p.ranks, p.items, p.scores) for p in parts))))
     else:
-        ranked = Ranked(torch.zeros(0, dtype=torch.float64), torch.zeros(0, k, dtype=torch.int32), torch.zeros(0, k))
+        width = min(k, model.num_items)  # as a non-empty share's, for the gather
+        ranked = Ranked(
+            torch.zeros(0, dtype=torch.float64), torch.zeros(0, width, dtype=torch.int32), torch.zeros(0, width)
+        )
     if share is data:
         return ranked
     return Ranked(*(gather_rows(accelerator, t, len(share)) for t in (ranked.ranks, ranked.items, ranked.scores)))

@@ -98,7 +98,9 @@ class SampledSoftmax:
 
     def log_inclusion(self, ids: torch.Tensor, targets: int) -> torch.Tensor:
         uniform = self.negatives * math.log1p(-1 / self.num_items) if self.num_items > 1 else -math.inf
-        log_missed = targets * self.log_miss.to(ids.device)[ids] + uniform
+        if self.log_miss.device != ids.device:
+            self.log_miss = self.log_miss.to(ids.device)
+        log_missed = targets * self.log_miss[ids] + uniform
         return torch.log(-torch.expm1(log_missed)).float()  # log(1 - exp(log P(missed)))
 
     def __call__(self, queries, labels, table, bias) -> torch.Tensor:

@@ -5,16 +5,19 @@ Resume is exact: batch order comes from (seed, epoch), and the model, optimizer 
 validation, so an interrupted run continued with ``resume=True`` ends where an uninterrupted run would have.
 
 Under ``accelerate launch`` (an ``accelerator`` with several processes), each process trains on its share of every
-batch's windows (DDP averages the gradients), ranks its share of the validation users, and keeps its own RNG
-state in the resume file; the main process alone writes.
+batch's windows (DDP averages the processes' mean losses' gradients, as DDP does), ranks its share of the
+validation users, and keeps its own RNG state in the resume file; the main process alone writes. A run resumes
+with the number of processes it started with.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..artifacts import load_state, optimizer_state, optimizer_tensors, restore_rng, rng_tensors, save_state
@@ -78,8 +81,9 @@ class Objective(torch.nn.Module):
                 "implements train_queries, queries and item_table (docs/plugins.md)."
             )
         self.sampled = None
-        if config.loss == "sampled":
-            counts = torch.bincount(torch.tensor([i for w in windows for i in w]), minlength=model.num_items + 1)
+        if config.loss == "sampled":  # in-batch negatives are drawn as labels are: by the items' label counts
+            labels = np.fromiter(itertools.chain.from_iterable(w[1:] for w in windows), dtype=np.int64)
+            counts = torch.from_numpy(np.bincount(labels, minlength=model.num_items + 1))
             self.sampled = SampledSoftmax(counts, config.uniform_negatives)
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
@@ -119,8 +123,9 @@ def fit(
     val = eval_set(dataset, "val")
     objective = Objective(model, windows)
     optimizer = torch.optim.AdamW(param_groups(model), lr=config.lr, weight_decay=config.weight_decay)
-    batches_per_epoch = -(-len(windows) // config.batch_size)
     rank, processes = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    # The epoch's last, partial batch, unless it has fewer windows than there are processes to share it.
+    batches_per_epoch = len(windows) // config.batch_size + (len(windows) % config.batch_size >= processes)
     if processes > 1:
         objective = accelerator.prepare(objective)  # DDP: the same initial weights everywhere, gradients averaged
         torch.manual_seed(config.seed * 1_000_003 + rank)  # each process its own dropout and negatives
@@ -128,7 +133,7 @@ def fit(
     progress = Progress()
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if resume and state_dir is not None and (state_dir / STATE_FILE).is_file():
-        progress, best_state = _restore_state(state_dir, model, optimizer, device, rank)
+        progress, best_state = _restore_state(state_dir, model, optimizer, device, rank, processes)
 
     def train_step(order: list[int], batch_index: int) -> float:
         rows = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
@@ -154,7 +159,8 @@ def fit(
         if state_dir is not None:
             rng = _gathered_rng(accelerator, device) if processes > 1 else rng_tensors(device)
             if rank == 0:
-                _save_state(state_dir, model, best_state, optimizer, rng, progress.counters(batch_done))
+                counters = progress.counters(batch_done, processes=processes)
+                _save_state(state_dir, model, best_state, optimizer, rng, counters)
             if processes > 1:
                 accelerator.wait_for_everyone()
         return progress.bad >= config.patience
@@ -185,10 +191,16 @@ def fit(
     return TrainResult.of(progress, batches_per_epoch, stopped, interrupted)
 
 
-def _restore_state(state_dir: Path, model, optimizer, device, rank: int) -> tuple[Progress, dict[str, torch.Tensor]]:
+def _restore_state(state_dir: Path, model, optimizer, device, rank: int, processes: int):
     """``resume=True``: the model, optimizer and RNG as the last validation left them; the progress and best weights.
-    Process ``rank`` of a multi-process run takes its own RNG state (saved as ``rank.<rank>.rng.*``)."""
+    Process ``rank`` of a multi-process run takes its own RNG state (saved as ``rank.<rank>.rng.*``); a run resumes
+    with the number of processes it had, since batches are shared out by it."""
     tensors, saved = load_state(state_dir / STATE_FILE)
+    if saved.get("processes", 1) != processes:
+        raise ArtifactError(
+            f"The interrupted run in {state_dir.parent} ran on {saved.get('processes', 1)} process(es), this one on "
+            f"{processes}: resume it with as many (accelerate launch --num_processes N), or start afresh (--restart)."
+        )
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     best_state = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
     optimizer.load_state_dict(optimizer_state(optimizer, tensors, device))

@@ -10,14 +10,14 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 
 from ..artifacts import finish, read_json, verify_files
 from ..data.artifact import Dataset, load_dataset
-from ..errors import ArtifactError, ConfigError, TrainingDivergedError
+from ..errors import ArtifactError, ConfigError, LlamarecError, TrainingDivergedError
 from ..files import write_json
 from ..layout import Workdir
 from ..retrieval.checkpoint import FORMAT, FORMAT_VERSION, partial_dir, read_manifest, retriever_dir
@@ -103,13 +103,14 @@ def train_retriever(
     main = accelerator is None or accelerator.is_main_process
     partial = partial_dir(workdir, dataset_name, retriever)
     what = f"retrieve-train of '{retriever}' on {dataset_name}"
-    with run_lock(partial.parent, retriever, what) if main else nullcontext():
-        if main:
-            config, sources = _start_or_resume(workdir, dataset, cls, retriever, flags or {}, resume, restart)
-        if accelerator is not None:
-            accelerator.wait_for_everyone()  # the main process has checked and written run.json
-            if not main:
-                config, sources = resumed_config(workdir, dataset, retriever, flags or {}, resume=resume)
+    with ExitStack() as held:
+
+        def begin():  # the main process holds the lock, checks the flags and writes run.json
+            held.enter_context(run_lock(partial.parent, retriever, what))
+            return _start_or_resume(workdir, dataset, cls, retriever, flags or {}, resume, restart)
+
+        begun = main_first(accelerator, begin)
+        config, sources = begun if main else resumed_config(workdir, dataset, retriever, flags or {}, resume=resume)
         log(f"Training {retriever} on {dataset_name} ({dataset.num_items:,} items) on {device_}.")
         torch.manual_seed(config.seed)
         try:
@@ -166,12 +167,34 @@ def train_retriever(
 
 def launched_accelerator(device: str):
     """An ``accelerate.Accelerator`` when this process is one of several started by ``accelerate launch``, else
-    None (one process trains as it always did, with no accelerate in the way)."""
+    None (one process trains as it always did, with no accelerate in the way). The retriever trains in fp32 whatever
+    the user's ``accelerate config`` says: its backward and optimizer do not go through accelerate."""
     if int(os.environ.get("WORLD_SIZE", "1")) < 2:
         return None
     from accelerate import Accelerator
 
-    return Accelerator(cpu=device == "cpu")
+    return Accelerator(cpu=device == "cpu", mixed_precision="no")
+
+
+def main_first(accelerator, step: Callable):
+    """``step()`` on the main process alone, the others waiting; an error there is raised in every process (the
+    others would otherwise wait for it forever). Returns the step's result on the main process, None elsewhere."""
+    if accelerator is None:
+        return step()
+    result, error = None, None
+    if accelerator.is_main_process:
+        try:
+            result = step()
+        except LlamarecError as exc:
+            error = exc
+    from accelerate.utils import broadcast_object_list
+
+    message = broadcast_object_list([None if error is None else str(error)])[0]
+    if error is not None:
+        raise error
+    if message is not None:
+        raise LlamarecError(message)
+    return result
 
 
 def rerun_command(dataset: str, retriever: str) -> str:
