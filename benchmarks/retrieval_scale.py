@@ -12,8 +12,8 @@ Then, each in its own subprocess so that its peak memory (``ru_maxrss``) is its 
   added on top of the loaded data (the step's own memory); the step is fit's (objective, backward, clipping,
   AdamW);
 - ``llamarec candidates`` (``export_candidates``) of an untrained LRURec for every validation and test user:
-  wall time and peak RSS, at ``--users`` users and at a tenth of them (the same items), to show that memory does
-  not grow with users x items.
+  wall time and peak RSS, at ``--export-users`` users (default ``--users``) and at a tenth of them (the same
+  items), to show that memory does not grow with users x items, and the time per user query.
 
 Also measured here, in the same run: the fp32 and bf16 matmul rates of the scoring shape, for the arithmetic floor
 of the export (2 x users x items x d FLOP per split). Results go to ``benchmarks/results/retrieval-scale.{json,md}``.
@@ -211,15 +211,19 @@ def markdown(data: dict) -> str:
             f"{run['rss_after_loading_gib']:.2f} GiB | {run['step_added_gib']:.2f} GiB |"
         )
     lines += ["", "## Candidate export (`llamarec candidates`, top 20, every validation and test user)", ""]
-    lines += ["| users | user queries | time | peak RSS | floor (bf16 / fp32) |", "|---:|---:|---:|---:|---:|"]
+    lines += [
+        "| users | user queries | time | per 1,000 queries | peak RSS | floor (bf16 / fp32) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for run in data["exports"]:
         if "failed" in run:
-            lines.append(f"| ? | failed: {run['failed']} | | | |")
+            lines.append(f"| ? | failed: {run['failed']} | | | | |")
             continue
         flop = 2 * run["user_queries"] * d["items"] * 64
         floors = f"{flop / rates['bfloat16'] / 1e9:.0f} s / {flop / rates['float32'] / 1e9:.0f} s"
+        per_thousand = 1000 * run["seconds"] / run["user_queries"]
         lines.append(
-            f"| {run['users']:,} | {run['user_queries']:,} | {run['seconds']:.0f} s | "
+            f"| {run['users']:,} | {run['user_queries']:,} | {run['seconds']:.0f} s | {per_thousand:.2f} s | "
             f"{run['peak_rss_gib']:.2f} GiB | {floors} |"
         )
     lines += [
@@ -239,6 +243,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
     parser.add_argument("--no-export", action="store_true", help="measure the training steps only")
+    parser.add_argument("--export-users", type=int, help="users of the export's dataset (default: --users)")
     parser.add_argument("--workdir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "llamarec-bench-scale"))
     parser.add_argument("--child", choices=("step", "export"), help=argparse.SUPPRESS)
     parser.add_argument("--loss", help=argparse.SUPPRESS)
@@ -269,9 +274,12 @@ def main() -> None:
         print(loss, run, flush=True)
         data["steps"].append(run | {"loss": loss})
     if not args.no_export:
-        small = f"{NAME}-tenth"
-        generate(workdir, small, max(args.users // 10, 1), args.items, seed=1)
-        for name in (small, NAME):
+        users = args.export_users or args.users
+        sizes = [(f"{NAME}-tenth", max(users // 10, 1), 1)]
+        sizes.append((NAME, users, 0) if users == args.users else (f"{NAME}-export", users, 2))
+        for name, count, seed in sizes:
+            if name != NAME:
+                generate(workdir, name, count, args.items, seed=seed)
             run = child(args, "export", ["--dataset-name", name])
             print(name, run, flush=True)
             data["exports"].append(run)
