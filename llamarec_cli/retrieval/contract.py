@@ -11,7 +11,7 @@ of a table (plus a bias); those implement three methods and get everything else:
 
 With these, every training loss works (``--loss full|chunked|sampled``, retrieval/losses.py) and candidates are
 exported a slice of the catalogue at a time. A retriever that does not score by a dot product implements
-``loss(windows)`` and ``score(histories)`` (B x (N + 1) scores) instead, and trains with the full softmax only.
+``loss(windows)`` and ``score(histories)`` (B x (N + 1) scores) instead, and trains with its own loss only.
 
 ``save`` and ``load`` (safetensors + JSON) come from the base class; llamarec trains it with the shared trainer
 (``retrieve-train``: AdamW, clipping, validation, early stopping, resume). See docs/plugins.md for a complete example.
