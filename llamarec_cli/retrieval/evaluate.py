@@ -72,7 +72,8 @@ def _rank_batch(model, histories: list[list[int]], targets: torch.Tensor, k: int
     seen = pad_left(histories).to(device)  # 0 (the padding id) is masked like a seen item
     target_scores, blocks = _score_blocks(model, inputs, targets)
     broken = target_scores.isnan() | target_scores.isposinf()
-    target_scores = target_scores.masked_fill((seen == targets[:, None]).any(dim=1), -math.inf)
+    seen_target = (seen == targets[:, None]).any(dim=1) | (targets == 0)  # 0: the padding id (serving passes it)
+    target_scores = target_scores.masked_fill(seen_target, -math.inf)
     rows = torch.arange(len(histories), device=device)
     best_scores = torch.empty(len(histories), 0, device=device)
     best_items = torch.empty(len(histories), 0, dtype=torch.long, device=device)
