@@ -72,7 +72,7 @@ def int_fields(config_class):
 @pytest.mark.parametrize("value", [0, -5])
 def test_counts_below_one_are_refused(config_class, value):
     for name in int_fields(config_class):
-        if name in ("seed", "warmup_steps"):  # 0 is a valid seed and no warm-up
+        if name in ("seed", "warmup_steps", "uniform_negatives"):  # 0: valid seed, no warm-up, in-batch negatives only
             continue
         with pytest.raises(ConfigError, match=name):
             config_class(**{name: value})
