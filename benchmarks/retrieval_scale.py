@@ -10,7 +10,7 @@ Then, each in its own subprocess so that its peak memory (``ru_maxrss``) is its 
 - a training step of LRURec (the default config, max_len 50) with each loss, ``full``, ``chunked`` and ``sampled``:
   median step time over ``--steps`` steps after two warm-up steps, the process's peak RSS, and the RSS the steps
   added on top of the loaded data (the step's own memory); the step is fit's (objective, backward, clipping,
-  AdamW);
+  fit's AdamW);
 - ``llamarec candidates`` (``export_candidates``) of an untrained LRURec for every validation and test user:
   wall time and peak RSS, at ``--export-users`` users (default ``--users``) and at a tenth of them (the same
   items), to show that memory does not grow with users x items, and the time per user query.
@@ -99,7 +99,7 @@ def step_run(args) -> dict:
     from llamarec_cli.data.artifact import load_dataset
     from llamarec_cli.retrieval.data import pad_left, training_windows
     from llamarec_cli.retrieval.lru import LRURec, LRURecConfig
-    from llamarec_cli.retrieval.train import Objective, param_groups
+    from llamarec_cli.retrieval.train import Objective, make_optimizer
 
     torch.manual_seed(0)
     dataset = load_dataset(Path(args.workdir), NAME)
@@ -107,7 +107,7 @@ def step_run(args) -> dict:
     model = LRURec(config, dataset.num_items).train()
     windows = training_windows(list(dataset.sequences("train").values()), config.max_len)
     objective = Objective(model, windows)
-    optimizer = torch.optim.AdamW(param_groups(model), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, config, torch.device("cpu"))
     loaded = rss_gib()
     generator = torch.Generator().manual_seed(1)
     times, positions = [], []
@@ -192,7 +192,11 @@ def markdown(data: dict) -> str:
     lines = [
         "# Retriever at scale (synthetic, power-law)",
         "",
-        f"Command: `{data['command']}`  ",
+        "Commands: "
+        + ", ".join(
+            f"`{c}`" for c in dict.fromkeys(r.get("command", data["command"]) for r in data["steps"] + data["exports"])
+        )
+        + "  ",
         f"Machine: {data['machine']}; {data['date']}. Dataset: {d['users']:,} users, {d['items']:,} items, "
         f"{d['interactions']:,} interactions (mean history {d['mean_length']:.1f}).",
         "",
@@ -233,6 +237,23 @@ def markdown(data: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def merged(data: dict) -> dict:
+    """This run's rows over the earlier run's of the same dataset and batch (``--losses sampled --no-export``
+    re-measures one row and keeps the rest); each row keeps the command that measured it."""
+    for run in data["steps"] + data["exports"]:
+        run["command"] = data["command"]
+    path = RESULTS / "retrieval-scale.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    if old.get("dataset") != data["dataset"] or old.get("batch_size") != data["batch_size"]:
+        return data
+    for key, field in (("steps", "loss"), ("exports", "users")):
+        rows = {run.get(field): run | {"command": run.get("command", old["command"])} for run in old[key]}
+        rows |= {run.get(field): run for run in data[key]}
+        rank = LOSSES.index if key == "steps" else int
+        data[key] = sorted(rows.values(), key=lambda run: rank(run[field]) if field in run else -1)
+    return data
 
 
 def main() -> None:
@@ -283,6 +304,7 @@ def main() -> None:
             run = child(args, "export", ["--dataset-name", name])
             print(name, run, flush=True)
             data["exports"].append(run)
+    data = merged(data)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "retrieval-scale.json").write_text(json.dumps(data, indent=2) + "\n")
     (RESULTS / "retrieval-scale.md").write_text(markdown(data))
