@@ -19,6 +19,12 @@ from filelock import FileLock, Timeout
 from .errors import ArtifactError, WorkdirError
 
 
+def main_process() -> bool:
+    """Whether this is the main process (or the only one) of an ``accelerate launch``: the one that holds the locks,
+    writes the artifacts and speaks to the user."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 @contextmanager
 def run_lock(folder: Path, name: str, what: str):
     """Hold ``<folder>/.<name>.lock`` for the block; ``what`` names the run in the refusal ("retrieve-train of ...").

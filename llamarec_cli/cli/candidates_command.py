@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
 
 from .. import settings
+from ..workspace import main_process
 from .options import DatasetName, Device, Json, RetrieverName, Workdir
 from .output import metrics_table, print_json, stderr, stdout
 
@@ -26,7 +26,7 @@ def candidates(
     from ..stages.candidates import candidates_paths, export_candidates
 
     manifest = export_candidates(dataset, workdir=settings.workdir(workdir), retriever=retriever, k=k, device=device)
-    if os.environ.get("RANK", "0") != "0":  # another process of an accelerate launch: the main one reports
+    if not main_process():  # another process of an accelerate launch: the main one reports
         return
     if json_output:
         print_json(manifest)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
 
 from .. import settings
 from ..config import RetrieverConfig
+from ..workspace import main_process
 from .config_flags import config_flags
 from .options import DatasetName, Device, Json, RetrieverName, Workdir
 from .output import metrics_table, print_json, stderr, stdout
@@ -70,7 +70,7 @@ def retrieve_train(
     if show_config:
         stdout.print(config_table(retriever, config, sources, with_help=True))
         return
-    main = os.environ.get("RANK", "0") == "0"  # under accelerate launch, the main process alone speaks
+    main = main_process()  # under accelerate launch, the main process alone speaks
     if not json_output and main:
         stdout.print(config_table(retriever, config, sources, with_help=False))
     try:

@@ -17,7 +17,7 @@ import torch
 
 from ..evaluation.metrics import KS, MetricSums
 from .data import EvalSet, pad_left
-from .losses import chunk_size
+from .losses import chunk_size, item_logits
 
 SCORE_BUDGET = 1 << 24  # floats in one block of scores (64 MiB)
 MAX_ROWS = 512
@@ -48,14 +48,14 @@ def _score_blocks(model, inputs: torch.Tensor, targets: torch.Tensor):
     # One buffer for every block: a fresh tensor of this size costs page faults that made the matmul 3x slower.
     buffer = torch.empty(queries.size(0) * min(chunk, table.size(0)), dtype=torch.float32, device=queries.device)
 
+    queries, table, bias = queries.float(), table.float(), None if bias is None else bias.float()
+
     def blocks():
         for start in range(0, table.size(0), chunk):
-            part = table[start : start + chunk]
-            out = buffer[: queries.size(0) * part.size(0)].view(queries.size(0), part.size(0))
-            if bias is None:
-                yield start, torch.matmul(queries.float(), part.float().T, out=out)
-            else:
-                yield start, torch.addmm(bias[start : start + chunk].float(), queries.float(), part.float().T, out=out)
+            part = slice(start, start + chunk)
+            width = table[part].size(0)
+            out = buffer[: queries.size(0) * width].view(queries.size(0), width)
+            yield start, item_logits(queries, table[part], None if bias is None else bias[part], out=out)
 
     return target_scores.float(), blocks()
 

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 LOGITS_BUDGET = 1 << 24  # floats of logits one chunk may hold (64 MiB)
 
 
-def item_logits(queries: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Scores of every row of ``table`` for each query: queries @ table^T (+ bias)."""
-    logits = queries @ table.T
-    return logits if bias is None else logits + bias
+def item_logits(queries, table, bias, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Scores of every row of ``table`` for each query: queries @ table^T (+ bias), into ``out`` if given."""
+    if bias is None:
+        return torch.matmul(queries, table.T, out=out)
+    return torch.addmm(bias, queries, table.T, out=out)
 
 
 def full_softmax(queries, labels, table, bias) -> torch.Tensor:

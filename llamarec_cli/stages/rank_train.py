@@ -12,7 +12,6 @@ batch (gradients are averaged by DDP) and scores its share of the validation use
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from ..ranking.scoring import pass_token_cap, passes, score_examples
 from ..ranking.verbalizer import position_ids
 from ..training import Progress, Reporter, resolve_device, train_epochs
 from ..version import versions
-from ..workspace import run_lock
+from ..workspace import main_process, run_lock
 from .candidates import candidates_paths, load_candidates
 
 RANKER_EARLY_STOP_METRIC = "NDCG@10"  # the retriever stops on Recall@10: retrieval/train.py
@@ -179,9 +178,8 @@ def train_ranker(dataset: str | Dataset, *, workdir: Path, name: str = "default"
     """Train, keep the best adapter, and return the manifest written beside it; ``options``: those of
     ``_train_ranker``. One run per ranker at a time: a second is refused with the first one's pid."""
     dataset_name = dataset if isinstance(dataset, str) else dataset.name
-    main_process = os.environ.get("RANK", "0") == "0"  # under accelerate launch, the main process holds the lock
     what = f"rank-train of '{name}' on {dataset_name}"
-    lock = run_lock(ranker_dir(workdir, dataset_name, name).parent, name, what) if main_process else nullcontext()
+    lock = run_lock(ranker_dir(workdir, dataset_name, name).parent, name, what) if main_process() else nullcontext()
     with lock:
         return _train_ranker(dataset, workdir=workdir, name=name, **options)
 
