@@ -9,14 +9,15 @@ from llamarec_cli.retrieval.lru import LRURec, LRURecConfig, parallel_scan
 
 
 def sequential(u, lamb, mask):
-    """The recurrence written plainly: the state restarts at each row's first real position."""
+    """The recurrence written plainly, as the reference computes it: no carry out of a padding position, which holds
+    its own input; the state starts afresh at each row's first real position."""
     batch, length, dim = u.shape
     out = torch.zeros_like(u)
     for b in range(batch):
         h = torch.zeros(dim, dtype=u.dtype)
         for t in range(length):
             h = lamb * h + u[b, t] if mask[b, t] else torch.zeros(dim, dtype=u.dtype)
-            out[b, t] = h
+            out[b, t] = h if mask[b, t] else u[b, t]
     return out
 
 
@@ -31,7 +32,16 @@ def test_parallel_scan_equals_the_sequential_recurrence_with_left_padding(length
     mask = torch.arange(length).unsqueeze(0) >= (length - real).unsqueeze(1)  # left padding
     expected = sequential(u, lamb, mask)
     got = parallel_scan(u, lamb, mask)
-    assert torch.allclose(got[mask], expected[mask], atol=1e-5, rtol=1e-5)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_scans_own_backward_pass_is_its_gradient():
+    torch.manual_seed(0)
+    u = torch.randn(3, 11, 2, dtype=torch.cdouble, requires_grad=True)
+    lamb = torch.polar(torch.tensor([0.9, 0.5], dtype=torch.double), torch.tensor([1.0, -2.0], dtype=torch.double))
+    lamb.requires_grad_()
+    mask = torch.arange(11).unsqueeze(0) >= torch.tensor([[0], [4], [10]])  # 11, 7 and 1 real positions
+    assert torch.autograd.gradcheck(lambda u, lamb: parallel_scan(u, lamb, mask), (u, lamb))
 
 
 def test_gradients_flow_through_the_scan_and_the_model():

@@ -11,6 +11,7 @@ import sys
 import polars as pl
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from llamarec_cli.errors import ArtifactError, ConfigError
@@ -35,15 +36,35 @@ def batch(rows=37, items=101, dim=8, seed=0):
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_chunked_softmax_is_the_full_softmax_loss_and_gradient(with_bias):
+@pytest.mark.parametrize("loss", ["full", "chunked"])
+def test_full_and_chunked_softmax_are_cross_entropy_over_all_items(loss, with_bias, monkeypatch):
+    """Both are custom autograd functions (blocks of rows, slices of items): their loss and gradients against
+    torch's cross-entropy over the whole logits matrix, with several blocks and a short last one."""
+    monkeypatch.setattr(losses, "BLOCK_FLOATS", 7 * 101)  # 64 rows of 101 items: blocks of 7 rows, the last of 1
     queries, labels, table, bias = batch()
     bias = bias if with_bias else None
     inputs = (queries, table) + ((bias,) if with_bias else ())
-    full = losses.full_softmax(queries, labels, table, bias)
-    chunked = losses.chunked_softmax(queries, labels, table, bias, chunk=13)  # 101 items: 8 slices, one short
-    assert chunked.item() == pytest.approx(full.item(), rel=1e-6)
-    for expected, got in zip(torch.autograd.grad(full, inputs), torch.autograd.grad(chunked, inputs)):
-        assert torch.allclose(expected, got, atol=1e-6)
+    expected = F.cross_entropy(queries @ table.T + (0 if bias is None else bias), labels)
+    if loss == "full":
+        got = losses.full_softmax(queries, labels, table, bias)
+    else:
+        got = losses.chunked_softmax(queries, labels, table, bias, chunk=13)  # 101 items: 8 slices, one short
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    for want, have in zip(torch.autograd.grad(expected, inputs), torch.autograd.grad(got * 3, inputs)):
+        assert torch.allclose(3 * want, have, atol=1e-6)  # the incoming gradient (3) scales the stored ones
+
+
+def test_blocked_full_softmax_passes_gradcheck_and_needs_no_gradient_to_run(monkeypatch):
+    monkeypatch.setattr(losses, "BLOCK_FLOATS", 3 * 11)
+    torch.manual_seed(0)
+    queries = torch.randn(8, 4, dtype=torch.double, requires_grad=True)
+    table = torch.randn(11, 4, dtype=torch.double, requires_grad=True)
+    bias = torch.randn(11, dtype=torch.double, requires_grad=True)
+    labels = torch.randint(1, 11, (8,))
+    assert torch.autograd.gradcheck(lambda q, t, b: losses.full_softmax(q, labels, t, b), (queries, table, bias))
+    with torch.no_grad():  # validation losses: the plain path, same value
+        plain = losses.full_softmax(queries, labels, table, bias)
+    assert plain.item() == pytest.approx(losses.full_softmax(queries, labels, table, bias).item(), rel=1e-12)
 
 
 def test_chunked_softmax_never_holds_the_full_logits(monkeypatch):
