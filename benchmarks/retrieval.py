@@ -17,6 +17,7 @@ Run (from the repository root)::
     .venv/bin/python benchmarks/retrieval.py --datasets beauty --set dropout=0.3 --set weight_decay=0
     .venv/bin/python benchmarks/retrieval.py --profile --datasets ml-100k beauty
     .venv/bin/python benchmarks/retrieval.py --throughput --datasets ml-100k beauty games   # steps/s only
+    .venv/bin/python benchmarks/retrieval.py --throughput --set loss=sampled   # ... with another loss
     .venv/bin/python benchmarks/retrieval.py --scale    # 1M items and users: step memory, export (retrieval_scale.py)
     .venv/bin/python benchmarks/retrieval.py --resume          # continue interrupted runs (exact, see --resume)
     .venv/bin/python benchmarks/retrieval.py --grid --resume --datasets games --dropouts 0.3 0.4 0.5
@@ -159,33 +160,36 @@ def one_run(args) -> dict:
 
 
 def throughput(args) -> dict:
-    """Steps per second of the training step alone (median of 5 rounds of 20 steps), default config."""
+    """Steps per second of the training step alone (median of 5 rounds of 20 steps), default config and --set."""
     import statistics
 
     import torch
 
+    from llamarec_cli.config import parse_value
     from llamarec_cli.data.artifact import load_dataset
     from llamarec_cli.retrieval.data import pad_left, training_windows
-    from llamarec_cli.retrieval.train import param_groups
+    from llamarec_cli.retrieval.train import Objective, make_optimizer
     from llamarec_cli.stages.retrieve_train import resolve_config, retriever_class
 
     workdir = Path(args.workdir)
     preprocess(args.dataset, workdir)
     dataset = load_dataset(workdir, args.dataset)
     cls = retriever_class(args.retriever)
-    config, _ = resolve_config(cls, args.dataset, {})
+    flags = {k: parse_value(cls.Config, k, v) for k, v in parse_sets(args.set).items()}
+    config, _ = resolve_config(cls, args.dataset, flags)
     torch.manual_seed(0)
     model = cls(config, dataset.num_items).train()
-    optimizer = torch.optim.AdamW(param_groups(model), lr=config.lr)
     windows = training_windows(list(dataset.sequences("train").values()), config.max_len)
+    objective, optimizer = Objective(model, windows), make_optimizer(model, config, torch.device("cpu"))
     order = torch.randperm(len(windows), generator=torch.Generator().manual_seed(0)).tolist()
 
-    def step(i):
+    def step(i):  # as llamarec_cli/retrieval/train.py's train_step
         rows = [windows[order[(i * config.batch_size + j) % len(windows)]] for j in range(config.batch_size)]
-        loss = model.loss(pad_left(rows))
-        optimizer.zero_grad()
+        loss = objective(pad_left(rows))
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+        loss.item()
         optimizer.step()
 
     if args.profile:
@@ -206,6 +210,7 @@ def throughput(args) -> dict:
     return {
         "dataset": args.dataset,
         "retriever": args.retriever,
+        "flags": parse_sets(args.set),
         "steps_per_second": statistics.median(rounds[1:]),
         "rounds": [round(x, 2) for x in rounds[1:]],
         "threads": torch.get_num_threads(),
@@ -491,7 +496,7 @@ def markdown(data: dict) -> str:
             lines += paired_table(dataset, rows)
     if data.get("throughput"):
         lines += [
-            "## Training throughput (step alone, median of 5 rounds of 20 steps, default config)",
+            "## Training throughput (step alone, median of 5 rounds of 20 steps; default config, flags in brackets)",
             "",
             "| dataset/retriever | steps/s | rounds |",
             "|---|---|---|",
