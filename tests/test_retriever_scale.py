@@ -40,7 +40,8 @@ def batch(rows=37, items=101, dim=8, seed=0):
 def test_full_and_chunked_softmax_are_cross_entropy_over_all_items(loss, with_bias, monkeypatch):
     """Both are custom autograd functions (blocks of rows, slices of items): their loss and gradients against
     torch's cross-entropy over the whole logits matrix, with several blocks and a short last one."""
-    monkeypatch.setattr(losses, "BLOCK_FLOATS", 7 * 101)  # 64 rows of 101 items: blocks of 7 rows, the last of 1
+    monkeypatch.setattr(losses, "MIN_BLOCK_ROWS", 1)
+    monkeypatch.setattr(losses, "BLOCK_FLOATS", 7 * 101)  # 37 rows of 101 items: blocks of 7 rows, the last of 2
     queries, labels, table, bias = batch()
     bias = bias if with_bias else None
     inputs = (queries, table) + ((bias,) if with_bias else ())
@@ -55,6 +56,7 @@ def test_full_and_chunked_softmax_are_cross_entropy_over_all_items(loss, with_bi
 
 
 def test_blocked_full_softmax_passes_gradcheck_and_needs_no_gradient_to_run(monkeypatch):
+    monkeypatch.setattr(losses, "MIN_BLOCK_ROWS", 1)
     monkeypatch.setattr(losses, "BLOCK_FLOATS", 3 * 11)
     torch.manual_seed(0)
     queries = torch.randn(8, 4, dtype=torch.double, requires_grad=True)

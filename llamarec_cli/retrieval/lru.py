@@ -56,8 +56,8 @@ def _kogge_stone(h: torch.Tensor, lamb: torch.Tensor, reverse: bool = False) -> 
 
 class ParallelScan(torch.autograd.Function):
     """h_t = lamb * h_(t-1) + u_t along dim 1, with no carry out of padding (METHOD.md §3), as the reference computes
-    it: u is B x L x D complex, left-padded; at a padding position h_t = u_t, and a row's state starts afresh at its
-    first real position.
+    it: u is B x L x D complex, left-padded (padding only before a row's first item); at a padding position
+    h_t = u_t, and a row's state starts afresh at its first real position.
 
     Written as an autograd function because its gradient is the same scan run backwards, delta_t = g_t +
     conj(lamb) delta_(t+1) (and dL/dlamb = sum_t delta_t conj(h_(t-1))): two in-place passes per step in each
@@ -74,6 +74,7 @@ class ParallelScan(torch.autograd.Function):
         return torch.where(real, h, u)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         h, lamb, real = ctx.saved_tensors
         delta = torch.where(real, grad, 0)
