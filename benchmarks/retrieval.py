@@ -432,7 +432,8 @@ def defaults_table(runs: dict, default_config=default_config) -> list[str]:
                 continue  # e.g. the baselines' plugin is not installed
             config = default_config(dataset, retriever)
             for name, run in sorted(runs.items()):
-                if run["dataset"] != dataset or run["retriever"] != retriever or run["config"] != config:
+                # A field added since the run (e.g. loss) took its default then, as it does today.
+                if run["dataset"] != dataset or run["retriever"] != retriever or {**config, **run["config"]} != config:
                     continue
                 recall, ndcg, half = run["test"]["Recall@10"], run["test"]["NDCG@10"], recall_half_width(run)
                 lines.append(
@@ -465,7 +466,7 @@ def settings_table(dataset: str, runs: dict, default_config=default_config) -> l
         for name, run in sorted(rows.items(), key=lambda item: -item[1]["val"]["Recall@10"]):
             settings = " | ".join(str(run["config"].get(k, "")) for k in keys)
             val, test = run["val"]["Recall@10"], run["test"]
-            mark = " (today's default)" if run["config"] == default else ""
+            mark = " (today's default)" if {**default, **run["config"]} == default else ""
             lines.append(
                 f"| {settings} | {val:.4f} | {test['Recall@10']:.4f} | {test['NDCG@10']:.4f} "
                 f"| {run['best_step']:,} | {run['date']} | `{name}`{mark} |"
