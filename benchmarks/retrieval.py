@@ -113,7 +113,7 @@ def one_run(args) -> dict:
     import torch
 
     from llamarec_cli.cli.progress import RichReporter
-    from llamarec_cli.config import parse_value
+    from llamarec_cli.config import parse_sets as typed_sets
     from llamarec_cli.layout import Workdir
     from llamarec_cli.retrieval.checkpoint import retriever_dir
     from llamarec_cli.stages.candidates import export_candidates
@@ -122,7 +122,7 @@ def one_run(args) -> dict:
     workdir = Path(args.workdir)
     preprocess(args.dataset, workdir)
     cls = retriever_class(args.retriever)
-    flags = {k: parse_value(cls.Config, k, v) for k, v in parse_sets(args.set).items()}
+    flags = typed_sets(cls.Config, args.set)
     began = time.perf_counter()
     resume = args.resume and Workdir(workdir).resumable(retriever_dir(workdir, args.dataset, args.retriever))
     manifest = train_retriever(
@@ -165,17 +165,17 @@ def throughput(args) -> dict:
 
     import torch
 
-    from llamarec_cli.config import parse_value
+    from llamarec_cli.config import parse_sets as typed_sets
     from llamarec_cli.data.artifact import load_dataset
     from llamarec_cli.retrieval.data import pad_left, training_windows
-    from llamarec_cli.retrieval.train import Objective, make_optimizer
+    from llamarec_cli.retrieval.train import Objective, loss_and_gradients, make_optimizer
     from llamarec_cli.stages.retrieve_train import resolve_config, retriever_class
 
     workdir = Path(args.workdir)
     preprocess(args.dataset, workdir)
     dataset = load_dataset(workdir, args.dataset)
     cls = retriever_class(args.retriever)
-    flags = {k: parse_value(cls.Config, k, v) for k, v in parse_sets(args.set).items()}
+    flags = typed_sets(cls.Config, args.set)
     config, _ = resolve_config(cls, args.dataset, flags)
     torch.manual_seed(0)
     model = cls(config, dataset.num_items).train()
@@ -185,11 +185,7 @@ def throughput(args) -> dict:
 
     def step(i):  # as llamarec_cli/retrieval/train.py's train_step
         rows = [windows[order[(i * config.batch_size + j) % len(windows)]] for j in range(config.batch_size)]
-        loss = objective(pad_left(rows))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-        loss.item()
+        loss_and_gradients(objective, model, optimizer, pad_left(rows)).item()
         optimizer.step()
 
     if args.profile:
@@ -417,6 +413,11 @@ def default_config(dataset: str, retriever: str) -> dict:
     return resolve_config(retriever_class(retriever), dataset, {})[0].to_dict()
 
 
+def has_config(run: dict, config: dict) -> bool:
+    """Whether ``run`` trained with ``config``; a field added since the run (e.g. loss) took its default then."""
+    return {**config, **run["config"]} == config
+
+
 def defaults_table(runs: dict, default_config=default_config) -> list[str]:
     """The headline: each finished run whose config is today's default, against the paper. Picked by config, not
     by name, so a row trained under an older default never passes for the current one."""
@@ -432,8 +433,7 @@ def defaults_table(runs: dict, default_config=default_config) -> list[str]:
                 continue  # e.g. the baselines' plugin is not installed
             config = default_config(dataset, retriever)
             for name, run in sorted(runs.items()):
-                # A field added since the run (e.g. loss) took its default then, as it does today.
-                if run["dataset"] != dataset or run["retriever"] != retriever or {**config, **run["config"]} != config:
+                if run["dataset"] != dataset or run["retriever"] != retriever or not has_config(run, config):
                     continue
                 recall, ndcg, half = run["test"]["Recall@10"], run["test"]["NDCG@10"], recall_half_width(run)
                 lines.append(
@@ -466,7 +466,7 @@ def settings_table(dataset: str, runs: dict, default_config=default_config) -> l
         for name, run in sorted(rows.items(), key=lambda item: -item[1]["val"]["Recall@10"]):
             settings = " | ".join(str(run["config"].get(k, "")) for k in keys)
             val, test = run["val"]["Recall@10"], run["test"]
-            mark = " (today's default)" if {**default, **run["config"]} == default else ""
+            mark = " (today's default)" if has_config(run, default) else ""
             lines.append(
                 f"| {settings} | {val:.4f} | {test['Recall@10']:.4f} | {test['NDCG@10']:.4f} "
                 f"| {run['best_step']:,} | {run['date']} | `{name}`{mark} |"

@@ -99,7 +99,7 @@ def step_run(args) -> dict:
     from llamarec_cli.data.artifact import load_dataset
     from llamarec_cli.retrieval.data import pad_left, training_windows
     from llamarec_cli.retrieval.lru import LRURec, LRURecConfig
-    from llamarec_cli.retrieval.train import Objective, make_optimizer
+    from llamarec_cli.retrieval.train import Objective, loss_and_gradients, make_optimizer
 
     torch.manual_seed(0)
     dataset = load_dataset(Path(args.workdir), NAME)
@@ -115,10 +115,7 @@ def step_run(args) -> dict:
         rows = torch.randint(len(windows), (config.batch_size,), generator=generator).tolist()
         batch = pad_left([windows[i] for i in rows])
         began = time.perf_counter()
-        loss = objective(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+        loss_and_gradients(objective, model, optimizer, batch)
         optimizer.step()
         if step >= 2:
             times.append(time.perf_counter() - began)
@@ -187,6 +184,10 @@ def child(args, mode: str, extra: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def failed_row(label: str, run: dict, columns: int) -> str:
+    return f"| {label} | failed: {run['failed']} |" + " |" * (columns - 2)
+
+
 def markdown(data: dict) -> str:
     d, rates = data["dataset"], data["matmul_gflops"]
     lines = [
@@ -207,7 +208,7 @@ def markdown(data: dict) -> str:
     ]
     for run in data["steps"]:
         if "failed" in run:
-            lines.append(f"| {run.get('loss', '?')} | failed: {run['failed']} | | | | | |")
+            lines.append(failed_row(run.get("loss", "?"), run, columns=7))
             continue
         lines.append(
             f"| {run['loss']} | {run['step_ms_median']:.0f} ms | {run['steps_per_second']:.2f} | "
@@ -221,7 +222,7 @@ def markdown(data: dict) -> str:
     ]
     for run in data["exports"]:
         if "failed" in run:
-            lines.append(f"| ? | failed: {run['failed']} | | | | |")
+            lines.append(failed_row("?", run, columns=6))
             continue
         flop = 2 * run["user_queries"] * d["items"] * 64
         floors = f"{flop / rates['bfloat16'] / 1e9:.0f} s / {flop / rates['float32'] / 1e9:.0f} s"

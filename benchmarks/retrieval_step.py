@@ -41,7 +41,7 @@ from retrieval import RESULTS, preprocess  # noqa: E402
 from llamarec_cli.data.artifact import load_dataset  # noqa: E402
 from llamarec_cli.retrieval.data import pad_left, training_windows  # noqa: E402
 from llamarec_cli.retrieval.lru import LRURec, LRURecConfig  # noqa: E402
-from llamarec_cli.retrieval.train import Objective, make_optimizer  # noqa: E402
+from llamarec_cli.retrieval.train import Objective, loss_and_gradients, make_optimizer  # noqa: E402
 
 BATCH, MAX_LEN, HIDDEN, BLOCKS = 16, 200, 64, 2
 
@@ -153,11 +153,7 @@ def timers(module, num_items: int, windows: list[list[int]], dropout: float, see
     ref_opt = reference_optimizer(ref)
 
     def our_step(i: int) -> None:  # as llamarec_cli/retrieval/train.py's train_step
-        loss = objective(pad_left(rows(i)))
-        our_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(ours.parameters(), ours.config.clip)
-        loss.item()
+        loss_and_gradients(objective, ours, our_opt, pad_left(rows(i))).item()
         our_opt.step()
 
     def ref_step(i: int) -> None:  # as the reference's trainer/base.py

@@ -36,8 +36,9 @@ class Ranked:
     scores: torch.Tensor  # B x k
 
 
-def _score_blocks(model, inputs: torch.Tensor, targets: torch.Tensor):
-    """(the targets' scores, an iterator of (first item id, scores B x items)) over the catalogue."""
+def _score_blocks(model, inputs: torch.Tensor, targets: torch.Tensor, scratch: dict):
+    """(the targets' scores, an iterator of (first item id, scores B x items)) over the catalogue. ``scratch`` keeps
+    the score buffer from one batch of users to the next."""
     if not model.has_item_table():
         scores = model.score(inputs).float()
         return scores.gather(1, targets[:, None]).squeeze(1), iter([(0, scores)])
@@ -45,8 +46,12 @@ def _score_blocks(model, inputs: torch.Tensor, targets: torch.Tensor):
     queries = model.queries(inputs)
     target_scores = (queries * table[targets]).sum(dim=1) + (0 if bias is None else bias[targets])
     chunk = chunk_size(queries.size(0), table.size(0))
-    # One buffer for every block: a fresh tensor of this size costs page faults that made the matmul 3x slower.
-    buffer = torch.empty(queries.size(0) * min(chunk, table.size(0)), dtype=torch.float32, device=queries.device)
+    # One buffer for every block and batch: a fresh tensor of this size costs page faults that made the matmul 3x
+    # slower.
+    size = queries.size(0) * min(chunk, table.size(0))
+    buffer = scratch.get("scores")
+    if buffer is None or buffer.numel() < size or buffer.device != queries.device:
+        buffer = scratch["scores"] = torch.empty(size, dtype=torch.float32, device=queries.device)
 
     queries, table, bias = queries.float(), table.float(), None if bias is None else bias.float()
 
@@ -61,7 +66,7 @@ def _score_blocks(model, inputs: torch.Tensor, targets: torch.Tensor):
 
 
 @torch.no_grad()
-def _rank_batch(model, histories: list[list[int]], targets: torch.Tensor, k: int) -> Ranked:
+def _rank_batch(model, histories: list[list[int]], targets: torch.Tensor, k: int, scratch: dict) -> Ranked:
     """Rank one batch of users over the whole catalogue, one block of items at a time, keeping only each user's
     best ``max(k, 20) + 1`` items: a target's rank is exact (as ``metrics.ranks`` counts it: ties and NaN before the
     target) whenever it is within them, and +inf beyond, which is all the metrics @5/10/20 need. A target in the
@@ -70,7 +75,7 @@ def _rank_batch(model, histories: list[list[int]], targets: torch.Tensor, k: int
     depth = max(k, max(KS)) + 1
     inputs = pad_left([h[-model.config.max_len :] for h in histories]).to(device)
     seen = pad_left(histories).to(device)  # 0 (the padding id) is masked like a seen item
-    target_scores, blocks = _score_blocks(model, inputs, targets)
+    target_scores, blocks = _score_blocks(model, inputs, targets, scratch)
     broken = target_scores.isnan() | target_scores.isposinf()
     seen_target = (seen == targets[:, None]).any(dim=1) | (targets == 0)  # 0: the padding id (serving passes it)
     target_scores = target_scores.masked_fill(seen_target, -math.inf)
@@ -111,10 +116,11 @@ def ranked_batches(model, data: EvalSet, device, k: int = 0) -> Iterator[tuple[l
         size = MAX_ROWS if model.has_item_table() else rows_per_batch(model.num_items)
         max_len = model.config.max_len
         order = sorted(range(len(data)), key=lambda row: min(len(data.histories[row]), max_len))
+        scratch = {}
         for start in range(0, len(data), size):
             rows = order[start : start + size]
             targets = torch.as_tensor([data.targets[r] for r in rows], dtype=torch.long, device=device)
-            yield rows, _rank_batch(model, [data.histories[r] for r in rows], targets, k)
+            yield rows, _rank_batch(model, [data.histories[r] for r in rows], targets, k, scratch)
     finally:
         model.train(was_training)
 

@@ -75,6 +75,16 @@ def param_groups(model) -> list[dict]:
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def loss_and_gradients(objective, model, optimizer, batch: torch.Tensor) -> torch.Tensor:
+    """One batch's loss, with its gradients (replacing the last ones) clipped to the config's norm: a training step
+    but for the optimizer's update, which fit makes only once the loss is known to be finite."""
+    loss = objective(batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), model.config.clip)
+    return loss
+
+
 class Objective(torch.nn.Module):
     """The training loss as a module's forward, so that DDP (which hooks ``forward``) can wrap it."""
 
@@ -145,10 +155,7 @@ def fit(
     def train_step(order: list[int], batch_index: int) -> float:
         rows = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
         batch = pad_left([windows[i] for i in rows[rank::processes]]).to(device)
-        loss = objective(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+        loss = loss_and_gradients(objective, model, optimizer, batch)
         value = (accelerator.reduce(loss.detach(), reduction="mean") if processes > 1 else loss).item()
         if not math.isfinite(value):  # stop before the broken weights reach a validation or a checkpoint
             raise TrainingDivergedError(
