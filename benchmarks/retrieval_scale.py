@@ -180,7 +180,7 @@ def child(args, mode: str, extra: list[str]) -> dict:
     command = [sys.executable, __file__, "--child", mode, "--workdir", args.workdir, *extra]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
-        return {"failed": f"exit {done.returncode}", "command": shlex.join(command)}
+        return {"failed": f"exit {done.returncode} of `{shlex.join(command)}`"}  # "command" is the run's own
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -207,3 +209,14 @@ def smollm2_dir(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LLAMAREC_CACHE_DIR", str(tmp_path_factory.mktemp("smollm2-cache")))
         return Path(resolve_model("smollm2-135m"))
+
+
+def accelerate_launch(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """``args`` on two CPU processes under ``accelerate launch`` (gloo), as on two GPUs."""
+    command = [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
+        *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"),
+        *args,
+    ]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=cwd)

@@ -178,3 +178,4 @@ def test_passes_respect_rows_and_tokens():
     assert groups[-1] == [5]  # longer than the cap: a pass of its own
     assert passes(lengths, rows_cap=2, token_cap=None) == [[4, 1], [2, 3], [0, 5]]
     assert pass_token_cap("cpu") == 1024 and pass_token_cap("cuda") is None and pass_token_cap("cpu", 64) == 64
+    assert pass_token_cap("cpu", None, 4096) == 4096 and pass_token_cap("cuda", None, 4096) is None

@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 import torch
-from conftest import fast_config
+from conftest import accelerate_launch, fast_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
@@ -312,19 +312,11 @@ def test_rank_train_command_ends_with_the_bar_to_clear(chain_with_candidates, wo
 def test_rank_train_runs_on_two_processes_under_accelerate_launch(chain_with_candidates, workdir, tiny_llama_dir):
     """Multi-GPU / multi-node go through `accelerate launch` with no code change. Without a GPU, --multi_gpu starts
     two CPU processes that talk over gloo (accelerate's --cpu launcher would need MPI for more than one)."""
-    import os
-    import subprocess
-    import sys
-
-    command = [
-        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
-        *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"),
+    done = accelerate_launch(
         *("-m", "llamarec_cli", "rank-train", "chain", "--model", str(tiny_llama_dir), "-w", str(workdir)),
         *("--batch-size", "2", "--max-train-examples", "16", "--eval-every", "2", "--max-val-examples", "8"),
         *("--warmup-steps", "1", "--device", "cpu", "--json"),
-    ]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((ranker_dir(workdir, "chain", "default") / "manifest.json").read_text())
     assert manifest["processes"] == 2

@@ -4,14 +4,13 @@ time, and retrieve-train / candidates under ``accelerate launch``."""
 from __future__ import annotations
 
 import math
-import os
 import subprocess
-import sys
 
 import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import accelerate_launch
 from safetensors.torch import load_file
 
 from llamarec_cli.errors import ArtifactError, ConfigError
@@ -145,15 +144,7 @@ def test_ranking_a_slice_of_the_catalogue_at_a_time_gives_the_full_rankings(monk
 
 
 def launch(*args: str, cwd, ok: bool = True) -> subprocess.CompletedProcess:
-    """Two CPU processes under ``accelerate launch`` (gloo), as on two GPUs."""
-    command = [
-        *(sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"),
-        *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"),
-        *args,
-    ]
-    done = subprocess.run(
-        command, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=600, cwd=cwd
-    )
+    done = accelerate_launch(*args, cwd=cwd)
     assert (done.returncode == 0) == ok, done.stderr[-6000:]
     return done
 

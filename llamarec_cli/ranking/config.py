@@ -58,7 +58,8 @@ class RankerConfig:
     tokens_per_pass: int | None = option(
         None,
         "Most tokens per forward pass in training and validation: a step's batch is split into passes whose "
-        "gradients add up to the batch's; unset: 1,024 on CPU (less memory, no slower), the whole batch on GPU.",
+        "gradients add up to the batch's; unset: on CPU 1,024 in training (less memory, no slower) and 4,096 in "
+        "validation, the whole batch on GPU.",
     )
     clip: float = option(1.0, "Gradient-norm clipping (the reference's transformers Trainer default).")
     gradient_checkpointing: bool | None = option(

@@ -1,11 +1,12 @@
 """Score ranking requests in left-padded batches: one forward pass per batch, the candidates' letter logits.
 
-On a CPU a forward pass is cut to at most ``CPU_TOKENS_PER_PASS`` tokens (rows x padded length): one prompt of a
-few hundred tokens already gives the matrix multiplies all the rows they can use, while a wider pass only pads
-more and pushes every activation (8 prompts x 600 tokens x 1,536 MLP features is 15 MB in bf16) out of the
-cores' caches, so its element-wise work runs at memory speed. On the same 32 ml-100k requests in bf16
-(benchmarks/results/efficiency.md): one at a time 3.29 requests/s; one pass per batch 3.79 at batch 8 but 2.56 at
-batch 32; cut at 1,024 tokens 3.37 and 3.22. GPUs take the whole batch.
+On a CPU a scoring pass is cut to at most ``CPU_SCORING_TOKENS_PER_PASS`` tokens (rows x padded length): a few
+prompts per pass use the matrix multiplies better than one, while a very wide pass pads more and pushes the
+activations (32 prompts x 600 tokens x 1,536 MLP features is 59 MB in bf16) out of the cores' caches, so its
+element-wise work runs at memory speed. On the same 32 ml-100k requests in bf16 (2026-12-07, 2 threads; medians of
+3 rounds): one at a time 5.72 requests/s; batch 8 cut at 1,024 tokens 5.74, at 4,096 7.11; batch 32 cut at 4,096
+7.29, at 16,384 6.61, in one pass of 32 5.29. A training pass keeps to ``CPU_TOKENS_PER_PASS`` (its activations
+are kept for the backward pass). GPUs take the whole batch.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ import torch
 from .prompts import Example, PromptEncoder, pad_id, pad_left
 from .verbalizer import letter_logits
 
-CPU_TOKENS_PER_PASS = 1024
+CPU_TOKENS_PER_PASS = 1024  # training
+CPU_SCORING_TOKENS_PER_PASS = 4096
 
 
-def pass_token_cap(device, requested: int | None = None) -> int | None:
-    """The most tokens one forward pass may hold: ``requested``, else CPU_TOKENS_PER_PASS on a CPU, else no cap."""
+def pass_token_cap(device, requested: int | None = None, cpu_default: int = CPU_TOKENS_PER_PASS) -> int | None:
+    """The most tokens one forward pass may hold: ``requested``, else ``cpu_default`` on a CPU, else no cap."""
     if requested is not None:
         return requested
-    return CPU_TOKENS_PER_PASS if torch.device(device).type == "cpu" else None
+    return cpu_default if torch.device(device).type == "cpu" else None
 
 
 def passes(lengths: list[int], rows_cap: int, token_cap: int | None) -> list[list[int]]:
@@ -58,7 +60,7 @@ def score_examples(
 
     Prompts of similar length are batched together, so padding (wasted compute) stays small; the scores do not
     depend on the batching because positions are counted from each row's first real token. A pass holds at most
-    ``batch_size`` prompts and ``tokens_per_pass`` tokens (default: ``pass_token_cap`` for the model's device).
+    ``batch_size`` prompts and ``tokens_per_pass`` tokens (default: CPU_SCORING_TOKENS_PER_PASS on a CPU).
     """
     was_training = model.training
     model.eval()
@@ -68,7 +70,8 @@ def score_examples(
     results: list[torch.Tensor | None] = [None] * len(examples)
     pad = pad_id(encoder.tokenizer)
     try:
-        for rows in passes([len(p) for p in prompts], batch_size, pass_token_cap(device, tokens_per_pass)):
+        cap = pass_token_cap(device, tokens_per_pass, CPU_SCORING_TOKENS_PER_PASS)
+        for rows in passes([len(p) for p in prompts], batch_size, cap):
             batch = pad_left([prompts[i] for i in rows], pad).to(device)
             logits = letter_logits(model, batch.input_ids, batch.attention_mask, letter_ids).cpu()
             for row, i in zip(logits, rows):

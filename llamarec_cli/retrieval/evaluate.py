@@ -128,8 +128,9 @@ def ranked_batches(model, data: EvalSet, device, k: int = 0) -> Iterator[tuple[l
 def _ranked(model, data: EvalSet, device, k: int, accelerator=None) -> Ranked:
     """Every user's rank and top-k, in the users' order; under several processes, each ranks a contiguous share
     and all get all."""
-    share = data
+    share, sizes = data, [len(data)]
     if accelerator is not None and accelerator.num_processes > 1:
+        sizes = share_sizes(len(data), accelerator.num_processes)
         share = shard(data, accelerator.process_index, accelerator.num_processes)
     width = min(k, model.num_items)
     ranked = Ranked(torch.zeros(len(share), dtype=torch.float64), torch.zeros(len(share), width, dtype=torch.int32),
@@ -143,19 +144,27 @@ def _ranked(model, data: EvalSet, device, k: int, accelerator=None) -> Ranked:
         )
     if share is data:
         return ranked
-    return Ranked(*(gather_rows(accelerator, t, len(share)) for t in (ranked.ranks, ranked.items, ranked.scores)))
+    return Ranked(*(gather_rows(accelerator, t, sizes) for t in (ranked.ranks, ranked.items, ranked.scores)))
+
+
+def share_sizes(users: int, count: int) -> list[int]:
+    """How many users each of ``count`` processes ranks: contiguous, near-equal shares."""
+    return [users * (i + 1) // count - users * i // count for i in range(count)]
 
 
 def shard(data: EvalSet, index: int, count: int) -> EvalSet:
     """The ``index``-th of ``count`` contiguous, near-equal shares of the users."""
-    bounds = [len(data) * i // count for i in range(count + 1)]
-    part = slice(bounds[index], bounds[index + 1])
+    sizes = share_sizes(len(data), count)
+    part = slice(sum(sizes[:index]), sum(sizes[: index + 1]))
     return EvalSet(data.split, data.users[part], data.histories[part], data.targets[part])
 
 
-def gather_rows(accelerator, tensor: torch.Tensor, rows: int) -> torch.Tensor:
-    """The processes' row blocks concatenated in process order (blocks differ by at most one row: padded to send)."""
-    sizes = accelerator.gather(torch.tensor([rows], device=accelerator.device)).tolist()
+def gather_rows(accelerator, tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """The processes' row blocks (``sizes`` rows each) concatenated in process order; blocks differ by at most
+    one row, so each is padded to the largest to send."""
+    if tensor.dim() > 1 and tensor.size(1) == 0:  # no top-k asked for (the same in every process): nothing to send
+        return torch.zeros((sum(sizes), *tensor.shape[1:]), dtype=tensor.dtype)
+    rows = sizes[accelerator.process_index]
     padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=accelerator.device)
     padded[:rows] = tensor
     gathered = accelerator.gather(padded).reshape(len(sizes), max(sizes), *tensor.shape[1:])
