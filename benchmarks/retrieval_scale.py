@@ -159,20 +159,24 @@ def export_run(args) -> dict:
     }
 
 
-def matmul_rates(items: int) -> dict:
-    """GFLOP/s of the export's scoring shape (512 queries x 64 by 64 x 32768 items), fp32 and bf16, this machine."""
+def matmul_rates() -> dict:
+    """GFLOP/s of the export's scoring block (MAX_ROWS queries x 64 by 64 x the items of one CPU block, into a
+    reused buffer, as the export computes it), fp32 and bf16, this machine."""
     import torch
 
+    from llamarec_cli.retrieval.evaluate import CPU_BLOCK_FLOATS, MAX_ROWS
+
+    rows, items = MAX_ROWS, CPU_BLOCK_FLOATS // MAX_ROWS
     rates = {}
     for dtype in (torch.float32, torch.bfloat16):
-        queries, table = torch.randn(512, 64, dtype=dtype), torch.randn(32768, 64, dtype=dtype)
+        queries, table = torch.randn(rows, 64, dtype=dtype), torch.randn(items, 64, dtype=dtype)
         out = queries @ table.T
         times = []
-        for _ in range(7):
+        for _ in range(50):
             began = time.perf_counter()
             torch.matmul(queries, table.T, out=out)
             times.append(time.perf_counter() - began)
-        rates[str(dtype).removeprefix("torch.")] = round(2 * 512 * 64 * 32768 / statistics.median(times) / 1e9, 1)
+        rates[str(dtype).removeprefix("torch.")] = round(2 * rows * 64 * items / statistics.median(times) / 1e9, 1)
     return rates
 
 
@@ -265,6 +269,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
     parser.add_argument("--no-export", action="store_true", help="measure the training steps only")
+    parser.add_argument("--no-steps", action="store_true", help="measure the candidate export only")
     parser.add_argument("--export-users", type=int, help="users of the export's dataset (default: --users)")
     parser.add_argument("--workdir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "llamarec-bench-scale"))
     parser.add_argument("--child", choices=("step", "export"), help=argparse.SUPPRESS)
@@ -287,11 +292,11 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "dataset": stats,
         "batch_size": args.batch_size,
-        "matmul_gflops": matmul_rates(args.items),
+        "matmul_gflops": matmul_rates(),
         "steps": [],
         "exports": [],
     }
-    for loss in args.losses:
+    for loss in [] if args.no_steps else args.losses:
         run = child(args, "step", ["--loss", loss, "--steps", str(args.steps), "--batch-size", str(args.batch_size)])
         print(loss, run, flush=True)
         data["steps"].append(run | {"loss": loss})

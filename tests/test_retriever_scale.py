@@ -131,10 +131,22 @@ def test_ranking_a_slice_of_the_catalogue_at_a_time_gives_the_full_rankings(monk
     expected.add(ranks(scores, torch.tensor(targets)))
     top = scores.topk(7, dim=1)
 
-    monkeypatch.setattr(losses, "LOGITS_BUDGET", 512 * 37)  # slices of 37 items: the target and top-k straddle them
+    monkeypatch.setattr(ranking, "CPU_BLOCK_FLOATS", 90 * 37)  # slices of 37 items: the target and top-k straddle them
     items, values, metrics = ranking.top_k(model, data, "cpu", 7)
     assert metrics == pytest.approx(expected.result())
     assert torch.equal(items, top.indices.to(torch.int32)) and torch.allclose(values, top.values, atol=1e-5)
+
+    # An item scored NaN for everyone counts ahead of every target (metrics.ranks), in whichever slice it lies.
+    with torch.no_grad():
+        model.item_bias[321] = float("nan")
+        scores = model.score(pad_left([h[-50:] for h in histories])).float()
+    mask_history(scores, pad_left(histories))
+    expected = MetricSums()
+    expected.add(ranks(scores, torch.tensor(targets)))
+    items, _, metrics = ranking.top_k(model, data, "cpu", 7)
+    assert metrics == pytest.approx(expected.result())
+    unseen = torch.tensor([321 not in h for h in histories])
+    assert torch.equal(items[:, 0] == 321, unseen)  # NaN first in the top-k, as topk orders it
 
     with torch.no_grad():
         model.item_bias[0] = 100.0  # the padding id scores best, and no history here needs padding: still never ranked

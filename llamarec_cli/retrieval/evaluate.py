@@ -21,6 +21,7 @@ from .losses import chunk_size, item_logits
 
 SCORE_BUDGET = 1 << 24  # floats in one block of scores (64 MiB)
 MAX_ROWS = 512
+CPU_BLOCK_FLOATS = 1 << 20  # on a CPU, a block of an item table's scores (4 MiB) is read again while still in cache
 
 
 def rows_per_batch(num_items: int) -> int:
@@ -46,6 +47,8 @@ def _score_blocks(model, inputs: torch.Tensor, targets: torch.Tensor, scratch: d
     queries = model.queries(inputs)
     target_scores = (queries * table[targets]).sum(dim=1) + (0 if bias is None else bias[targets])
     chunk = chunk_size(queries.size(0), table.size(0))
+    if queries.device.type == "cpu":
+        chunk = max(1, min(chunk, CPU_BLOCK_FLOATS // queries.size(0)))
     # One buffer for every block and batch: a fresh tensor of this size costs page faults that made the matmul 3x
     # slower.
     size = queries.size(0) * min(chunk, table.size(0))
@@ -70,7 +73,11 @@ def _rank_batch(model, histories: list[list[int]], targets: torch.Tensor, k: int
     """Rank one batch of users over the whole catalogue, one block of items at a time, keeping only each user's
     best ``max(k, 20) + 1`` items: a target's rank is exact (as ``metrics.ranks`` counts it: ties and NaN before the
     target) whenever it is within them, and +inf beyond, which is all the metrics @5/10/20 need. A target in the
-    history, or scored NaN or +inf, ranks last."""
+    history, or scored NaN or +inf, ranks last.
+
+    Once a user holds that many items, a block whose best score is below the user's last one (and which does not
+    hold the target) cannot change them, so only the other users' rows are masked and searched: after the first
+    blocks that is a few rows, and the top-k search, not the matmul, was most of the time."""
     device = targets.device
     depth = max(k, max(KS)) + 1
     inputs = pad_left([h[-model.config.max_len :] for h in histories]).to(device)
@@ -79,32 +86,52 @@ def _rank_batch(model, histories: list[list[int]], targets: torch.Tensor, k: int
     broken = target_scores.isnan() | target_scores.isposinf()
     seen_target = (seen == targets[:, None]).any(dim=1) | (targets == 0)  # 0: the padding id (serving passes it)
     target_scores = target_scores.masked_fill(seen_target, -math.inf)
-    rows = torch.arange(len(histories), device=device)
     best_scores = torch.empty(len(histories), 0, device=device)
     best_items = torch.empty(len(histories), 0, dtype=torch.long, device=device)
     total = 0
     for start, scores in blocks:
         width = scores.size(1)
         total += width
-        if start == 0:
-            scores[:, 0] = -math.inf  # the padding id, even when no history in the batch needs padding
-        local = targets - start
-        here = (local >= 0) & (local < width)
-        scores[rows[here], local[here]] = target_scores[here]  # the target counts itself, whatever the route
-        local = seen - start
-        inside = (local >= 0) & (local < width)
-        scores[rows[:, None].expand_as(seen)[inside], local[inside]] = -math.inf
+        rows = None  # every row
+        if best_scores.size(1) == depth:
+            holds_target = (targets >= start) & (targets < start + width)
+            rows = (~(scores.amax(dim=1) < best_scores[:, -1]) | holds_target).nonzero().squeeze(1)  # NaN: searched
+            if rows.numel() == 0:
+                continue
+            scores = scores[rows]
+        _mask_block(scores, start, targets, target_scores, seen, rows)
         top = scores.topk(min(depth, width), dim=1)
-        merged = torch.cat([best_scores, top.values], dim=1)
+        kept_scores = best_scores if rows is None else best_scores[rows]
+        merged = torch.cat([kept_scores, top.values], dim=1)
         order = merged.topk(min(depth, merged.size(1)), dim=1).indices  # NaN first, as a rank counts it
-        best_scores = merged.gather(1, order)
-        best_items = torch.cat([best_items, top.indices + start], dim=1).gather(1, order)
+        items = torch.cat([best_items if rows is None else best_items[rows], top.indices + start], dim=1)
+        if rows is None:
+            best_scores, best_items = merged.gather(1, order), items.gather(1, order)
+        else:
+            best_scores[rows], best_items[rows] = merged.gather(1, order), items.gather(1, order)
     ahead = ((best_scores >= target_scores[:, None]) | best_scores.isnan()).sum(dim=1)
     exact = (ahead < depth) | (total <= depth)  # the whole catalogue was kept, or something ranked below the target
     ranks = torch.where(exact, ahead.double(), math.inf)
     ranks = torch.where(broken, float(total) if total <= depth else math.inf, ranks)  # last, as metrics.ranks has it
     keep = min(k, total - 1)  # the padding id is never a candidate
     return Ranked(ranks, best_items[:, :keep].to(torch.int32), best_scores[:, :keep])
+
+
+def _mask_block(scores, start: int, targets, target_scores, seen, rows) -> None:
+    """In place, on a block of scores for items ``start``.. (of the users ``rows``, None: all): the padding id and
+    seen items can never be chosen, and each target scores what ``target_scores`` says, whatever the route."""
+    if rows is not None:
+        targets, target_scores, seen = targets[rows], target_scores[rows], seen[rows]
+    width = scores.size(1)
+    index = torch.arange(scores.size(0), device=scores.device)
+    if start == 0:
+        scores[:, 0] = -math.inf  # the padding id, even when no history in the batch needs padding
+    local = targets - start
+    here = (local >= 0) & (local < width)
+    scores[index[here], local[here]] = target_scores[here]
+    local = seen - start
+    inside = (local >= 0) & (local < width)
+    scores[index[:, None].expand_as(seen)[inside], local[inside]] = -math.inf
 
 
 def ranked_batches(model, data: EvalSet, device, k: int = 0) -> Iterator[tuple[list[int], Ranked]]:
