@@ -193,3 +193,15 @@ def test_retrieve_train_and_candidates_run_on_two_processes(chain, workdir, tmp_
     shared = pl.read_parquet(parquet)
     assert shared.drop("scores").equals(alone.drop("scores"))
     assert all(a == pytest.approx(b, abs=1e-5) for a, b in zip(shared["scores"].to_list(), alone["scores"].to_list()))
+
+    # Both stages in one launched process, as the pipeline runs them: the first leaves the process group open.
+    script = tmp_path / "two_stages.py"
+    script.write_text(
+        "import sys\nfrom llamarec_cli.stages.retrieve_train import train_retriever\n"
+        "from llamarec_cli.stages.candidates import export_candidates\n"
+        "flags = {'hidden': 16, 'val_every': 10, 'patience': 3, 'max_epochs': 12}\n"
+        "train_retriever('chain', workdir=sys.argv[1], device='cpu', flags=flags, restart=True)\n"
+        "export_candidates('chain', workdir=sys.argv[1], k=10, device='cpu')\n"
+    )
+    launch(str(script), str(workdir), cwd=tmp_path)
+    assert pl.read_parquet(parquet).drop("scores").equals(alone.drop("scores"))

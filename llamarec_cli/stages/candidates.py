@@ -25,7 +25,7 @@ from ..retrieval.checkpoint import retriever_dir
 from ..retrieval.data import eval_set
 from ..retrieval.evaluate import top_k
 from ..workspace import ensure_writable
-from .retrieve_train import DEFAULT_RETRIEVER, close_launch, launched_accelerator, load_retriever
+from .retrieve_train import DEFAULT_RETRIEVER, launched_accelerator, load_retriever
 
 FORMAT = "llamarec.candidates"
 FORMAT_VERSION = 1
@@ -71,7 +71,7 @@ def export_candidates(
         summary[split] = {"users": frame.height, "hits": int(frame["hit"].sum()), "hit_rate": hit_rate, **metrics}
 
     if accelerator is not None and not accelerator.is_main_process:
-        close_launch(accelerator, None)  # until the main process has written
+        accelerator.wait_for_everyone()  # until the main process has written
         return read_sealed(manifest_path, "", format=FORMAT, version=FORMAT_VERSION)
     tmp = parquet.with_name(f".{parquet.name}.tmp-{os.getpid()}")
     pl.concat(frames).write_parquet(tmp, compression="zstd")
@@ -89,7 +89,9 @@ def export_candidates(
     }
     manifest = seal(manifest)
     write_json(manifest_path, manifest)
-    return close_launch(accelerator, manifest)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return manifest
 
 
 def load_candidates(workdir: Path, dataset: Dataset, retriever: str = DEFAULT_RETRIEVER) -> tuple[pl.DataFrame, dict]:

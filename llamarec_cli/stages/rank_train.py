@@ -48,7 +48,7 @@ from ..training import Progress, Reporter, resolve_device, train_epochs
 from ..version import versions
 from ..workspace import main_process, run_lock
 from .candidates import candidates_paths, load_candidates
-from .retrieve_train import close_launch
+from .retrieve_train import close_at_exit
 
 RANKER_EARLY_STOP_METRIC = "NDCG@10"  # the retriever stops on Recall@10: retrieval/train.py
 FORMAT = "llamarec.ranker"
@@ -223,6 +223,7 @@ def _train_ranker(
 
     resolve_device(device)  # an unknown device or a missing GPU is refused here, with the accepted values
     accelerator = Accelerator(cpu=device == "cpu")
+    close_at_exit(accelerator)
     if not accelerator.is_main_process:
         reporter = Reporter()  # one progress bar, from the main process
     torch.manual_seed(config.seed)
@@ -258,11 +259,11 @@ def _train_ranker(
     stopped, interrupted = trainer.train(stop_after_steps)
     manifest = _manifest(workdir, dataset, loaded, template, k, trainer, len(val.examples), stopped, interrupted)
     if interrupted or not accelerator.is_main_process:
-        return close_launch(accelerator, manifest)
+        return manifest
     if not (partial / "adapter").is_dir():
         raise ArtifactError(f"No adapter was saved in {partial}; the validation subset may be empty.")
     finish(partial, final, {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest})
-    return close_launch(accelerator, manifest)
+    return manifest
 
 
 def _manifest(
