@@ -15,13 +15,16 @@ Then, each in its own subprocess so that its peak memory (``ru_maxrss``) is its 
   wall time and peak RSS, at ``--export-users`` users (default ``--users``) and at a tenth of them (the same
   items), to show that memory does not grow with users x items, and the time per user query.
 
-Also measured here, in the same run: the fp32 and bf16 matmul rates of the scoring shape, for the arithmetic floor
+Also measured here, in the same run: the fp32 and bf16 matmul rates of the export's scoring block, for the floor
 of the export (2 x users x items x d FLOP per split). Results go to ``benchmarks/results/retrieval-scale.{json,md}``.
 
 Run (from the repository root)::
 
     .venv/bin/python benchmarks/retrieval.py --scale                      # 1M items, 1M users
     .venv/bin/python benchmarks/retrieval.py --scale --items 100000 --users 100000 --steps 5   # a quick look
+    .venv/bin/python benchmarks/retrieval.py --scale --no-steps --export-users 100000    # the export alone
+
+A run re-measures the rows it measures and keeps the earlier run's other rows (each with its command).
 """
 
 from __future__ import annotations
