@@ -205,3 +205,15 @@ def test_retrieve_train_and_candidates_run_on_two_processes(chain, workdir, tmp_
     )
     launch(str(script), str(workdir), cwd=tmp_path)
     assert pl.read_parquet(parquet).drop("scores").equals(alone.drop("scores"))
+
+
+def test_candidate_lists_leave_out_non_finite_scores():
+    from llamarec_cli.stages.candidates import candidate_lists
+
+    items = torch.arange(1, 13, dtype=torch.int32).reshape(3, 4)
+    scores = torch.tensor([[4.0, 3.0, 2.0, 1.0], [float("nan"), 2.0, -math.inf, -math.inf], [-math.inf] * 4])
+    frame = candidate_lists(items, scores)
+    assert frame["candidates"].to_list() == [[1, 2, 3, 4], [6], []]
+    assert frame["scores"].to_list() == [[4.0, 3.0, 2.0, 1.0], [2.0], []]
+    assert frame.schema == {"candidates": pl.List(pl.UInt32), "scores": pl.List(pl.Float32)}
+    assert candidate_lists(items[:0], scores[:0]).height == 0
