@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # `llamarec serve`'s defaults: a window short against a forward pass (tens of ms and more), a batch that fills a
-# GPU's pass; on a CPU a pass is cut at ranking/scoring.py's CPU_SCORING_TOKENS_PER_PASS anyway
+# GPU's pass; on a CPU a pass is cut at ranking/scoring.py's CPU_TOKENS_PER_PASS anyway
 MAX_BATCH, WAIT_MS, TIMEOUT_S = 16, 5.0, 30.0
 MAX_HISTORY = 1000  # entries in a request's history: far more than a retriever reads (ml-100k's LRURec reads 200)
 
