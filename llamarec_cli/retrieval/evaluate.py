@@ -92,23 +92,17 @@ def _rank_batch(model, histories: list[list[int]], targets: torch.Tensor, k: int
     for start, scores in blocks:
         width = scores.size(1)
         total += width
-        rows = None  # every row
-        if best_scores.size(1) == depth:
-            holds_target = (targets >= start) & (targets < start + width)
-            rows = (~(scores.amax(dim=1) < best_scores[:, -1]) | holds_target).nonzero().squeeze(1)  # NaN: searched
-            if rows.numel() == 0:
-                continue
-            scores = scores[rows]
-        _mask_block(scores, start, targets, target_scores, seen, rows)
-        top = scores.topk(min(depth, width), dim=1)
-        kept_scores = best_scores if rows is None else best_scores[rows]
-        merged = torch.cat([kept_scores, top.values], dim=1)
-        order = merged.topk(min(depth, merged.size(1)), dim=1).indices  # NaN first, as a rank counts it
-        items = torch.cat([best_items if rows is None else best_items[rows], top.indices + start], dim=1)
-        if rows is None:
-            best_scores, best_items = merged.gather(1, order), items.gather(1, order)
-        else:
-            best_scores[rows], best_items[rows] = merged.gather(1, order), items.gather(1, order)
+        if best_scores.size(1) < depth:  # the first items: every row
+            _mask_block(scores, start, targets, target_scores, seen)
+            best_scores, best_items = _merged(best_scores, best_items, scores, start, depth)
+            continue
+        holds_target = (targets >= start) & (targets < start + width)
+        rows = (~(scores.amax(dim=1) < best_scores[:, -1]) | holds_target).nonzero().squeeze(1)  # NaN: searched
+        if rows.numel() == 0:
+            continue
+        scores = scores[rows]
+        _mask_block(scores, start, targets[rows], target_scores[rows], seen[rows])
+        best_scores[rows], best_items[rows] = _merged(best_scores[rows], best_items[rows], scores, start, depth)
     ahead = ((best_scores >= target_scores[:, None]) | best_scores.isnan()).sum(dim=1)
     exact = (ahead < depth) | (total <= depth)  # the whole catalogue was kept, or something ranked below the target
     ranks = torch.where(exact, ahead.double(), math.inf)
@@ -117,11 +111,9 @@ def _rank_batch(model, histories: list[list[int]], targets: torch.Tensor, k: int
     return Ranked(ranks, best_items[:, :keep].to(torch.int32), best_scores[:, :keep])
 
 
-def _mask_block(scores, start: int, targets, target_scores, seen, rows) -> None:
-    """In place, on a block of scores for items ``start``.. (of the users ``rows``, None: all): the padding id and
-    seen items can never be chosen, and each target scores what ``target_scores`` says, whatever the route."""
-    if rows is not None:
-        targets, target_scores, seen = targets[rows], target_scores[rows], seen[rows]
+def _mask_block(scores, start: int, targets, target_scores, seen) -> None:
+    """In place, on a block of scores for items ``start``..: the padding id and seen items can never be chosen, and
+    each target scores what ``target_scores`` says, whatever the route."""
     width = scores.size(1)
     index = torch.arange(scores.size(0), device=scores.device)
     if start == 0:
@@ -132,6 +124,15 @@ def _mask_block(scores, start: int, targets, target_scores, seen, rows) -> None:
     local = seen - start
     inside = (local >= 0) & (local < width)
     scores[index[:, None].expand_as(seen)[inside], local[inside]] = -math.inf
+
+
+def _merged(kept_scores, kept_items, scores, start: int, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best ``depth`` of the kept items and a masked block of items ``start``.., best first."""
+    top = scores.topk(min(depth, scores.size(1)), dim=1)
+    merged = torch.cat([kept_scores, top.values], dim=1)
+    order = merged.topk(min(depth, merged.size(1)), dim=1).indices  # NaN first, as a rank counts it
+    items = torch.cat([kept_items, top.indices + start], dim=1)
+    return merged.gather(1, order), items.gather(1, order)
 
 
 def ranked_batches(model, data: EvalSet, device, k: int = 0) -> Iterator[tuple[list[int], Ranked]]:
