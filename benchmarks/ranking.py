@@ -47,6 +47,11 @@ PAPER_SUBSET = {
     "beauty": {"LRURec order": (0.4168, 0.7170), "LlamaRec (Llama 2 7B)": (0.4337, 0.7600)},
     "games": {"LRURec order": (0.3760, 0.6879), "LlamaRec (Llama 2 7B)": (0.4173, 0.7522)},
 }
+VARIANT_SETTINGS = {  # rank-train settings of each --negatives variant beyond its kind
+    "": (),
+    "shuffled": ("--set", "shuffle_candidates=true"),
+    "prior": ("--set", "loss=letters", "--set", "retriever_prior=1"),
+}
 SUBSET_COLUMNS = ("NDCG@10", "Recall@10", "MRR@10")
 OVERALL_COLUMNS = ("NDCG@10", "Recall@10", "MRR@10")
 
@@ -237,8 +242,8 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
 
     evaluate(f"zero-shot {args.model}", ["--adapter", "none", "--model", args.model], "zero-shot")
     for negatives in args.negatives:  # a ranker per kind, named after it in the work directory
-        kind, _, shuffled = negatives.partition("-")
-        name = f"trained, {kind} negatives" + (", shuffled" if shuffled else "")
+        kind, _, variant = negatives.partition("-")
+        name = f"trained, {kind} negatives" + {"": "", "shuffled": ", shuffled", "prior": ", retriever prior"}[variant]
         done = args.workdir / dataset / "ranker" / negatives / "manifest.json"
         if name not in d["training"] and done.is_file():  # trained, but its entry was lost: keep it, say so
             print(f"{done} exists: using that ranker (delete it to train again)", flush=True)
@@ -250,7 +255,7 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
                 else run(
                     [
                         *("rank-train", dataset, "--name", negatives, "--model", args.model, "--negatives", kind),
-                        *(("--set", "shuffle_candidates=true") if shuffled else ()),
+                        *VARIANT_SETTINGS[variant],
                         *("--max-train-examples", str(args.train_examples)),
                         *("--max-val-examples", str(args.val_examples), "--eval-every", str(args.eval_every)),
                         *("--batch-size", str(args.batch_size), "--lr", str(args.lr)),
@@ -289,9 +294,11 @@ def main() -> None:
     parser.add_argument(
         "--negatives",
         nargs="+",
-        default=["retrieved", "retrieved-shuffled", "random"],
-        choices=["retrieved", "retrieved-shuffled", "random"],
-        help="retrieved-shuffled: the retriever's candidates in a random order (rank-train --set shuffle_candidates)",
+        default=["retrieved", "retrieved-prior", "random"],
+        choices=["retrieved", "retrieved-shuffled", "retrieved-prior", "random"],
+        help="retrieved-shuffled: the retriever's candidates in a random order (--set shuffle_candidates=true); "
+        "retrieved-prior: trained on the letters beside the retriever's log-probabilities (--set loss=letters "
+        "--set retriever_prior=1)",
     )
     parser.add_argument("--redo", action="store_true", help="forget the named datasets' results and rerun them")
     args = parser.parse_args()

@@ -335,3 +335,48 @@ def test_templates_commands_list_and_render_for_a_user(chain_with_candidates, wo
         build_app(), ["templates", "show", "--dataset", "chain", "--user", "999", "-w", str(workdir)]
     )
     assert missing.exit_code == 2 and "User 999 has no test request" in missing.output
+
+
+def test_the_letters_loss_is_cross_entropy_over_the_letters_read_when_ranking(tokenizer, tiny):
+    from llamarec_cli.ranking.fusion import retriever_log_probabilities
+    from llamarec_cli.stages.rank_train import letter_loss
+
+    encoder = PromptEncoder(tokenizer, load_template(), TITLES)
+    scores = [float(s) for s in range(20, 0, -1)]
+    examples = [
+        Example([1, 2, 3], list(range(5, 25)), 3, 1, scores),
+        Example([4] * 9, list(range(10, 15)), 1, 2, scores[:5]),
+    ]
+    letters = score_examples(tiny, encoder, examples, batch_size=1)  # what evaluate reads
+    pad = pad_id(tokenizer)
+    for prior in (0.0, 1.0, 2.5):
+        by_hand = torch.stack(
+            [
+                -torch.log_softmax(s + prior * retriever_log_probabilities(e.retriever_scores), -1)[e.target_index]
+                for s, e in zip(letters, examples)
+            ]
+        ).mean()
+        loss = letter_loss(tiny, encoder, examples, pad, "cpu", prior)
+        torch.testing.assert_close(loss, by_hand, atol=1e-4, rtol=1e-4)  # the 5-candidate row ignores letters F-T
+    assert not torch.allclose(
+        letter_loss(tiny, encoder, examples, pad, "cpu", 1.0), letter_loss(tiny, encoder, examples, pad, "cpu", 0.0)
+    )
+
+
+def test_a_retriever_prior_needs_retrieved_negatives_and_the_letters_loss(tiny_llama_dir):
+    for changes in ({"retriever_prior": 1.0}, {"retriever_prior": 1.0, "loss": "letters"}, {"loss": "words"}):
+        with pytest.raises(ConfigError, match="retriever_prior|Unknown loss"):
+            fast_config(tiny_llama_dir, **changes)
+    config = fast_config(tiny_llama_dir, retriever_prior=3.0, loss="letters", negatives="retrieved")
+    assert config.validation_alpha == 0.25 and fast_config(tiny_llama_dir).validation_alpha is None
+
+
+def test_a_ranker_trained_beside_the_retriever_prior_is_validated_fused(chain_with_candidates, workdir, tiny_llama_dir):
+    config = fast_config(tiny_llama_dir, negatives="retrieved", loss="letters", retriever_prior=1.0)
+    manifest = train_ranker("chain", workdir=workdir, config=config, device="cpu")
+    assert manifest["val_order"] == "fused at alpha 0.5" and manifest["config"]["retriever_prior"] == 1.0
+    curve = manifest["fusion"]["val"]  # NDCG@10 of the best adapter's validation scores at each α
+    assert manifest["val_metrics"]["NDCG@10"] == pytest.approx(curve["0.5"], abs=1e-6)
+    assert curve["0.5"] != curve["1"]  # the pure ranker's order would have scored otherwise
+    for v in manifest["validations"]:
+        assert 0 < v["NDCG@10"] <= 1

@@ -13,6 +13,7 @@ from .precision import DTYPES
 from .templates import DEFAULT_TEMPLATE
 
 NEGATIVES = ("random", "retrieved")  # the training candidates: see RankerConfig.negatives
+LOSSES = ("lm", "letters")  # see RankerConfig.loss
 
 
 def check_negatives(negatives: str) -> None:
@@ -50,6 +51,17 @@ class RankerConfig:
         "prefixes the retriever, which trained on them, puts the true item first about twice as often as at test "
         "time (games: 24% against 12%), and a ranker taught in its order learns to answer A.",
     )
+    loss: str = option(
+        "lm",
+        "lm: cross-entropy of the answer letter and EOS over the whole vocabulary (the paper); letters: "
+        "cross-entropy of the true candidate over the candidates' letter logits only, as ranking reads them.",
+    )
+    retriever_prior: float = option(
+        0.0,
+        "With --negatives retrieved and loss letters: add this multiple of the retriever's log-probabilities to the "
+        "letter logits in the loss, so the ranker learns what the retriever misses instead of its order (it is then "
+        "validated, and best used, fused at alpha = 1 / (1 + prior)). 0: off.",
+    )
     max_train_examples: int | None = option(None, "Train on a seeded random sample of this many examples.")
     eval_every: int = option(100, "Validate (NDCG@10 on the valid retrieval subset) every this many steps.")
     patience: int = option(20, "Stop after this many validations without a better NDCG@10.")
@@ -80,10 +92,25 @@ class RankerConfig:
         check_seed(self.seed)
         if self.negatives not in NEGATIVES:
             raise ConfigError(f"Unknown negatives '{self.negatives}'. Use one of: {', '.join(NEGATIVES)}.")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"Unknown loss '{self.loss}'. Use one of: {', '.join(LOSSES)}.")
+        if self.retriever_prior < 0:
+            raise ConfigError(f"retriever_prior must be 0 or more (got {self.retriever_prior})")
+        if self.retriever_prior and (self.loss != "letters" or self.negatives != "retrieved"):
+            raise ConfigError(
+                "retriever_prior needs the retriever's scores of the training candidates and a loss over the "
+                "letters: add --negatives retrieved --set loss=letters, or drop retriever_prior."
+            )
         if self.dtype not in DTYPES:
             raise ConfigError(f"Unknown dtype '{self.dtype}'. Use one of: {', '.join(DTYPES)}.")
         if self.quantization not in QUANTIZATIONS:
             raise ConfigError(f"Unknown quantization '{self.quantization}'. Use one of: {', '.join(QUANTIZATIONS)}.")
+
+    @property
+    def validation_alpha(self) -> float | None:
+        """The fusion α whose order the loss trains (and validation scores) when a retriever prior is set: the
+        order of letters + prior · retriever log-probabilities, which α = 1 / (1 + prior) gives."""
+        return 1 / (1 + self.retriever_prior) if self.retriever_prior else None
 
     @property
     def lora_targets(self) -> list[str] | None:

@@ -40,6 +40,11 @@ def _blend(letters: torch.Tensor, retriever: torch.Tensor | None, alpha: float) 
     return alpha * letters + (1 - alpha) * retriever
 
 
+def retriever_log_probabilities(scores) -> torch.Tensor:
+    """log_softmax of one request's retriever scores (float32), as fusion uses them."""
+    return torch.log_softmax(_finite(scores), dim=-1).float()
+
+
 def _finite(scores) -> torch.Tensor:
     """float64, NaN as -inf: a candidate without a score goes last (α = 0 and 1 never multiply an -inf by 0);
     +inf becomes the largest float, so log_softmax stays defined."""

@@ -1,9 +1,11 @@
 """``llamarec rank-train`` as a library call: (Q)LoRA fine-tuning of the verbalizer ranker (METHOD.md §5).
 
-The loss is cross-entropy on the label tokens only (the answer letter and EOS). Every ``eval_every`` steps the
-validation subset is ranked and scored by NDCG@10; the best adapter is kept in PEFT's format and training stops after
-``patience`` validations without gain. The run lives in ``<workdir>/<dataset>/ranker/.<name>.partial/`` until it
-completes, with a resumable state (LoRA weights, optimizer, RNG, counters) saved at every validation.
+The loss is cross-entropy on the label tokens only (the answer letter and EOS), or with ``loss=letters`` over the
+candidates' letter logits only, optionally with the retriever's log-probabilities added (``retriever_prior``). Every
+``eval_every`` steps the validation subset is ranked and scored by NDCG@10; the best adapter is kept in PEFT's format
+and training stops after ``patience`` validations without gain. The run lives in
+``<workdir>/<dataset>/ranker/.<name>.partial/`` until it completes, with a resumable state (LoRA weights, optimizer,
+RNG, counters) saved at every validation.
 
 Runs unchanged under ``accelerate launch`` on several GPUs or machines: each process trains on its share of every
 batch (gradients are averaged by DDP) and scores its share of the validation users.
@@ -39,11 +41,11 @@ from ..files import replace_dir, sha256_of, write_json
 from ..layout import Workdir
 from ..ranking.config import RankerConfig
 from ..ranking.examples import training_examples, valid_subset
-from ..ranking.fusion import choose_alpha, rank
+from ..ranking.fusion import choose_alpha, fused_ranks, rank, retriever_log_probabilities
 from ..ranking.precision import DtypeChoice, choose_dtype
 from ..ranking.prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
 from ..ranking.scoring import pass_token_cap, passes, score_examples
-from ..ranking.verbalizer import position_ids
+from ..ranking.verbalizer import letter_logits, position_ids
 from ..training import Progress, Reporter, resolve_device, train_epochs
 from ..version import versions
 from ..workspace import main_process, run_lock
@@ -78,27 +80,58 @@ def label_loss(model, input_ids, attention_mask, labels) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, -span:].reshape(-1), ignore_index=IGNORE)
 
 
-def accumulate_step(model, accelerator, encoder, examples: list[Example], pad: int, tokens_per_pass: int | None):
-    """Gradients of one step's mean label loss, in forward passes of at most ``tokens_per_pass`` tokens each.
+def letter_loss(model, encoder, examples: list[Example], pad: int, device, retriever_prior: float) -> torch.Tensor:
+    """Mean cross-entropy of the true candidates over the candidates' letter logits, read as ranking reads them;
+    with ``retriever_prior`` the retriever's log-probabilities, times it, are added first, so the letters only have to
+    supply what the retriever's order lacks (a product of the two, as fusion combines them)."""
+    k = max(len(e.candidates) for e in examples)
+    batch = pad_left([encoder.prompt_ids(e) for e in examples], pad).to(device)
+    logits = letter_logits(model, batch.input_ids, batch.attention_mask, encoder.verbalizer.ids(k))
+    offset = torch.full_like(logits, -math.inf)  # a request with fewer candidates: the missing letters never win
+    for row, e in enumerate(examples):
+        n = len(e.candidates)
+        offset[row, :n] = retriever_prior * retriever_log_probabilities(e.retriever_scores) if retriever_prior else 0
+    targets = torch.tensor([e.target_index for e in examples], device=logits.device)
+    return F.cross_entropy(logits + offset, targets)
+
+
+def accumulate_step(
+    model,
+    accelerator,
+    encoder,
+    examples: list[Example],
+    pad: int,
+    tokens_per_pass: int | None,
+    loss: str = "lm",
+    retriever_prior: float = 0.0,
+):
+    """Gradients of one step's mean loss, in forward passes of at most ``tokens_per_pass`` tokens each.
 
     Activations kept for the backward pass cost about a megabyte per token (30 layers of SmolLM2 in bf16), so a step
     of 16 prompts of 600 tokens in one pass needs gigabytes; passes of a prompt or two keep it near one, at the same
-    speed on a CPU (scoring.py says why). Each pass's mean is weighted by its share of the step's label tokens, so
-    the gradient is the whole batch's. Returns the step's loss."""
+    speed on a CPU (scoring.py says why). Each pass's mean is weighted by its share of the step's label tokens (of its
+    examples, for the letters loss), so the gradient is the whole batch's. Returns the step's loss."""
     from contextlib import nullcontext
 
+    letters = loss == "letters"
     encoded = [encoder.training_ids(e) for e in examples]
-    counts = [sum(label != IGNORE for label in labels) for _, labels in encoded]
+    counts = [1 if letters else sum(label != IGNORE for label in labels) for _, labels in encoded]
     groups = passes([len(ids) for ids, _ in encoded], len(encoded), tokens_per_pass)
     total = torch.zeros((), device=accelerator.device)
     for n, group in enumerate(groups):
-        batch = pad_left([encoded[i][0] for i in group], pad, [encoded[i][1] for i in group]).to(accelerator.device)
         weight = sum(counts[i] for i in group) / sum(counts)
         last = n == len(groups) - 1
         with nullcontext() if last else accelerator.no_sync(model):  # all-reduce the gradients once per step
-            loss = label_loss(model, batch.input_ids, batch.attention_mask, batch.labels) * weight
-            accelerator.backward(loss)
-        total += loss.detach()
+            if letters:
+                chosen = [examples[i] for i in group]
+                part = letter_loss(model, encoder, chosen, pad, accelerator.device, retriever_prior)
+            else:
+                rows, labels = [encoded[i][0] for i in group], [encoded[i][1] for i in group]
+                batch = pad_left(rows, pad, labels).to(accelerator.device)
+                part = label_loss(model, batch.input_ids, batch.attention_mask, batch.labels)
+            part = part * weight
+            accelerator.backward(part)
+        total += part.detach()
     return total
 
 
@@ -305,6 +338,7 @@ def _manifest(
         "optimizer": type(getattr(run.optimizer, "optimizer", run.optimizer)).__name__,  # accelerate wraps it
         "device": str(run.accelerator.device),
         "val_metrics": progress.best_metrics,
+        "val_order": "ranker" if config.validation_alpha is None else f"fused at alpha {config.validation_alpha:g}",
         "val_retriever_metrics": subset_metrics([e.target_index + 1.0 for e in val_examples]),  # the bar to clear
         "validations": progress.validations,
         "fusion": choose_alpha(val_examples, [torch.tensor(s) for s in trainer.best_scores])
@@ -403,7 +437,17 @@ class _Trainer:
         rows = order[batch_index * run.global_batch : (batch_index + 1) * run.global_batch]
         rows = rows[accelerator.process_index :: accelerator.num_processes]
         step_examples = [self.examples[i] for i in rows]
-        loss = accumulate_step(run.model, accelerator, self.encoder, step_examples, self.pad, self.token_cap)
+        config = self.config
+        loss = accumulate_step(
+            run.model,
+            accelerator,
+            self.encoder,
+            step_examples,
+            self.pad,
+            self.token_cap,
+            config.loss,
+            config.retriever_prior,
+        )
         value = accelerator.reduce(loss, reduction="mean").item()
         if not math.isfinite(value):  # stop before the broken adapter reaches a validation or a checkpoint
             self.diverged(f"The training loss became {value} at step {self.progress.step + 1}")
@@ -422,7 +466,9 @@ class _Trainer:
         )
         if any(s.isnan().any() for s in scores):  # NaN letters would tie, and ties keep the retriever's order
             self.diverged(f"The letter logits became NaN at step {progress.step}")
-        metrics = subset_metrics(target_ranks(self.val_examples, scores))
+        alpha = config.validation_alpha  # a ranker trained beside a retriever prior is judged beside it too
+        ranks = fused_ranks(self.val_examples, scores, alpha) if alpha else target_ranks(self.val_examples, scores)
+        metrics = subset_metrics(ranks)
         if progress.validated(metrics, RANKER_EARLY_STOP_METRIC, batch_done, run.steps_per_epoch):
             self.best_scores = [s.tolist() for s in scores]
             if accelerator.is_main_process:
