@@ -2,7 +2,8 @@
 
 For each dataset, the same test requests (the valid retrieval subset: test users whose true item is among LRURec's
 top 20, or a seeded sample of them, the same users for every order) ranked by: the retriever's own order, zero-shot
-SmolLM2, and SmolLM2 trained with retrieved negatives (the retriever's candidates for training prefixes) and with
+SmolLM2, and SmolLM2 trained with retrieved negatives (the retriever's candidates for training prefixes), with retrieved
+negatives beside the retriever's log-probabilities (retrieved-prior: the letters learn what its order lacks) and with
 random negatives (the paper's), each both pure and fused with the retriever's scores at the α that rank-train chose
 on validation. Overall metrics (all test users) follow from subset x hit-rate@20.
 
@@ -167,9 +168,11 @@ def markdown(data: dict) -> str:
             for name, t in d["training"].items():
                 fusion = t.get("fusion") or {}
                 at_alpha = fusion.get("val", {}).get(f"{fusion.get('alpha', 1):g}")
+                trained = fusion.get("trained_alpha")  # a retriever prior: validated in the fused order it trains
+                validated = f" (fused, α={trained:g})" if trained else ""
                 lines.append(
                     f"| {name} | {t['train_examples']} | {t['steps']} | {t['best_step']} | "
-                    f"{t['val_metrics'].get('NDCG@10', 0):.4f} | "
+                    f"{t['val_metrics'].get('NDCG@10', 0):.4f}{validated} | "
                     f"{t.get('val_retriever_metrics', {}).get('NDCG@10', 0):.4f} | "
                     f"{fusion.get('alpha', '')} ({fusion.get('users', '')}) | "
                     f"{'' if at_alpha is None else f'{at_alpha:.4f}'} | {t['time']} |"

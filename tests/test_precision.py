@@ -143,13 +143,15 @@ def test_resume_keeps_the_dtype_the_run_started_in(
     assert resumed["model"]["dtype"] == "fp32" and not resumed["interrupted"]
 
 
-def test_a_step_split_into_passes_has_the_whole_batchs_gradient(llama2_tokenizer_dir, tiny_llama_dir):
+@pytest.mark.parametrize("loss", ["lm", "letters"])
+def test_a_step_split_into_passes_has_the_whole_batchs_gradient(llama2_tokenizer_dir, tiny_llama_dir, loss):
     from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model
 
     tokenizer = AutoTokenizer.from_pretrained(llama2_tokenizer_dir)
     encoder = PromptEncoder(tokenizer, load_template(), TITLES)
-    examples = [Example(list(range(1, 2 + 3 * i)), list(range(20, 40)), i) for i in range(5)]  # unequal lengths
+    scores = [float(-s) for s in range(20)]
+    examples = [Example(list(range(1, 2 + 3 * i)), list(range(20, 40)), i, i, scores) for i in range(5)]  # unequal
     grads = []
     lengths = [len(encoder.training_ids(e)[0]) for e in examples]
     uneven = 2 * max(lengths)  # passes of 2, 2 and 1 prompts: each pass's weight is its share of the labels
@@ -162,8 +164,9 @@ def test_a_step_split_into_passes_has_the_whole_batchs_gradient(llama2_tokenizer
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=0.1)  # B = 0 would give A no gradient
         model.train()
-        loss = accumulate_step(model, Accelerator(cpu=True), encoder, examples, pad_id(tokenizer), cap)
-        grads.append((loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+        prior = 1.0 if loss == "letters" else 0.0
+        value = accumulate_step(model, Accelerator(cpu=True), encoder, examples, pad_id(tokenizer), cap, loss, prior)
+        grads.append((value, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
     (whole, g1), (split, g2) = grads[0], grads[1]
     torch.testing.assert_close(whole, split, atol=1e-5, rtol=1e-5)
     assert g1.keys() == g2.keys() and all(torch.allclose(g1[n], g2[n], atol=1e-6, rtol=1e-4) for n in g1)

@@ -17,6 +17,7 @@ from llamarec_cli.cli import build_app
 from llamarec_cli.errors import ArtifactError, ConfigError, DataFormatError
 from llamarec_cli.evaluation.metrics import paired_difference
 from llamarec_cli.ranking.examples import random_negative_examples, training_examples, valid_subset
+from llamarec_cli.ranking.fusion import resolve_alpha
 from llamarec_cli.ranking.prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
 from llamarec_cli.ranking.scoring import score_examples
 from llamarec_cli.ranking.templates import load_template
@@ -364,7 +365,13 @@ def test_the_letters_loss_is_cross_entropy_over_the_letters_read_when_ranking(to
 
 
 def test_a_retriever_prior_needs_retrieved_negatives_and_the_letters_loss(tiny_llama_dir):
-    for changes in ({"retriever_prior": 1.0}, {"retriever_prior": 1.0, "loss": "letters"}, {"loss": "words"}):
+    refused = (
+        {"retriever_prior": 1.0},
+        {"retriever_prior": 1.0, "loss": "letters"},  # random negatives have no retriever scores
+        {"retriever_prior": 1.0, "negatives": "retrieved"},  # the lm loss has no letters to add them to
+        {"loss": "words"},
+    )
+    for changes in refused:
         with pytest.raises(ConfigError, match="retriever_prior|Unknown loss"):
             fast_config(tiny_llama_dir, **changes)
     config = fast_config(tiny_llama_dir, retriever_prior=3.0, loss="letters", negatives="retrieved")
@@ -372,11 +379,23 @@ def test_a_retriever_prior_needs_retrieved_negatives_and_the_letters_loss(tiny_l
 
 
 def test_a_ranker_trained_beside_the_retriever_prior_is_validated_fused(chain_with_candidates, workdir, tiny_llama_dir):
-    config = fast_config(tiny_llama_dir, negatives="retrieved", loss="letters", retriever_prior=1.0)
+    config = fast_config(tiny_llama_dir, negatives="retrieved", loss="letters", retriever_prior=2.0)
     manifest = train_ranker("chain", workdir=workdir, config=config, device="cpu")
-    assert manifest["val_order"] == "fused at alpha 0.5" and manifest["config"]["retriever_prior"] == 1.0
-    curve = manifest["fusion"]["val"]  # NDCG@10 of the best adapter's validation scores at each α
-    assert manifest["val_metrics"]["NDCG@10"] == pytest.approx(curve["0.5"], abs=1e-6)
-    assert curve["0.5"] != curve["1"]  # the pure ranker's order would have scored otherwise
+    assert manifest["val_order"] == "fused at alpha 0.333333" and manifest["config"]["retriever_prior"] == 2.0
+    curve = manifest["fusion"]["val"]  # NDCG@10 of the best adapter's validation scores at each α, 1/3 included
+    assert manifest["fusion"]["trained_alpha"] == pytest.approx(1 / 3)
+    assert manifest["val_metrics"]["NDCG@10"] == pytest.approx(curve["0.333333"], abs=1e-6)
+    assert curve["0.333333"] != curve["1"]  # the pure ranker's order would have scored otherwise
+    _, source = resolve_alpha("none", manifest["fusion"])
+    assert "trained beside the retriever's scores" in source
     for v in manifest["validations"]:
         assert 0 < v["NDCG@10"] <= 1
+
+
+def test_resuming_a_run_from_before_the_letters_loss_refuses_switching_to_it(tiny_llama_dir):
+    from llamarec_cli.stages.rank_train import _refuse_changes
+
+    saved = {k: v for k, v in fast_config(tiny_llama_dir).to_dict().items() if k not in ("loss", "retriever_prior")}
+    _refuse_changes(saved, fast_config(tiny_llama_dir))  # the same run: accepted
+    with pytest.raises(ConfigError, match="loss=lm"):
+        _refuse_changes(saved, fast_config(tiny_llama_dir, loss="letters"))

@@ -59,8 +59,8 @@ class RankerConfig:
     retriever_prior: float = option(
         0.0,
         "With --negatives retrieved and loss letters: add this multiple of the retriever's log-probabilities to the "
-        "letter logits in the loss, so the ranker learns what the retriever misses instead of its order (it is then "
-        "validated, and best used, fused at alpha = 1 / (1 + prior)). 0: off.",
+        "letter logits in the loss, so the ranker learns what the retriever misses instead of its order; it is then "
+        "validated fused at alpha = 1 / (1 + prior), an alpha the fusion grid includes. 0: off.",
     )
     max_train_examples: int | None = option(None, "Train on a seeded random sample of this many examples.")
     eval_every: int = option(100, "Validate (NDCG@10 on the valid retrieval subset) every this many steps.")

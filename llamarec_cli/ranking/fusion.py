@@ -41,8 +41,9 @@ def _blend(letters: torch.Tensor, retriever: torch.Tensor | None, alpha: float) 
 
 
 def retriever_log_probabilities(scores) -> torch.Tensor:
-    """log_softmax of one request's retriever scores (float32), as fusion uses them."""
-    return torch.log_softmax(_finite(scores), dim=-1).float()
+    """log_softmax of one request's retriever scores (float32), as fusion uses them, for a training loss: kept
+    finite (a candidate without a score gets a very low one; a request without any, a flat prior)."""
+    return torch.log_softmax(_finite(scores), dim=-1).nan_to_num(nan=0.0, neginf=-1e4).float()
 
 
 def _finite(scores) -> torch.Tensor:
@@ -107,6 +108,8 @@ def resolve_alpha(fusion: str | float | None, stored: dict | None) -> tuple[floa
             return float(stored["alpha"]), f"chosen on {stored['users']:,} validation users"
         return None, "none stored with this ranker"
     if fusion == "none":
+        if stored and stored.get("trained_alpha"):
+            return None, "--fusion none; this ranker was trained beside the retriever's scores, to be read fused"
         return None, "--fusion none"
     try:
         alpha = float(fusion)

@@ -41,7 +41,7 @@ from ..files import replace_dir, sha256_of, write_json
 from ..layout import Workdir
 from ..ranking.config import RankerConfig
 from ..ranking.examples import training_examples, valid_subset
-from ..ranking.fusion import choose_alpha, fused_ranks, rank, retriever_log_probabilities
+from ..ranking.fusion import GRID, choose_alpha, fused_ranks, rank, retriever_log_probabilities
 from ..ranking.precision import DtypeChoice, choose_dtype
 from ..ranking.prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
 from ..ranking.scoring import pass_token_cap, passes, score_examples
@@ -87,12 +87,12 @@ def letter_loss(model, encoder, examples: list[Example], pad: int, device, retri
     k = max(len(e.candidates) for e in examples)
     batch = pad_left([encoder.prompt_ids(e) for e in examples], pad).to(device)
     logits = letter_logits(model, batch.input_ids, batch.attention_mask, encoder.verbalizer.ids(k))
-    offset = torch.full_like(logits, -math.inf)  # a request with fewer candidates: the missing letters never win
+    offset = torch.full(logits.shape, -math.inf)  # a request with fewer candidates: the missing letters never win
     for row, e in enumerate(examples):
         n = len(e.candidates)
         offset[row, :n] = retriever_prior * retriever_log_probabilities(e.retriever_scores) if retriever_prior else 0
     targets = torch.tensor([e.target_index for e in examples], device=logits.device)
-    return F.cross_entropy(logits + offset, targets)
+    return F.cross_entropy(logits + offset.to(logits.device), targets)
 
 
 def accumulate_step(
@@ -109,8 +109,8 @@ def accumulate_step(
 
     Activations kept for the backward pass cost about a megabyte per token (30 layers of SmolLM2 in bf16), so a step
     of 16 prompts of 600 tokens in one pass needs gigabytes; passes of a prompt or two keep it near one, at the same
-    speed on a CPU (scoring.py says why). Each pass's mean is weighted by its share of the step's label tokens (of its
-    examples, for the letters loss), so the gradient is the whole batch's. Returns the step's loss."""
+    speed on a CPU (scoring.py says why). Each pass's mean is weighted by its share of the step's label tokens (for the
+    letters loss, of its examples), so the gradient is the whole batch's. Returns the step's loss."""
     from contextlib import nullcontext
 
     letters = loss == "letters"
@@ -341,11 +341,19 @@ def _manifest(
         "val_order": "ranker" if config.validation_alpha is None else f"fused at alpha {config.validation_alpha:g}",
         "val_retriever_metrics": subset_metrics([e.target_index + 1.0 for e in val_examples]),  # the bar to clear
         "validations": progress.validations,
-        "fusion": choose_alpha(val_examples, [torch.tensor(s) for s in trainer.best_scores])
-        if trainer.best_scores
-        else None,
+        "fusion": _fusion(config, val_examples, trainer.best_scores),
         "versions": versions("torch", "transformers", "peft"),
     }
+
+
+def _fusion(config: RankerConfig, val_examples: list[Example], best_scores: list[list[float]]) -> dict | None:
+    """The α chosen on validation (the grid, and the α a retriever prior trained for); None before any validation."""
+    if not best_scores:
+        return None
+    trained = config.validation_alpha
+    grid = sorted({*GRID, trained}) if trained else GRID
+    chosen = choose_alpha(val_examples, [torch.tensor(s) for s in best_scores], grid)
+    return chosen | ({"trained_alpha": trained} if trained else {})
 
 
 def _training_set(workdir: Path, dataset: Dataset, config: RankerConfig, k: int, accelerator) -> list[Example]:
@@ -366,6 +374,8 @@ def _training_set(workdir: Path, dataset: Dataset, config: RankerConfig, k: int,
         shuffle=config.shuffle_candidates,
     )
     del retriever
+    if config.retriever_prior:  # a true item the retriever scores -inf (seen before) would make the loss infinite
+        examples = [e for e in examples if math.isfinite(e.retriever_scores[e.target_index])]
     if len(examples) < accelerator.num_processes:
         raise ArtifactError(f"Dataset '{dataset.name}' gives {len(examples)} training examples; too few to train.")
     return examples
@@ -632,6 +642,8 @@ def resumed_config(workdir: Path, dataset: str, name: str, flags: dict) -> tuple
 
 def _refuse_changes(saved: dict, config: RankerConfig) -> None:
     """``--resume`` continues the interrupted run with its settings: one that ``config`` changes is refused."""
+    # a setting the saved run predates had its default then (a run from before `loss` existed trained the lm loss)
+    saved = RankerConfig().to_dict() | saved
     changed = [f"{k}={v}" for k, v in saved.items() if config.to_dict().get(k) != v]
     if changed:
         raise ConfigError(
