@@ -246,7 +246,8 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
     evaluate(f"zero-shot {args.model}", ["--adapter", "none", "--model", args.model], "zero-shot")
     for negatives in args.negatives:  # a ranker per kind, named after it in the work directory
         kind, _, variant = negatives.partition("-")
-        name = f"trained, {kind} negatives" + {"": "", "shuffled": ", shuffled", "prior": ", retriever prior"}[variant]
+        name = "trained, validation requests" if kind == "validation" else f"trained, {kind} negatives"
+        name += {"": "", "shuffled": ", shuffled", "prior": ", retriever prior"}[variant]
         done = args.workdir / dataset / "ranker" / negatives / "manifest.json"
         if name not in d["training"] and done.is_file():  # trained, but its entry was lost: keep it, say so
             print(f"{done} exists: using that ranker (delete it to train again)", flush=True)
@@ -298,10 +299,11 @@ def main() -> None:
         "--negatives",
         nargs="+",
         default=["retrieved", "retrieved-prior", "random"],
-        choices=["retrieved", "retrieved-shuffled", "retrieved-prior", "random"],
+        choices=["retrieved", "retrieved-shuffled", "retrieved-prior", "validation", "validation-prior", "random"],
         help="retrieved-shuffled: the retriever's candidates in a random order (--set shuffle_candidates=true); "
         "retrieved-prior: trained on the letters beside the retriever's log-probabilities (--set loss=letters "
-        "--set retriever_prior=1)",
+        "--set retriever_prior=1); validation: the validation requests not held out (rank-train --negatives "
+        "validation)",
     )
     parser.add_argument("--redo", action="store_true", help="forget the named datasets' results and rerun them")
     args = parser.parse_args()

@@ -399,3 +399,29 @@ def test_resuming_a_run_from_before_the_letters_loss_refuses_switching_to_it(tin
     _refuse_changes(saved, fast_config(tiny_llama_dir))  # the same run: accepted
     with pytest.raises(ConfigError, match="loss=lm"):
         _refuse_changes(saved, fast_config(tiny_llama_dir, loss="letters"))
+
+
+def test_validation_requests_train_apart_from_the_users_held_out(chain_with_candidates, workdir, tiny_llama_dir):
+    from llamarec_cli.data.artifact import load_dataset
+    from llamarec_cli.stages.rank_train import held_out_training_set, sample
+
+    dataset = load_dataset(workdir, "chain")
+    val = valid_subset(dataset, load_candidates(workdir, dataset)[0], "val", 10)
+    before = [(e.user, list(e.candidates), e.target_index) for e in val.examples]
+    held_out = sample(val.examples, 3, 42)
+    config = fast_config(tiny_llama_dir, negatives="validation", shuffle_candidates=True, max_train_examples=None)
+    examples = held_out_training_set(val, held_out, config, "chain", 1)
+    assert len(examples) == len(val.examples) - 3 and len(val.examples) > 3
+    assert not {e.user for e in examples} & {e.user for e in held_out}
+    assert all(e.candidates[e.target_index] == dataset.sequences("val")[e.user][0] for e in examples)
+    assert [(e.user, e.candidates, e.target_index) for e in val.examples] == before  # shuffled copies only
+    shown = {user: index for user, _, index in before}
+    assert any(e.target_index != shown[e.user] for e in examples)  # the copies were shuffled
+    with pytest.raises(ConfigError, match="--max-val-examples"):
+        held_out_training_set(val, val.examples, config, "chain", 1)
+
+    config = fast_config(
+        tiny_llama_dir, negatives="validation", max_val_examples=3, loss="letters", retriever_prior=1.0
+    )
+    manifest = train_ranker("chain", workdir=workdir, config=config, device="cpu")
+    assert manifest["train_examples"] == min(24, len(val.examples) - 3) and manifest["val_examples"] == 3

@@ -12,7 +12,7 @@ from .models import DEFAULT_MODEL, QUANTIZATIONS
 from .precision import DTYPES
 from .templates import DEFAULT_TEMPLATE
 
-NEGATIVES = ("random", "retrieved")  # the training candidates: see RankerConfig.negatives
+NEGATIVES = ("random", "retrieved", "validation")  # the training candidates: see RankerConfig.negatives
 LOSSES = ("lm", "letters")  # see RankerConfig.loss
 
 
@@ -42,8 +42,9 @@ class RankerConfig:
     batch_size: int = option(16, "Examples per step (per process); the paper: 16 on ML-100k, 12 on Amazon.")
     negatives: str = option(
         "random",
-        "random: 19 random items + the true one (the paper); retrieved: the "
-        "retriever's own top-k for training prefixes that contain the true item.",
+        "random: 19 random items + the true one (the paper); retrieved: the retriever's own top-k for training "
+        "prefixes that contain the true item; validation: the validation requests the retriever found (never "
+        "trained on, like test requests), less the --max-val-examples users held out to pick the best step and α.",
     )
     shuffle_candidates: bool = option(
         False,
@@ -58,9 +59,10 @@ class RankerConfig:
     )
     retriever_prior: float = option(
         0.0,
-        "With --negatives retrieved and loss letters: add this multiple of the retriever's log-probabilities to the "
-        "letter logits in the loss, so the ranker learns what the retriever misses instead of its order; it is then "
-        "validated fused at alpha = 1 / (1 + prior), an alpha the fusion grid includes. 0: off.",
+        "With --negatives retrieved or validation and loss letters: add this multiple of the retriever's "
+        "log-probabilities to the letter logits in the loss, so the ranker learns what the retriever misses instead "
+        "of its order; it is then validated fused at alpha = 1 / (1 + prior), an alpha the fusion grid "
+        "includes. 0: off.",
     )
     max_train_examples: int | None = option(None, "Train on a seeded random sample of this many examples.")
     eval_every: int = option(100, "Validate (NDCG@10 on the valid retrieval subset) every this many steps.")
@@ -96,10 +98,10 @@ class RankerConfig:
             raise ConfigError(f"Unknown loss '{self.loss}'. Use one of: {', '.join(LOSSES)}.")
         if self.retriever_prior < 0:
             raise ConfigError(f"retriever_prior must be 0 or more (got {self.retriever_prior})")
-        if self.retriever_prior and (self.loss != "letters" or self.negatives != "retrieved"):
+        if self.retriever_prior and (self.loss != "letters" or self.negatives == "random"):
             raise ConfigError(
                 "retriever_prior needs the retriever's scores of the training candidates and a loss over the "
-                "letters: add --negatives retrieved --set loss=letters, or drop retriever_prior."
+                "letters: add --negatives retrieved (or validation) --set loss=letters, or drop retriever_prior."
             )
         if self.dtype not in DTYPES:
             raise ConfigError(f"Unknown dtype '{self.dtype}'. Use one of: {', '.join(DTYPES)}.")

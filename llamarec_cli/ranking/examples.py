@@ -91,6 +91,8 @@ def training_examples(
     """The training requests, in a seeded random order; at most ``max_examples`` of them. ``shuffle``: retrieved
     candidates in a seeded random order rather than the retriever's (random negatives are always shuffled)."""
     check_negatives(negatives)
+    if negatives == "validation":
+        raise ValueError("validation requests come from the candidates file: stages.rank_train.held_out_training_set")
     train = dataset.sequences("train")
     pairs = prefixes(train)
     order = np.random.default_rng(seed).permutation(len(pairs))
@@ -108,13 +110,18 @@ def training_examples(
             break
     examples = examples[:want]
     if shuffle:
-        rng = np.random.default_rng(seed)
-        for e in examples:
-            target, where = e.candidates[e.target_index], rng.permutation(len(e.candidates))
-            e.candidates = [e.candidates[i] for i in where]
-            e.retriever_scores = [e.retriever_scores[i] for i in where] if e.retriever_scores else None
-            e.target_index = e.candidates.index(target)
+        shuffle_candidates(examples, seed)
     return examples
+
+
+def shuffle_candidates(examples: list[Example], seed: int) -> None:
+    """Show each example's candidates (and their retriever scores) in a seeded random order, in place."""
+    rng = np.random.default_rng(seed)
+    for e in examples:
+        target, where = e.candidates[e.target_index], rng.permutation(len(e.candidates))
+        e.candidates = [e.candidates[i] for i in where]
+        e.retriever_scores = [e.retriever_scores[i] for i in where] if e.retriever_scores else None
+        e.target_index = e.candidates.index(target)
 
 
 def valid_subset(dataset, candidates: pl.DataFrame, split: str, k: int | None = None) -> Subset:

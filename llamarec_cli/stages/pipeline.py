@@ -41,7 +41,10 @@ class Budget:
     warmup_steps: int = option(4, "Ranker warm-up steps (at most the number of training steps).")
     # The retriever's own candidates, in its order, as at test time: at a CPU budget they beat the paper's random
     # negatives by 0.08 NDCG@10 on the ml-100k test subset (benchmarks/results/ranking.md).
-    negatives: str = option("retrieved", "Training candidates: the retriever's own (retrieved) or random.")
+    negatives: str = option(
+        "retrieved",
+        "Training candidates: the retriever's own (retrieved), its validation requests (validation) or random.",
+    )
     test_examples: int | None = option(None, "Rank a sample of this many test users.")
 
 

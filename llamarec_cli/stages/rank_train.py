@@ -13,6 +13,7 @@ batch (gradients are averaged by DDP) and scores its share of the validation use
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from contextlib import nullcontext
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -40,7 +42,7 @@ from ..evaluation.metrics import MetricSums
 from ..files import replace_dir, sha256_of, write_json
 from ..layout import Workdir
 from ..ranking.config import RankerConfig
-from ..ranking.examples import training_examples, valid_subset
+from ..ranking.examples import Subset, shuffle_candidates, training_examples, valid_subset
 from ..ranking.fusion import GRID, choose_alpha, fused_ranks, rank, retriever_log_probabilities
 from ..ranking.precision import DtypeChoice, choose_dtype
 from ..ranking.prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
@@ -273,8 +275,11 @@ def _train_ranker(
     reporter.note(loaded.dtype_reason)
     encoder = PromptEncoder(loaded.tokenizer, template, dataset.titles)
     encoder.verbalizer.ids(k)  # more candidates than letters: refused before any training
-    examples = _training_set(workdir, dataset, config, k, accelerator)
     val_examples = sample(val.examples, config.max_val_examples, config.seed)
+    if config.negatives == "validation":
+        examples = held_out_training_set(val, val_examples, config, dataset_name, accelerator.num_processes)
+    else:
+        examples = _training_set(workdir, dataset, config, k, accelerator)
     run = _prepare_run(loaded, config, accelerator, len(examples))
 
     rerun = rank_train_command(dataset_name, name)
@@ -354,6 +359,28 @@ def _fusion(config: RankerConfig, val_examples: list[Example], best_scores: list
     grid = sorted({*GRID, trained}) if trained else GRID
     chosen = choose_alpha(val_examples, [torch.tensor(s) for s in best_scores], grid)
     return chosen | ({"trained_alpha": trained} if trained else {})
+
+
+def held_out_training_set(val: Subset, held_out: list[Example], config: RankerConfig, dataset: str, processes: int):
+    """``--negatives validation``: the validation requests whose true item the retriever found, but for the users held
+    out to pick the best step and α, in a seeded random order (at most ``max_train_examples``). The retriever never
+    trained on these true items, so its order is as often right here as at test time (on training prefixes, which it
+    trained on, about twice as often), and a ranker learns when to trust it."""
+    keep_out = {e.user for e in held_out}
+    rest = [e for e in val.examples if e.user not in keep_out]
+    if len(rest) < processes:
+        raise ConfigError(
+            f"--negatives validation trains on the validation users not held out for validation, and all "
+            f"{len(val.examples):,} of {dataset}'s are held out. Hold out fewer: --max-val-examples "
+            f"{max(1, len(val.examples) // 5)}"
+        )
+    order = np.random.default_rng(config.seed).permutation(len(rest))[: config.max_train_examples]
+    examples = [dataclasses.replace(rest[i]) for i in order]  # copies: shuffling must not touch the subset
+    if config.shuffle_candidates:
+        shuffle_candidates(examples, config.seed)
+    if config.retriever_prior:
+        examples = [e for e in examples if math.isfinite(e.retriever_scores[e.target_index])]
+    return examples
 
 
 def _training_set(workdir: Path, dataset: Dataset, config: RankerConfig, k: int, accelerator) -> list[Example]:
