@@ -168,8 +168,8 @@ def markdown(data: dict) -> str:
             for name, t in d["training"].items():
                 fusion = t.get("fusion") or {}
                 at_alpha = fusion.get("val", {}).get(f"{fusion.get('alpha', 1):g}")
-                trained = fusion.get("trained_alpha")  # a retriever prior: validated in the fused order it trains
-                validated = f" (fused, α={trained:g})" if trained else ""
+                order = t.get("val_order", "ranker")  # a retriever prior: validated in the fused order it trains
+                validated = "" if order == "ranker" else f" ({order.replace('alpha ', 'α=')})"
                 lines.append(
                     f"| {name} | {t['train_examples']} | {t['steps']} | {t['best_step']} | "
                     f"{t['val_metrics'].get('NDCG@10', 0):.4f}{validated} | "
@@ -269,7 +269,15 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
                 )
             )
             manifest = load(args.workdir / dataset / "ranker" / negatives / "manifest.json")
-            keep = ("train_examples", "steps", "best_step", "val_metrics", "val_retriever_metrics", "fusion")
+            keep = (
+                "train_examples",
+                "steps",
+                "best_step",
+                "val_metrics",
+                "val_order",
+                "val_retriever_metrics",
+                "fusion",
+            )
             d["training"][name] = {k: manifest.get(k) for k in keep} | {
                 "validations": manifest["validations"],
                 "train_seconds": manifest["train_seconds"],
@@ -278,6 +286,9 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
             }
             if seconds:  # a ranker found trained keeps its own settings, in its manifest
                 d["runs"][name + " (training)"] = this_run
+            save(data)
+        if "val_order" not in d["training"][name] and done.is_file():  # recorded before val_order was
+            d["training"][name]["val_order"] = load(done).get("val_order", "ranker")
             save(data)
         evaluate(name, ["--ranker", negatives], negatives)
 
