@@ -417,11 +417,18 @@ def test_validation_requests_train_apart_from_the_users_held_out(chain_with_cand
     assert [(e.user, e.candidates, e.target_index) for e in val.examples] == before  # shuffled copies only
     shown = {user: index for user, _, index in before}
     assert any(e.target_index != shown[e.user] for e in examples)  # the copies were shuffled
+    again = held_out_training_set(val, held_out, config, "chain", 1)
+    assert [(e.user, e.candidates) for e in again] == [(e.user, e.candidates) for e in examples]  # every process's
     with pytest.raises(ConfigError, match="--max-val-examples"):
         held_out_training_set(val, val.examples, config, "chain", 1)
+    one = fast_config(tiny_llama_dir, negatives="validation", max_train_examples=1)
+    with pytest.raises(ConfigError, match="2 process"):  # one example for two processes: refused, not a DDP hang
+        held_out_training_set(val, held_out, one, "chain", 2)
+    everyone = fast_config("no-such-model", negatives="validation", max_val_examples=None)
+    with pytest.raises(ConfigError, match="--max-val-examples"):  # all held out: refused before a model loads
+        train_ranker("chain", workdir=workdir, config=everyone, device="cpu")
 
-    config = fast_config(
-        tiny_llama_dir, negatives="validation", max_val_examples=3, loss="letters", retriever_prior=1.0
-    )
-    manifest = train_ranker("chain", workdir=workdir, config=config, device="cpu")
-    assert manifest["train_examples"] == min(24, len(val.examples) - 3) and manifest["val_examples"] == 3
+    changes = dict(negatives="validation", max_val_examples=3, max_train_examples=None, eval_every=50)
+    config = fast_config(tiny_llama_dir, loss="letters", retriever_prior=1.0, **changes)
+    manifest = train_ranker("chain", workdir=workdir, config=config, device="cpu", stop_after_steps=1)
+    assert manifest["train_examples"] == len(val.examples) - 3 and manifest["val_examples"] == 3

@@ -255,6 +255,8 @@ def _train_ranker(
             f"'{config.retriever}', so nothing can pick the best adapter. Make more candidates: llamarec candidates "
             f"{dataset_name} --retriever {config.retriever} --k 20"
         )
+    if config.negatives == "validation" and len(val.examples) <= (config.max_val_examples or len(val.examples)):
+        raise ConfigError(too_few_validation_requests(0, len(val.examples), dataset_name))  # before loading a model
 
     resolve_device(device)  # an unknown device or a missing GPU is refused here, with the accepted values
     accelerator = Accelerator(cpu=device == "cpu")
@@ -368,19 +370,24 @@ def held_out_training_set(val: Subset, held_out: list[Example], config: RankerCo
     trained on, about twice as often), and a ranker learns when to trust it."""
     keep_out = {e.user for e in held_out}
     rest = [e for e in val.examples if e.user not in keep_out]
-    if len(rest) < processes:
-        raise ConfigError(
-            f"--negatives validation trains on the validation users not held out for validation, and all "
-            f"{len(val.examples):,} of {dataset}'s are held out. Hold out fewer: --max-val-examples "
-            f"{max(1, len(val.examples) // 5)}"
-        )
     order = np.random.default_rng(config.seed).permutation(len(rest))[: config.max_train_examples]
     examples = [dataclasses.replace(rest[i]) for i in order]  # copies: shuffling must not touch the subset
     if config.shuffle_candidates:
         shuffle_candidates(examples, config.seed)
     if config.retriever_prior:
         examples = [e for e in examples if math.isfinite(e.retriever_scores[e.target_index])]
+    if len(examples) < processes:  # a process without an example would leave DDP waiting for its gradients
+        raise ConfigError(too_few_validation_requests(len(examples), len(val.examples), dataset, processes))
     return examples
+
+
+def too_few_validation_requests(training: int, validation: int, dataset: str, processes: int = 1) -> str:
+    return (
+        f"--negatives validation trains on the validation users not held out to pick the best step: {training:,} "
+        f"of {dataset}'s {validation:,} are left, fewer than the {processes} process(es) need. Hold out fewer: "
+        f"rank-train --max-val-examples N (pipeline: --val-examples N), e.g. {max(1, validation // 5):,}, or train "
+        f"on --negatives retrieved."
+    )
 
 
 def _training_set(workdir: Path, dataset: Dataset, config: RankerConfig, k: int, accelerator) -> list[Example]:
