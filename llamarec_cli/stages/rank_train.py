@@ -82,12 +82,16 @@ def label_loss(model, input_ids, attention_mask, labels) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, -span:].reshape(-1), ignore_index=IGNORE)
 
 
-def letter_loss(model, encoder, examples: list[Example], pad: int, device, retriever_prior: float) -> torch.Tensor:
+def letter_loss(
+    model, encoder, examples: list[Example], pad: int, device, retriever_prior: float, prompts=None
+) -> torch.Tensor:
     """Mean cross-entropy of the true candidates over the candidates' letter logits, read as ranking reads them;
     with ``retriever_prior`` the retriever's log-probabilities, times it, are added first, so the letters only have to
-    supply what the retriever's order lacks (a product of the two, as fusion combines them)."""
+    supply what the retriever's order lacks (a product of the two, as fusion combines them). ``prompts``: the
+    examples' prompt ids, when the caller has them already."""
     k = max(len(e.candidates) for e in examples)
-    batch = pad_left([encoder.prompt_ids(e) for e in examples], pad).to(device)
+    prompts = prompts or [encoder.prompt_ids(e) for e in examples]
+    batch = pad_left(prompts, pad).to(device)
     logits = letter_logits(model, batch.input_ids, batch.attention_mask, encoder.verbalizer.ids(k))
     offset = torch.full(logits.shape, -math.inf)  # a request with fewer candidates: the missing letters never win
     for row, e in enumerate(examples):
@@ -116,19 +120,24 @@ def accumulate_step(
     from contextlib import nullcontext
 
     letters = loss == "letters"
-    encoded = [encoder.training_ids(e) for e in examples]
-    counts = [1 if letters else sum(label != IGNORE for label in labels) for _, labels in encoded]
-    groups = passes([len(ids) for ids, _ in encoded], len(encoded), tokens_per_pass)
+    if letters:  # the prompts alone, each example counting once
+        prompts = [encoder.prompt_ids(e) for e in examples]
+        counts = [1] * len(examples)
+    else:
+        encoded = [encoder.training_ids(e) for e in examples]
+        prompts = [ids for ids, _ in encoded]
+        counts = [sum(label != IGNORE for label in labels) for _, labels in encoded]
+    groups = passes([len(ids) for ids in prompts], len(examples), tokens_per_pass)
     total = torch.zeros((), device=accelerator.device)
     for n, group in enumerate(groups):
         weight = sum(counts[i] for i in group) / sum(counts)
         last = n == len(groups) - 1
         with nullcontext() if last else accelerator.no_sync(model):  # all-reduce the gradients once per step
             if letters:
-                chosen = [examples[i] for i in group]
-                part = letter_loss(model, encoder, chosen, pad, accelerator.device, retriever_prior)
+                chosen, rows = [examples[i] for i in group], [prompts[i] for i in group]
+                part = letter_loss(model, encoder, chosen, pad, accelerator.device, retriever_prior, rows)
             else:
-                rows, labels = [encoded[i][0] for i in group], [encoded[i][1] for i in group]
+                rows, labels = [prompts[i] for i in group], [encoded[i][1] for i in group]
                 batch = pad_left(rows, pad, labels).to(accelerator.device)
                 part = label_loss(model, batch.input_ids, batch.attention_mask, batch.labels)
             part = part * weight
@@ -363,6 +372,12 @@ def _fusion(config: RankerConfig, val_examples: list[Example], best_scores: list
     return chosen | ({"trained_alpha": trained} if trained else {})
 
 
+def scored_targets(examples: list[Example]) -> list[Example]:
+    """The examples whose true item has a finite retriever score: with a retriever prior, one scored -inf (seen
+    before) would make the loss infinite."""
+    return [e for e in examples if math.isfinite(e.retriever_scores[e.target_index])]
+
+
 def held_out_training_set(val: Subset, held_out: list[Example], config: RankerConfig, dataset: str, processes: int):
     """``--negatives validation``: the validation requests whose true item the retriever found, but for the users held
     out to pick the best step and α, in a seeded random order (at most ``max_train_examples``). The retriever never
@@ -375,7 +390,7 @@ def held_out_training_set(val: Subset, held_out: list[Example], config: RankerCo
     if config.shuffle_candidates:
         shuffle_candidates(examples, config.seed)
     if config.retriever_prior:
-        examples = [e for e in examples if math.isfinite(e.retriever_scores[e.target_index])]
+        examples = scored_targets(examples)
     if len(examples) < processes:  # a process without an example would leave DDP waiting for its gradients
         raise ConfigError(too_few_validation_requests(len(examples), len(val.examples), dataset, processes))
     return examples
@@ -408,8 +423,8 @@ def _training_set(workdir: Path, dataset: Dataset, config: RankerConfig, k: int,
         shuffle=config.shuffle_candidates,
     )
     del retriever
-    if config.retriever_prior:  # a true item the retriever scores -inf (seen before) would make the loss infinite
-        examples = [e for e in examples if math.isfinite(e.retriever_scores[e.target_index])]
+    if config.retriever_prior:
+        examples = scored_targets(examples)
     if len(examples) < accelerator.num_processes:
         raise ArtifactError(f"Dataset '{dataset.name}' gives {len(examples)} training examples; too few to train.")
     return examples
