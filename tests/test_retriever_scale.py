@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from llamarec_cli.errors import ArtifactError, ConfigError
 from llamarec_cli.evaluation.metrics import MetricSums, mask_history, ranks
+from llamarec_cli.retrieval import bf16_search, losses
 from llamarec_cli.retrieval import evaluate as ranking
-from llamarec_cli.retrieval import losses
 from llamarec_cli.retrieval.checkpoint import retriever_dir
 from llamarec_cli.retrieval.data import EvalSet, pad_left
 from llamarec_cli.retrieval.lru import LRURec, LRURecConfig
@@ -114,7 +114,20 @@ def test_each_loss_trains_lrurec_and_a_plugin_without_a_table_is_refused(chain, 
         RetrieverConfig(loss="bpr")
 
 
-def test_ranking_a_slice_of_the_catalogue_at_a_time_gives_the_full_rankings(monkeypatch):
+def small_bf16_blocks(monkeypatch):
+    """bf16_search on a tiny catalogue, in small blocks (the first holds 24 segments: just over the depth)."""
+    monkeypatch.setattr(bf16_search, "worth_it", lambda table: True)
+    sizes = {"FINE": 4, "SEGMENT": 8, "CHUNK_ITEMS": 32, "FIRST_BLOCK_ITEMS": 192, "BLOCK_ITEMS": 64}
+    for name, value in sizes.items():
+        monkeypatch.setattr(bf16_search, name, value)
+
+
+@pytest.mark.parametrize("search", ["fp32", "bf16"])
+def test_ranking_a_slice_of_the_catalogue_at_a_time_gives_the_full_rankings(search, monkeypatch):
+    if search == "bf16":
+        small_bf16_blocks(monkeypatch)
+    else:
+        monkeypatch.setattr(bf16_search, "worth_it", lambda table: False)
     torch.manual_seed(0)
     model = LRURec(LRURecConfig(hidden=16), num_items=500).eval()
     with torch.no_grad():
@@ -153,6 +166,93 @@ def test_ranking_a_slice_of_the_catalogue_at_a_time_gives_the_full_rankings(monk
     alone = EvalSet("test", [0, 1], [[5, 6, 7], [8, 9, 10]], [11, 12])
     items, _, _ = ranking.top_k(model, alone, "cpu", 20)
     assert items.shape == (2, 20) and not (items == 0).any()
+
+
+def bf16_error_bound(queries, table, bias=None):
+    """Each bf16 score of bf16_search's multiply, and the bound on its distance to the fp32 score it stands for."""
+    prepared = bf16_search.prepare(table, bias)
+    query = bf16_search._with_bias(queries, None if bias is None else 1.0)
+    q16 = query.to(torch.bfloat16)
+    scores = (q16 @ prepared.items[: prepared.num_items].T).float()
+    norm, rounding = query.norm(dim=1, keepdim=True), (q16.float() - query).norm(dim=1, keepdim=True)
+    error = (
+        rounding * prepared.max_norm
+        + norm * prepared.max_rounding
+        + rounding * prepared.max_rounding
+        + bf16_search.accumulation(query.size(1)) * (norm + rounding) * (prepared.max_norm + prepared.max_rounding)
+    )
+    return scores, error + bf16_search.ROUNDING * scores.abs()
+
+
+@pytest.mark.parametrize("scale", [0.02, 1.0, 30.0])
+def test_bf16_scores_stay_within_the_bound_the_search_relies_on(scale):
+    """The bound holds for this machine's bf16 multiply (it assumes fp32 sums and a result rounded to nearest)."""
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(300, 64, generator=generator) * scale
+    queries[:20] = queries[:20].abs()  # aligned with the table below: large scores, where the result's rounding counts
+    table = torch.randn(4000, 64, generator=generator) * scale
+    table[:200] = table[:200].abs()
+    bias = torch.randn(4000, generator=generator)
+    for with_bias in (None, bias):
+        scores, bound = bf16_error_bound(queries, table, with_bias)
+        exact = queries.double() @ table.double().T + (0 if with_bias is None else with_bias.double())
+        assert ((scores.double() - exact).abs() <= bound.double()).all()
+
+
+def test_bf16_search_returns_the_fp32_best_even_among_items_bf16_cannot_tell_apart(monkeypatch):
+    """Top items a twentieth of a bf16 step apart: their order comes from fp32; users whose scores bf16 cannot
+    search (all negative, or NaN) are left to the caller."""
+    small_bf16_blocks(monkeypatch)
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(16, generator=generator)
+    table = base + 3e-3 * torch.randn(700, 16, generator=generator)  # scores ~16 +- 0.05, a bf16 step there: 0.06
+    queries = base + 0.1 * torch.randn(40, 16, generator=generator)
+    queries[5] = -queries[5]  # every score negative: cannot be searched on the bits
+    queries[6] = float("nan")
+    seen = torch.randint(1, 700, (40, 6), generator=generator)
+    seen[:, :2] = 0  # padding
+    found = bf16_search.search(queries, table, None, bf16_search.prepare(table, None), seen, 21, {})
+    scores = (queries.double() @ table.double().T).float()
+    scores[:, 0] = -math.inf
+    scores.scatter_(1, seen, -math.inf)
+    top = scores.topk(21, dim=1)
+    assert found.fallback.tolist() == [row in (5, 6) for row in range(40)]
+    searched = ~found.fallback
+    assert torch.equal(found.items[searched], top.indices[searched])
+    assert torch.allclose(found.scores[searched], top.values[searched], rtol=1e-6, atol=0)
+
+
+def test_bf16_search_leaves_every_user_to_the_fp32_scan_when_the_first_block_cannot_set_a_threshold(monkeypatch):
+    small_bf16_blocks(monkeypatch)  # 24 segments in the first block
+    table, queries = torch.rand(300, 8), torch.rand(5, 8)
+    found = bf16_search.search(queries, table, None, bf16_search.prepare(table, None), torch.zeros(5, 1).long(), 30, {})
+    assert found.fallback.all()
+
+
+class Scaled(LRURec):
+    def __init__(self, config, num_items):
+        super().__init__(config, num_items)
+        self.scale = torch.tensor(2.0)  # neither parameter nor buffer: left on the meta device if built there
+
+
+class Counted(LRURec):
+    def __init__(self, config, num_items):
+        super().__init__(config, num_items)
+        self.start = int(next(self.parameters()).abs().sum().item() >= 0)  # .item() fails on the meta device
+
+
+@pytest.mark.parametrize("cls", [LRURec, Scaled, Counted])
+def test_a_retriever_loads_its_weights_without_initialising_them_or_falls_back_to_building_it(cls, tmp_path):
+    torch.manual_seed(0)
+    model = cls(LRURecConfig(hidden=16), num_items=50)
+    model.save(tmp_path)
+    loaded = cls.load(tmp_path)
+    state, saved = loaded.state_dict(), model.state_dict()
+    assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in saved)
+    assert all(p.requires_grad and p.device.type == "cpu" for p in loaded.parameters())
+    assert not any(torch.is_tensor(value) and value.is_meta for value in vars(loaded).values())
+    histories = torch.tensor([[0, 3, 4], [1, 2, 3]])
+    assert torch.equal(loaded.eval().score(histories), model.eval().score(histories))
 
 
 def launch(*args: str, cwd, ok: bool = True) -> subprocess.CompletedProcess:

@@ -101,6 +101,25 @@ class Retriever(nn.Module):
         """Rebuild from ``save``'s files. Raises ArtifactError with the file's name when they are unreadable."""
         meta = json.loads((folder / "config.json").read_text())
         config, _ = build_config(cls.Config, [("checkpoint", meta["config"])])
-        model = cls(config, meta["num_items"])
-        model.load_state_dict(load_weights(folder / "model.safetensors", device="cpu"))
+        weights = load_weights(folder / "model.safetensors", device="cpu")
+        try:  # built without the random initialisation the weights overwrite (seconds for a million items)
+            with torch.device("meta"):
+                model = cls(config, meta["num_items"])
+            model.load_state_dict(weights, assign=True)
+            built = _without_meta_tensors(model)
+        except Exception:  # noqa: BLE001 - a plugin whose constructor needs real tensors: built as before
+            built = False
+        if not built:
+            model = cls(config, meta["num_items"])
+            model.load_state_dict(weights)
         return model.to(device)
+
+
+def _without_meta_tensors(model: nn.Module) -> bool:
+    """Whether nothing of ``model`` was left on the meta device (a tensor outside its weights, made in __init__)."""
+    for module in model.modules():
+        tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        tensors += [value for value in vars(module).values() if torch.is_tensor(value)]
+        if any(t.is_meta for t in tensors):
+            return False
+    return True

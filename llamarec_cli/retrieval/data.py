@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 
@@ -11,10 +12,11 @@ def pad_left(sequences: list[list[int]], length: int | None = None, value: int =
     """B x length ids, each row right-aligned (cut to its last ``length``) and left-padded with ``value`` (0, the
     padding item; length: the longest row). The ranker's prompts are padded the same way."""
     length = length or max((len(s) for s in sequences), default=1) or 1
+    cut = [seq[-length:] for seq in sequences]
     out = torch.full((len(sequences), length), value, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            out[row, -len(seq) :] = torch.as_tensor(seq[-length:], dtype=torch.long)
+    starts = length - torch.tensor([len(seq) for seq in cut], dtype=torch.long)
+    # One copy for the whole batch (a copy per row was a tenth of exporting a million users' candidates).
+    out[torch.arange(length) >= starts[:, None]] = torch.tensor(list(chain.from_iterable(cut)), dtype=torch.long)
     return out
 
 
