@@ -42,7 +42,7 @@ import numpy as np
 import polars as pl
 import psutil
 
-from llamarec_cli.ranking import precision
+from llamarec_cli import precision
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"

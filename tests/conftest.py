@@ -21,7 +21,7 @@ def isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("LLAMAREC_OFFLINE", "1")
     # --dtype auto on a CPU follows a measured probe: pinned here to a CPU without fast bf16 (fp32), so that a test
     # means the same on every machine; tests of the choice itself (test_precision.py) set their own rates.
-    from llamarec_cli.ranking import precision
+    from llamarec_cli import precision
 
     monkeypatch.setattr(precision, "matmul_gflops", lambda dtype, **kw: {"fp32": 100.0, "bf16": 50.0}[dtype])
 

@@ -23,7 +23,8 @@ LAYERS: list[tuple[str, ...]] = [
     ),  # environment, layout
     ("llamarec_cli.config",),  # config dataclasses: option(), checks, --set parsing, layered defaults
     ("llamarec_cli.artifacts",),  # sealed manifests and their checks, finishing a run, the resume state
-    ("llamarec_cli.training",),  # the training loop both trainers share, the reporter protocol, the device
+    # the training loop both trainers share, the reporter protocol, the device; the dtype --dtype auto picks
+    ("llamarec_cli.training", "llamarec_cli.precision"),
     # the catalogue losses a retriever's contract trains with (torch only)
     ("llamarec_cli.retrieval.losses",),
     # the plugin contracts: what a dataset plugin fills in, what a retriever plugin subclasses

@@ -10,8 +10,8 @@ import torch
 from conftest import fast_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from llamarec_cli import precision
 from llamarec_cli.errors import ConfigError
-from llamarec_cli.ranking import precision
 from llamarec_cli.ranking.models import load_model
 from llamarec_cli.ranking.prompts import Example, PromptEncoder, pad_id
 from llamarec_cli.ranking.scoring import agreement, pass_token_cap, passes, score_examples

@@ -8,8 +8,8 @@ from typing import Any
 
 from ..config import check_finite, check_seed, option
 from ..errors import ConfigError
+from ..precision import DTYPES
 from .models import DEFAULT_MODEL, QUANTIZATIONS
-from .precision import DTYPES
 from .templates import DEFAULT_TEMPLATE
 
 NEGATIVES = ("random", "retrieved", "validation")  # the training candidates: see RankerConfig.negatives

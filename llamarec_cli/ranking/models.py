@@ -25,7 +25,7 @@ from typing import Any
 from .. import settings
 from ..errors import ConfigError, ModelError
 from ..files import sha256_of, write_json
-from .precision import choose_dtype
+from ..precision import choose_dtype
 
 DEFAULT_MODEL = "meta-llama/Llama-2-7b-hf"
 QUANTIZATIONS = ("auto", "4bit", "8bit", "none")

@@ -58,7 +58,7 @@ def worth_it(table: torch.Tensor) -> bool:
     """Whether to search ``table`` this way: on a CPU whose bf16 multiplies are fast, for a large catalogue."""
     if table.device.type != "cpu" or table.size(0) < MIN_ITEMS:
         return False
-    from ..ranking.precision import choose_dtype
+    from ..precision import choose_dtype
 
     return choose_dtype("auto", "cpu").dtype == "bf16"
 

@@ -41,10 +41,10 @@ from ..errors import ArtifactError, ConfigError, TrainingDivergedError
 from ..evaluation.metrics import MetricSums
 from ..files import replace_dir, sha256_of, write_json
 from ..layout import Workdir
+from ..precision import DtypeChoice, choose_dtype
 from ..ranking.config import RankerConfig
 from ..ranking.examples import Subset, shuffle_candidates, training_examples, valid_subset
 from ..ranking.fusion import GRID, choose_alpha, fused_ranks, rank, retriever_log_probabilities
-from ..ranking.precision import DtypeChoice, choose_dtype
 from ..ranking.prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
 from ..ranking.scoring import pass_token_cap, passes, score_examples
 from ..ranking.verbalizer import letter_logits, position_ids

@@ -16,7 +16,7 @@ import platform
 import time
 from dataclasses import dataclass
 
-from .. import settings
+from . import settings
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 FAST_ENOUGH = 2.0  # bf16 / fp32 multiply rate above which bf16 pays for its conversions on a CPU
@@ -36,7 +36,7 @@ def choose_dtype(requested: str, device) -> DtypeChoice:
     """``requested`` (auto, bf16, fp16 or fp32) made concrete for ``device``, with the reason."""
     import torch
 
-    from ..errors import ConfigError
+    from .errors import ConfigError
 
     if requested not in DTYPES:
         raise ConfigError(f"Unknown dtype '{requested}'. Use one of: {', '.join(DTYPES)}.")
