@@ -57,6 +57,9 @@ SUBSET_COLUMNS = ("NDCG@10", "Recall@10", "MRR@10")
 OVERALL_COLUMNS = ("NDCG@10", "Recall@10", "MRR@10")
 
 
+DEFAULT_TRAIN_EXAMPLES = 1024
+
+
 def run(args: list[str], env: dict) -> float:
     """Run one CLI command, streaming its output; return its wall time."""
     print("$ llamarec " + shlex.join(args), flush=True)
@@ -248,17 +251,21 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
         kind, _, variant = negatives.partition("-")
         name = "trained, validation requests" if kind == "validation" else f"trained, {kind} negatives"
         name += {"": "", "shuffled": ", shuffled", "prior": ", retriever prior"}[variant]
-        done = args.workdir / dataset / "ranker" / negatives / "manifest.json"
+        ranker = negatives  # its directory; a budget other than the default is a ranker of its own, beside it
+        if args.train_examples != DEFAULT_TRAIN_EXAMPLES:
+            name += f", {args.train_examples:,} examples"
+            ranker += f"-{args.train_examples}"
+        done = args.workdir / dataset / "ranker" / ranker / "manifest.json"
         if name not in d["training"] and done.is_file():  # trained, but its entry was lost: keep it, say so
             print(f"{done} exists: using that ranker (delete it to train again)", flush=True)
         if name not in d["training"]:
-            state = args.workdir / dataset / "ranker" / f".{negatives}.partial" / "training" / "state.safetensors"
+            state = args.workdir / dataset / "ranker" / f".{ranker}.partial" / "training" / "state.safetensors"
             seconds = (
                 0.0
                 if done.is_file()
                 else run(
                     [
-                        *("rank-train", dataset, "--name", negatives, "--model", args.model, "--negatives", kind),
+                        *("rank-train", dataset, "--name", ranker, "--model", args.model, "--negatives", kind),
                         *VARIANT_SETTINGS[variant],
                         *("--max-train-examples", str(args.train_examples)),
                         *("--max-val-examples", str(args.val_examples), "--eval-every", str(args.eval_every)),
@@ -268,7 +275,7 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
                     env,
                 )
             )
-            manifest = load(args.workdir / dataset / "ranker" / negatives / "manifest.json")
+            manifest = load(done)
             keep = (
                 "train_examples",
                 "steps",
@@ -290,7 +297,7 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
         if "val_order" not in d["training"][name] and done.is_file():  # recorded before val_order was
             d["training"][name]["val_order"] = load(done).get("val_order", "ranker")
             save(data)
-        evaluate(name, ["--ranker", negatives], negatives)
+        evaluate(name, ["--ranker", ranker], ranker)
 
 
 def main() -> None:
@@ -299,7 +306,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/llamarec-bench-ranking"))
     parser.add_argument("--retrieval-workdir", type=Path, default=Path("/tmp/llamarec-bench-retrieval"))
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--train-examples", type=int, default=1024)
+    parser.add_argument(
+        "--train-examples",
+        type=int,
+        default=DEFAULT_TRAIN_EXAMPLES,
+        help="a budget other than the default trains rankers of their own, named with it (beside the default's)",
+    )
     parser.add_argument("--val-examples", type=int, default=200, help="validation users (early stopping and α)")
     parser.add_argument("--test-examples", type=int, default=1000, help="seeded sample of the test subset")
     parser.add_argument("--eval-every", type=int, default=64)
