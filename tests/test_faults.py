@@ -380,6 +380,18 @@ def test_rank_train_resume_refuses_a_flag_that_changes_the_run(chain_with_candid
     assert result.exit_code == 2 and "lr=0.001" in result.output and "--restart" in result.output
 
 
+def test_rank_train_resume_refuses_candidates_exported_since(chain_with_candidates, workdir, tiny_llama_dir):
+    from llamarec_cli.stages.candidates import export_candidates
+    from llamarec_cli.stages.rank_train import train_ranker
+
+    config = fast_config(tiny_llama_dir)
+    train_ranker("chain", workdir=workdir, config=config, device="cpu", stop_after_steps=2)
+    export_candidates("chain", workdir=workdir, k=12, device="cpu")  # other candidates since the run began
+    with pytest.raises(ArtifactError, match=r"candidates of 'lrurec' changed.*--restart"):
+        train_ranker("chain", workdir=workdir, config=config, device="cpu", resume=True)
+    train_ranker("chain", workdir=workdir, config=config, device="cpu", restart=True)  # the hint works
+
+
 def test_an_empty_validation_subset_is_refused_before_the_model_loads(
     chain_with_candidates, workdir, tiny_llama_dir, monkeypatch
 ):

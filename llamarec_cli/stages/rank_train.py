@@ -252,10 +252,11 @@ def _train_ranker(
     dataset = load_dataset(workdir, dataset_name)  # a name, or the Dataset the pipeline loaded
     dataset_name = dataset.name
     candidates, candidates_manifest = load_candidates(workdir, dataset, config.retriever)
+    candidates_sha = sha256_of(candidates_paths(workdir, dataset_name, config.retriever)[0])
     final = ranker_dir(workdir, dataset_name, name)
     partial = Workdir.partial(final)
     state_path = Workdir.state(partial)
-    _check_partial(partial, state_path, dataset, config, name, resume, restart)
+    _check_partial(partial, state_path, dataset, config, name, resume, restart, candidates_sha)
     k = candidates_manifest["k"]
     val = valid_subset(dataset, candidates, "val", k)
     if not val.examples:  # checked before minutes of loading and training, not after
@@ -302,7 +303,12 @@ def _train_ranker(
         partial.mkdir(parents=True)
         write_json(
             partial / "run.json",
-            {"config": config.to_dict(), "dataset_checksum": dataset.checksum, "dtype": loaded.dtype},
+            {
+                "config": config.to_dict(),
+                "dataset_checksum": dataset.checksum,
+                "candidates_sha256": candidates_sha,
+                "dtype": loaded.dtype,
+            },
         )
     accelerator.wait_for_everyone()
     stopped, interrupted = trainer.train(stop_after_steps)
@@ -605,8 +611,10 @@ def _save_adapter(model, folder: Path) -> None:
     replace_dir(tmp, folder)
 
 
-def _check_partial(partial, state_path, dataset: Dataset, config: RankerConfig, name, resume, restart) -> None:
-    """Never silently discard an interrupted run; never resume one with different settings."""
+def _check_partial(
+    partial, state_path, dataset: Dataset, config: RankerConfig, name, resume, restart, candidates_sha: str
+) -> None:
+    """Never silently discard an interrupted run; never resume one with different settings or candidates."""
     rerun = rank_train_command(dataset.name, name)
     if resume:
         if not state_path.is_file():
@@ -614,6 +622,12 @@ def _check_partial(partial, state_path, dataset: Dataset, config: RankerConfig, 
         saved = read_json(partial / "run.json", f"{rerun} --restart")
         if saved.get("dataset_checksum") != dataset.checksum:
             raise ArtifactError(f"The interrupted run in {partial} was on another dataset version. {rerun} --restart")
+        # its training and validation requests came from the candidates (and the retriever behind them) of then
+        if saved.get("candidates_sha256", candidates_sha) != candidates_sha:
+            raise ArtifactError(
+                f"The candidates of '{config.retriever}' changed since the interrupted run in {partial} began "
+                f"(retrained or exported again). Start afresh on the new ones: {rerun} --restart"
+            )
         _refuse_changes(saved["config"], config)
     elif state_path.is_file() and not restart:
         raise ArtifactError(
