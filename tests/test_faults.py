@@ -381,14 +381,19 @@ def test_rank_train_resume_refuses_a_flag_that_changes_the_run(chain_with_candid
 
 
 def test_rank_train_resume_refuses_candidates_exported_since(chain_with_candidates, workdir, tiny_llama_dir):
-    from llamarec_cli.stages.candidates import export_candidates
-    from llamarec_cli.stages.rank_train import train_ranker
+    from llamarec_cli.files import sha256_of
+    from llamarec_cli.stages.candidates import candidates_paths, export_candidates
+    from llamarec_cli.stages.rank_train import resumable_on, train_ranker
 
     config = fast_config(tiny_llama_dir)
     train_ranker("chain", workdir=workdir, config=config, device="cpu", stop_after_steps=2)
+    old = sha256_of(candidates_paths(workdir, "chain", config.retriever)[0])
     export_candidates("chain", workdir=workdir, k=12, device="cpu")  # other candidates since the run began
     with pytest.raises(ArtifactError, match=r"candidates of 'lrurec' changed.*--restart"):
         train_ranker("chain", workdir=workdir, config=config, device="cpu", resume=True)
+    new = sha256_of(candidates_paths(workdir, "chain", config.retriever)[0])
+    assert not resumable_on(workdir, "chain", "default", new)  # so the pipeline restarts it rather than stop
+    assert resumable_on(workdir, "chain", "default", old)
     train_ranker("chain", workdir=workdir, config=config, device="cpu", restart=True)  # the hint works
 
 

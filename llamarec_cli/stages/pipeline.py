@@ -70,7 +70,7 @@ def run_pipeline(
     from .candidates import export_candidates, load_candidates
     from .evaluate import evaluate
     from .preprocess import preprocess
-    from .rank_train import ranker_dir, train_ranker
+    from .rank_train import ranker_dir, resumable_on, train_ranker
     from .retrieve_train import train_retriever
 
     budget = budget or Budget()
@@ -113,7 +113,8 @@ def run_pipeline(
         _refuse_other_settings(trained["config"], config.to_dict(), ranker_dir(workdir, dataset, "default"))
         log("4/5 rank-train: the ranker exists.")
     else:
-        resume = layout.resumable(ranker_dir(workdir, dataset, "default"))
+        # a run interrupted on candidates exported again since (step 3, after a retrained retriever) starts afresh
+        resume = resumable_on(workdir, data.name, "default", _candidates_sha(workdir, data.name))
         log(f"4/5 rank-train ({model}, {budget.train_examples} examples){' — resuming' if resume else ''}")
         train_ranker(
             data, workdir=workdir, config=config, device=device, resume=resume, restart=not resume, reporter=reporter

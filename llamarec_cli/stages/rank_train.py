@@ -252,7 +252,7 @@ def _train_ranker(
     dataset = load_dataset(workdir, dataset_name)  # a name, or the Dataset the pipeline loaded
     dataset_name = dataset.name
     candidates, candidates_manifest = load_candidates(workdir, dataset, config.retriever)
-    candidates_sha = sha256_of(candidates_paths(workdir, dataset_name, config.retriever)[0])
+    candidates_sha = candidates_manifest["file_sha256"]  # load_candidates checked the file against it
     final = ranker_dir(workdir, dataset_name, name)
     partial = Workdir.partial(final)
     state_path = Workdir.state(partial)
@@ -634,6 +634,19 @@ def _check_partial(
             f"An interrupted rank-train run exists in {partial}. "
             f"Continue it with: {rerun} --resume (or discard it with --restart)."
         )
+
+
+def resumable_on(workdir: Path, dataset: str, name: str, candidates_sha: str) -> bool:
+    """Whether ranker ``name`` has an interrupted run that ``--resume`` can continue on these candidates (a run from
+    before run.json recorded them counts as on them)."""
+    partial = Workdir.partial(ranker_dir(workdir, dataset, name))
+    if not Workdir.state(partial).is_file():
+        return False
+    try:
+        saved = read_json(partial / "run.json", "--restart")
+    except ArtifactError:
+        return True  # damaged: --resume says so, with what to do
+    return not isinstance(saved, dict) or saved.get("candidates_sha256", candidates_sha) == candidates_sha
 
 
 def _agreed_dtype(requested: str, accelerator) -> DtypeChoice:
