@@ -114,6 +114,11 @@ def paired_cell(d: dict | None) -> str:
     return f"{d['difference']:+.4f} ± {d['half_width'] or 0:.4f} | {d['better']} / {d['worse']}"
 
 
+def stage_order(name: str) -> tuple:
+    ranker, fused, _ = name.partition(", fused")
+    return (name != "retriever order", not name.startswith("zero-shot"), ranker, bool(fused))
+
+
 def markdown(data: dict) -> str:
     lines = [
         "# Ranking benchmark: the LLM ranker against the retriever's own order (smollm2-135m, CPU)",
@@ -145,7 +150,9 @@ def markdown(data: dict) -> str:
             "| α | first = A | time |",
             "|---" * (len(SUBSET_COLUMNS) + 8) + "|",
         ]
-        for name, stage in d.get("stages", {}).items():
+        stages = d.get("stages", {})  # the retriever's order, zero-shot, then each ranker pure then fused
+        for name in sorted(stages, key=stage_order):
+            stage = stages[name]
             s, o = stage["subset"], stage["overall"]
             alpha = "" if stage.get("alpha") is None else f"{stage['alpha']:g}"
             first = "" if stage.get("first_is_a") is None else f"{stage['first_is_a']:.2f}"
