@@ -101,20 +101,21 @@ def run_pipeline(
 
     release_memory()
     try:
-        load_candidates(workdir, data)
+        _, candidates = load_candidates(workdir, data)
         log("3/5 candidates: up to date.")
     except ArtifactError:
         log("3/5 candidates (top 20)")
-        export_candidates(data, workdir=workdir, device=device)
+        candidates = export_candidates(data, workdir=workdir, device=device)
+    candidates_sha = candidates["file_sha256"]  # checked against the file by load_candidates, or just written
 
     release_memory()
-    trained = _finished_ranker(workdir, data)
+    trained = _finished_ranker(workdir, data, candidates_sha)
     if trained is not None:
         _refuse_other_settings(trained["config"], config.to_dict(), ranker_dir(workdir, dataset, "default"))
         log("4/5 rank-train: the ranker exists.")
     else:
         # a run interrupted on candidates exported again since (step 3, after a retrained retriever) starts afresh
-        resume = resumable_on(workdir, data.name, "default", _candidates_sha(workdir, data.name))
+        resume = resumable_on(workdir, data.name, "default", candidates_sha)
         log(f"4/5 rank-train ({model}, {budget.train_examples} examples){' — resuming' if resume else ''}")
         train_ranker(
             data, workdir=workdir, config=config, device=device, resume=resume, restart=not resume, reporter=reporter
@@ -167,7 +168,7 @@ def release_memory() -> None:
             pass
 
 
-def _finished_ranker(workdir: Path, data) -> dict | None:
+def _finished_ranker(workdir: Path, data, candidates_sha: str) -> dict | None:
     """The manifest of the pipeline's finished ranker, or None if there is none for the current candidates."""
     from .rank_train import load_ranker_manifest
 
@@ -175,7 +176,7 @@ def _finished_ranker(workdir: Path, data) -> dict | None:
         trained = load_ranker_manifest(workdir, data, "default")
     except ArtifactError:
         return None
-    return trained if trained["candidates_sha256"] == _candidates_sha(workdir, data.name) else None
+    return trained if trained["candidates_sha256"] == candidates_sha else None
 
 
 BUDGET_FIELDS = ("model", "max_train_examples", "max_val_examples", "eval_every", "batch_size", "lr", "negatives")
@@ -189,10 +190,3 @@ def _refuse_other_settings(trained: dict, wanted: dict, folder: Path) -> None:
             f"The ranker in {folder} was trained with other settings: {', '.join(differ)}. "
             f"Run with the same budget to reuse it, or move that folder away to train again."
         )
-
-
-def _candidates_sha(workdir: Path, dataset: str) -> str:
-    from ..files import sha256_of
-    from .candidates import candidates_paths
-
-    return sha256_of(candidates_paths(workdir, dataset, "lrurec")[0])

@@ -623,7 +623,7 @@ def _check_partial(
         if saved.get("dataset_checksum") != dataset.checksum:
             raise ArtifactError(f"The interrupted run in {partial} was on another dataset version. {rerun} --restart")
         # its training and validation requests came from the candidates (and the retriever behind them) of then
-        if saved.get("candidates_sha256", candidates_sha) != candidates_sha:
+        if not _on_candidates(saved, candidates_sha):
             raise ArtifactError(
                 f"The candidates of '{config.retriever}' changed since the interrupted run in {partial} began "
                 f"(retrained or exported again). Start afresh on the new ones: {rerun} --restart"
@@ -637,8 +637,7 @@ def _check_partial(
 
 
 def resumable_on(workdir: Path, dataset: str, name: str, candidates_sha: str) -> bool:
-    """Whether ranker ``name`` has an interrupted run that ``--resume`` can continue on these candidates (a run from
-    before run.json recorded them counts as on them)."""
+    """Whether ranker ``name`` has an interrupted run that ``--resume`` can continue on these candidates."""
     partial = Workdir.partial(ranker_dir(workdir, dataset, name))
     if not Workdir.state(partial).is_file():
         return False
@@ -646,7 +645,12 @@ def resumable_on(workdir: Path, dataset: str, name: str, candidates_sha: str) ->
         saved = read_json(partial / "run.json", "--restart")
     except ArtifactError:
         return True  # damaged: --resume says so, with what to do
-    return not isinstance(saved, dict) or saved.get("candidates_sha256", candidates_sha) == candidates_sha
+    return not isinstance(saved, dict) or _on_candidates(saved, candidates_sha)
+
+
+def _on_candidates(saved_run: dict, candidates_sha: str) -> bool:
+    """Whether an interrupted run (its run.json) began on these candidates; one from before it recorded them did."""
+    return saved_run.get("candidates_sha256", candidates_sha) == candidates_sha
 
 
 def _agreed_dtype(requested: str, accelerator) -> DtypeChoice:
