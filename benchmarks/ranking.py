@@ -126,7 +126,8 @@ def markdown(data: dict) -> str:
         "Written by `benchmarks/ranking.py`. Test users whose true item is among LRURec's top 20 (the valid",
         "retrieval subset, paper Table 3), or a seeded sample of them (the same users for every order), ranked by each",
         "order; overall = subset x hit-rate@20 (paper Table 1). *Fused*: α · log_softmax(letter logits) + (1 − α) ·",
-        "log_softmax(retriever scores), α chosen by rank-train on validation users only. The paired column is each",
+        "log_softmax(retriever scores), α chosen on validation users only (by rank-train, or by `llamarec tune-fusion`",
+        "on more of them for a ranker trained before it could). The paired column is each",
         "order's NDCG@10 minus the retriever order's, user by user, with a 95% interval: an interval that contains 0",
         "is a difference these users cannot tell from chance. *First = A*: the share of users for whom the ranker puts",
         "first the candidate shown first (letter A, the retriever's top); on the retriever order's row, the share",
@@ -276,6 +277,7 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
                         *VARIANT_SETTINGS[variant],
                         *("--max-train-examples", str(args.train_examples)),
                         *("--max-val-examples", str(args.val_examples), "--eval-every", str(args.eval_every)),
+                        *("--set", f"fusion_val_examples={args.fusion_val_examples}"),
                         *("--batch-size", str(args.batch_size), "--lr", str(args.lr)),
                         *("--warmup-steps", str(args.warmup_steps), "--resume" if state.is_file() else "--restart"),
                     ],
@@ -304,6 +306,21 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
         if "val_order" not in d["training"][name] and done.is_file():  # recorded before val_order was
             d["training"][name]["val_order"] = load(done).get("val_order", "ranker")
             save(data)
+        manifest = load(done)
+        wanted = min(args.fusion_val_examples, manifest["val_subset_users"])
+        if kind != "validation" and (manifest.get("fusion") or {}).get("users", 0) < wanted:
+            # α chosen on fewer validation users than asked (a ranker trained before fusion_val_examples): choose it
+            # again on them, and rank the test users again with it
+            seconds = run(
+                ["tune-fusion", dataset, "--ranker", ranker, "--val-examples", str(args.fusion_val_examples)], env
+            )
+            fusion = load(done)["fusion"]
+            d["training"][name]["fusion"] = fusion
+            d["training"][name]["fusion_time"] = minutes(seconds)
+            d["runs"][name + " (fusion)"] = this_run
+            for stage in [s for s in d["stages"] if s == name or s.startswith(name + ", fused")]:
+                del d["stages"][stage]
+            save(data)
         evaluate(name, ["--ranker", ranker], ranker)
 
 
@@ -319,7 +336,13 @@ def main() -> None:
         default=DEFAULT_TRAIN_EXAMPLES,
         help="a budget other than the default trains rankers of their own, named with it (beside the default's)",
     )
-    parser.add_argument("--val-examples", type=int, default=200, help="validation users (early stopping and α)")
+    parser.add_argument("--val-examples", type=int, default=200, help="validation users for early stopping")
+    parser.add_argument(
+        "--fusion-val-examples",
+        type=int,
+        default=1000,
+        help="validation users α is chosen on (all if fewer; rankers that chose α on fewer choose it again)",
+    )
     parser.add_argument("--test-examples", type=int, default=1000, help="seeded sample of the test subset")
     parser.add_argument("--eval-every", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=4)

@@ -33,6 +33,7 @@ def register_commands(cli):
         serve_command,
         serve_shell_command,
         templates_command,
+        tune_fusion_command,
     )
 
     pipeline_command.install(cli)  # first in `llamarec --help`: the whole job
@@ -40,6 +41,7 @@ def register_commands(cli):
     retrieve_train_command.install(cli)
     candidates_command.install(cli)
     rank_train_command.install(cli)
+    tune_fusion_command.install(cli)
     evaluate_command.install(cli)
     serve_shell_command.install(cli)
     serve_command.install(cli)

@@ -38,7 +38,17 @@ def test_version():
 
 @pytest.mark.parametrize(
     "command",
-    ["preprocess", "retrieve-train", "candidates", "rank-train", "evaluate", "pipeline", "serve-shell", "plugins"],
+    [
+        "preprocess",
+        "retrieve-train",
+        "candidates",
+        "rank-train",
+        "tune-fusion",
+        "evaluate",
+        "pipeline",
+        "serve-shell",
+        "plugins",
+    ],
 )
 @pytest.mark.parametrize("flag", ["-h", "--help"])
 def test_every_command_has_help_with_an_example(command, flag):

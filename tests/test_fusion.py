@@ -96,14 +96,15 @@ def test_fusion_option_is_checked():
 
 
 def test_alpha_is_chosen_on_validation_and_used_by_evaluate_and_serving(chain_with_candidates, workdir, tiny_llama_dir):
-    config = fast_config(tiny_llama_dir, max_val_examples=12)
+    config = fast_config(tiny_llama_dir, max_val_examples=6, eval_every=1, lr=3e-2)  # early stopping on 6 users
     manifest = train_ranker("chain", workdir=workdir, config=config, device="cpu")
     fusion = manifest["fusion"]
-    assert fusion["users"] == manifest["val_examples"] == 12 and fusion["alpha"] in GRID
-
-    # The stored curve is the best adapter's scores on the validation sample, recomputed here: no test user enters.
     frame, _ = load_candidates(workdir, chain_with_candidates)
-    val = sample(valid_subset(chain_with_candidates, frame, "val", 20).examples, 12, config.seed)
+    val = valid_subset(chain_with_candidates, frame, "val", 20).examples
+    assert manifest["val_examples"] == 6 and fusion["users"] == len(val) > 6 and fusion["alpha"] in GRID
+    assert manifest["best_step"] < manifest["steps"]  # so the users beyond the 6 need the best adapter put back
+
+    # The stored curve is the best adapter's scores on the validation users, recomputed here: no test user enters.
     ranker = load_ranker(chain_with_candidates, workdir, device="cpu")
     scores = score_subset(ranker.model, ranker.encoder, val, 8)
     assert choose_alpha(val, scores) == fusion
@@ -142,3 +143,48 @@ def test_alpha_is_chosen_on_validation_and_used_by_evaluate_and_serving(chain_wi
 
     out = CliRunner().invoke(build_app(), ["evaluate", "chain", "-w", str(workdir), "--fusion", "2", "--device", "cpu"])
     assert out.exit_code != 0 and "--fusion must be auto" in out.output and "Traceback" not in out.output
+
+
+def test_fusion_users_contain_the_early_stopping_ones_and_never_trained_ones():
+    from types import SimpleNamespace
+
+    from llamarec_cli.ranking.config import RankerConfig
+    from llamarec_cli.stages.rank_train import fusion_examples
+
+    val = SimpleNamespace(examples=[Example([1], [2, 3], 0, user) for user in range(50)])
+    for negatives in ("retrieved", "random"):
+        config = RankerConfig(negatives=negatives, max_val_examples=10, fusion_val_examples=30)
+        early = sample(val.examples, 10, config.seed)
+        users = {e.user for e in fusion_examples(val, early, config)}
+        assert len(users) == 30 and {e.user for e in early} <= users
+        everyone = RankerConfig(negatives=negatives, max_val_examples=10)
+        assert len(fusion_examples(val, early, everyone)) == 50
+    # --negatives validation trains on the users not held out: α is chosen on the held-out ones only
+    config = RankerConfig(negatives="validation", max_val_examples=10)
+    early = sample(val.examples, 10, config.seed)
+    assert fusion_examples(val, early, config) == early
+
+
+def test_tune_fusion_chooses_again_on_more_users_and_evaluate_uses_it(chain_with_candidates, workdir, tiny_llama_dir):
+    train_ranker(
+        "chain",
+        workdir=workdir,
+        config=fast_config(tiny_llama_dir, max_val_examples=4, fusion_val_examples=4),
+        device="cpu",
+    )
+    path = ranker_dir(workdir, "chain", "default") / "manifest.json"
+    assert json.loads(path.read_text())["fusion"]["users"] == 4
+    out = CliRunner().invoke(build_app(), ["tune-fusion", "chain", "-w", str(workdir), "--device", "cpu", "--json"])
+    assert out.exit_code == 0, out.output
+    fusion = json.loads(out.stdout)
+    frame, _ = load_candidates(workdir, chain_with_candidates)
+    val = valid_subset(chain_with_candidates, frame, "val", 20).examples
+    assert fusion["users"] == len(val) > 4 and fusion["previous"]["users"] == 4
+    ranker = load_ranker(chain_with_candidates, workdir, device="cpu")  # the re-sealed manifest is accepted
+    assert {k: v for k, v in fusion.items() if k != "previous"} == choose_alpha(
+        val, score_subset(ranker.model, ranker.encoder, val, 8)
+    )
+    assert evaluate("chain", workdir=workdir, device="cpu")["fusion"]["alpha"] == fusion["alpha"]
+
+    bad = CliRunner().invoke(build_app(), ["tune-fusion", "chain", "-w", str(workdir), "--ranker", "nope"])
+    assert bad.exit_code != 0 and "No trained ranker 'nope'" in bad.output and "Traceback" not in bad.output

@@ -3,6 +3,7 @@ left padding, rank-train (resume, refusals) and evaluate."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -380,6 +381,7 @@ def test_a_retriever_prior_needs_retrieved_negatives_and_the_letters_loss(tiny_l
 
 def test_a_ranker_trained_beside_the_retriever_prior_is_validated_fused(chain_with_candidates, workdir, tiny_llama_dir):
     config = fast_config(tiny_llama_dir, negatives="retrieved", loss="letters", retriever_prior=2.0)
+    config = dataclasses.replace(config, fusion_val_examples=config.max_val_examples)  # α on the validated users
     manifest = train_ranker("chain", workdir=workdir, config=config, device="cpu")
     assert manifest["val_order"] == "fused at alpha 0.333333" and manifest["config"]["retriever_prior"] == 2.0
     curve = manifest["fusion"]["val"]  # NDCG@10 of the best adapter's validation scores at each α, 1/3 included

@@ -68,6 +68,12 @@ class RankerConfig:
     eval_every: int = option(100, "Validate (NDCG@10 on the valid retrieval subset) every this many steps.")
     patience: int = option(20, "Stop after this many validations without a better NDCG@10.")
     max_val_examples: int | None = option(None, "Validate on a seeded sample of this many validation users.")
+    fusion_val_examples: int | None = option(
+        None,
+        "Choose the fusion alpha on a seeded sample of this many validation users, never ones trained on; unset: "
+        "all of them. It contains the early-stopping sample (their scores are reused); the others are scored once "
+        "with the best adapter.",
+    )
     eval_batch_size: int = option(8, "Requests per forward pass when scoring.")
     tokens_per_pass: int | None = option(
         None,
@@ -86,7 +92,7 @@ class RankerConfig:
         for name in ("lora_r", "lora_alpha", "epochs", "batch_size", "eval_every", "patience", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        for name in ("max_train_examples", "max_val_examples", "tokens_per_pass"):
+        for name in ("max_train_examples", "max_val_examples", "fusion_val_examples", "tokens_per_pass"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
         if self.lr <= 0 or self.clip <= 0 or not 0 <= self.lora_dropout < 1 or self.warmup_steps < 0:

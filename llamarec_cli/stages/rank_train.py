@@ -312,7 +312,12 @@ def _train_ranker(
         )
     accelerator.wait_for_everyone()
     stopped, interrupted = trainer.train(stop_after_steps)
+    fusion = None
+    if not interrupted and trainer.best_scores:
+        fusion_users = fusion_examples(val, val_examples, config)
+        fusion = _fusion(config, fusion_users, trainer.fusion_scores(fusion_users))
     manifest = _manifest(workdir, dataset, loaded, template, k, trainer, len(val.examples), stopped, interrupted)
+    manifest["fusion"] = fusion
     if interrupted or not accelerator.is_main_process:
         return manifest
     if not (partial / "adapter").is_dir():
@@ -363,18 +368,23 @@ def _manifest(
         "val_order": "ranker" if config.validation_alpha is None else f"fused at alpha {config.validation_alpha:g}",
         "val_retriever_metrics": subset_metrics([e.target_index + 1.0 for e in val_examples]),  # the bar to clear
         "validations": progress.validations,
-        "fusion": _fusion(config, val_examples, trainer.best_scores),
         "versions": versions("torch", "transformers", "peft"),
     }
 
 
-def _fusion(config: RankerConfig, val_examples: list[Example], best_scores: list[list[float]]) -> dict | None:
-    """The α chosen on validation (the grid, and the α a retriever prior trained for); None before any validation."""
-    if not best_scores:
-        return None
+def fusion_examples(val: Subset, early_stopping: list[Example], config: RankerConfig) -> list[Example]:
+    """The validation users α is chosen on: a seeded sample of ``fusion_val_examples`` of them (all by default),
+    never one trained on (``--negatives validation`` trains on those not held out to stop early). Drawn with the
+    early-stopping sample's seed from the same list, so the larger of the two samples contains the smaller."""
+    pool = early_stopping if config.negatives == "validation" else val.examples
+    return sample(pool, config.fusion_val_examples, config.seed)
+
+
+def _fusion(config: RankerConfig, examples: list[Example], scores: list[torch.Tensor]) -> dict:
+    """The α chosen on validation (the grid, and the α a retriever prior trained for)."""
     trained = config.validation_alpha
     grid = sorted({*GRID, trained}) if trained else GRID
-    chosen = choose_alpha(val_examples, [torch.tensor(s) for s in best_scores], grid)
+    chosen = choose_alpha(examples, scores, grid)
     return chosen | ({"trained_alpha": trained} if trained else {})
 
 
@@ -545,6 +555,24 @@ class _Trainer:
         accelerator.wait_for_everyone()
         return progress.bad >= config.patience
 
+    def fusion_scores(self, examples: list[Example]) -> list[torch.Tensor]:
+        """The best adapter's letter logits for ``examples``: the early-stopping users' from its validation, the
+        others scored now with the best adapter put back in place of the last step's."""
+        known = {e.user: s for e, s in zip(self.val_examples, self.best_scores, strict=True)}
+        missing = [e for e in examples if e.user not in known]
+        if missing:
+            run, config = self.run, self.config
+            self.reporter.note(
+                f"Choosing the fusion α on {len(examples):,} validation users: scoring {len(missing):,} more with "
+                "the best adapter"
+            )
+            _load_adapter(run.unwrapped, self.partial / "adapter")
+            scores = score_subset(
+                run.model, self.encoder, missing, config.eval_batch_size, run.accelerator, config.tokens_per_pass
+            )
+            known |= {e.user: s.tolist() for e, s in zip(missing, scores, strict=True)}
+        return [torch.tensor(known[e.user]) for e in examples]
+
     def diverged(self, what: str):
         if self.run.accelerator.is_main_process:
             shutil.rmtree(self.partial, ignore_errors=True)  # resuming it would only diverge again
@@ -609,6 +637,14 @@ def _save_adapter(model, folder: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     replace_dir(tmp, folder)
+
+
+def _load_adapter(model, folder: Path) -> None:
+    """Put the adapter weights saved in ``folder`` (by ``_save_adapter``) back into the PEFT ``model``."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
 
 
 def _check_partial(
