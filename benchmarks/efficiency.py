@@ -352,6 +352,41 @@ def int8_trial(model, encoder, examples) -> dict:
     return out
 
 
+def compile_trial(model, encoder, example, repeats: int = 9) -> dict:
+    """torch.compile with a static shape and Inductor's CPU inference settings (weights frozen as constants, bf16
+    weights prepacked for oneDNN) against eager, on one prompt: can fusing the element-wise work (norms, rotary
+    embedding, SiLU) and prepacking weights close the gap to the floor? Eager is timed before and after."""
+    import torch._dynamo
+    import torch._inductor.config as inductor
+
+    ids = torch.tensor([encoder.prompt_ids(example)])
+    inputs = {"input_ids": ids, "position_ids": torch.arange(ids.shape[1])[None], "logits_to_keep": 1}
+    saved = inductor.freezing, inductor.cpp.weight_prepack
+    try:
+        inductor.freezing, inductor.cpp.weight_prepack = True, True
+        with torch.no_grad():
+            eager = timed(lambda: model(**inputs, use_cache=False), repeats)
+            compiled = torch.compile(model, dynamic=False)
+            began = time.perf_counter()
+            reference, out = model(**inputs, use_cache=False).logits, compiled(**inputs, use_cache=False).logits
+            compile_seconds = time.perf_counter() - began
+            fast = timed(lambda: compiled(**inputs, use_cache=False), repeats)
+            eager += timed(lambda: model(**inputs, use_cache=False), repeats)
+    finally:
+        inductor.freezing, inductor.cpp.weight_prepack = saved
+        torch._dynamo.reset()
+    letters = encoder.verbalizer.ids(len(example.candidates))
+    result = {
+        "prompt_tokens": ids.shape[1],
+        "eager_s": statistics.median(eager),
+        "compiled_s": statistics.median(fast),
+        "compile_s": compile_seconds,
+        "same_top_letter": int(reference[0, -1, letters].argmax()) == int(out[0, -1, letters].argmax()),
+    }
+    print(f"compile: {result}", flush=True)
+    return result
+
+
 def serve_latency(workdir: Path, users: int, ranker: str, dtype: str) -> dict:
     from llamarec_cli.ranking.prompts import Example
     from llamarec_cli.serving.recommender import Recommender
@@ -532,6 +567,17 @@ def markdown(data: dict) -> str:
             f"top item for only {q['same_top1']} of {q['requests']} requests (top-10 overlap "
             f"{q['top10_overlap']:.0%}), so llamarec does not use it.",
         ]
+    c = data.get("compile")
+    if c:
+        lines += [
+            "",
+            f"torch.compile (static shape, weights frozen and prepacked, Inductor's CPU inference settings) on the "
+            f"{c['prompt_tokens']}-token prompt: {c['compiled_s'] * 1000:.0f} ms against {c['eager_s'] * 1000:.0f} ms "
+            f"eager ({c['eager_s'] / c['compiled_s']:.2f}x; medians, eager timed before and after), after "
+            f"{c['compile_s']:.0f} s of compiling for that one prompt length; the same top letter: "
+            f"{'yes' if c['same_top_letter'] else 'no'}. Too little for a compile per prompt length (or padding to "
+            f"buckets), so llamarec does not compile.",
+        ]
     s = data["serve"]
     lines += [
         "",
@@ -635,6 +681,7 @@ def main() -> None:
         stage("agreement", lambda: dtype_agreement(args.workdir, args.ranker, args.agreement_prompts))
     stage("train", lambda: train_in_each_dtype(args.workdir, args.train_examples, 32))
     stage("int8", lambda: int8_trial(loaded.model, encoder, examples[:16]))
+    stage("compile", lambda: compile_trial(loaded.model, long_titles, examples[0]))
     stage(
         "gpu",
         lambda: (

@@ -306,8 +306,8 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
         if "val_order" not in d["training"][name] and done.is_file():  # recorded before val_order was
             d["training"][name]["val_order"] = load(done).get("val_order", "ranker")
             save(data)
-        manifest = load(done)
-        wanted = min(args.fusion_val_examples, manifest["val_subset_users"])
+        manifest = load(done)  # {} when the ranker's folder is gone (a cleaned /tmp): its results stand as they are
+        wanted = min(args.fusion_val_examples, manifest.get("val_subset_users", 0))
         if kind != "validation" and (manifest.get("fusion") or {}).get("users", 0) < wanted:
             # α chosen on fewer validation users than asked (a ranker trained before fusion_val_examples): choose it
             # again on them, and rank the test users again with it

@@ -181,7 +181,8 @@ def test_tune_fusion_chooses_again_on_more_users_and_evaluate_uses_it(chain_with
     val = valid_subset(chain_with_candidates, frame, "val", 20).examples
     assert fusion["users"] == len(val) > 4 and fusion["previous"]["users"] == 4
     ranker = load_ranker(chain_with_candidates, workdir, device="cpu")  # the re-sealed manifest is accepted
-    assert {k: v for k, v in fusion.items() if k != "previous"} == choose_alpha(
+    assert fusion["chosen_by"] == "tune-fusion"
+    assert {k: v for k, v in fusion.items() if k not in ("previous", "chosen_by")} == choose_alpha(
         val, score_subset(ranker.model, ranker.encoder, val, 8)
     )
     assert evaluate("chain", workdir=workdir, device="cpu")["fusion"]["alpha"] == fusion["alpha"]

@@ -32,7 +32,7 @@ def test_pipeline_runs_every_stage_then_reuses_them(smollm2_dir, workdir, monkey
     report = json.loads((workdir / "ml-100k" / "reports" / "evaluate-default.json").read_text())
     assert report["ranked_users"] == 8 and report["subset_users"] > 8
     manifest = json.loads((workdir / "ml-100k" / "ranker" / "default" / "manifest.json").read_text())
-    alpha = manifest["fusion"]["alpha"]  # chosen on the 4 validation users; evaluate shows the fused order beside
+    alpha = manifest["fusion"]["alpha"]  # chosen on all validation users; evaluate shows the fused order beside
     assert set(report["subset"]) == {"retriever", "ranker", f"fused (α={alpha:g})"} and "Fusion: α" in result.output
     assert manifest["model"]["name"] == "smollm2-135m" and manifest["train_examples"] == 8
     assert manifest["config"]["negatives"] == "retrieved"

@@ -182,6 +182,38 @@ def test_a_full_precision_ranker_is_served_merged_with_the_same_scores(chain_wit
     assert torch.allclose(torch.stack(a), torch.stack(b), atol=1e-5)
 
 
+def test_a_run_interrupted_while_alpha_is_chosen_resumes_without_training_on(
+    chain_with_candidates, workdir, tiny_llama_dir, tmp_path, monkeypatch
+):
+    from llamarec_cli.stages import rank_train
+
+    config = fast_config(tiny_llama_dir, patience=1, eval_every=1, max_val_examples=4)  # stops early, α on all
+    whole = train_ranker("chain", workdir=workdir, config=config, device="cpu")
+    assert whole["stopped_early"] and whole["fusion"]["users"] > 4
+    (workdir / "chain" / "ranker" / "default").rename(tmp_path / "whole")
+
+    def interrupted(self, examples):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rank_train._Trainer, "fusion_scores", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train_ranker("chain", workdir=workdir, config=config, device="cpu")
+    # --resume may change the users α is chosen on (it is used once training is over), nothing that trains
+    with pytest.raises(ConfigError, match="patience=1"):
+        train_ranker(
+            "chain",
+            workdir=workdir,
+            config=fast_config(tiny_llama_dir, eval_every=1, max_val_examples=4),
+            device="cpu",
+            resume=True,
+        )
+    rank_train._refuse_changes(config.to_dict(), dataclasses.replace(config, fusion_val_examples=3))  # accepted
+    resumed = train_ranker("chain", workdir=workdir, config=config, device="cpu", resume=True)
+    assert resumed["steps"] == whole["steps"] and resumed["validations"] == whole["validations"]
+    assert resumed["stopped_early"] and resumed["fusion"] == whole["fusion"]
+
+
 def test_rank_train_resumes_exactly(chain_with_candidates, workdir, tiny_llama_dir, tmp_path):
     config = fast_config(tiny_llama_dir)
     whole = train_ranker("chain", workdir=workdir, config=config, device="cpu")

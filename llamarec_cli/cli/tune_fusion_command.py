@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import settings
-from .options import DatasetName, Device, Json, Workdir
+from .options import DatasetName, Device, Json, TemplatesDir, TrustRemoteCode, Workdir
 from .output import print_json, stderr, stdout
 
 EPILOG = (
@@ -21,10 +21,15 @@ def tune_fusion(
     ranker: Annotated[str, typer.Option("--ranker", help="The trained ranker's --name.")] = "default",
     val_examples: Annotated[
         int | None,
-        typer.Option("--val-examples", help="Choose α on a seeded sample of this many validation users; default all."),
+        typer.Option(
+            "--val-examples",
+            help="Choose α on a seeded sample of this many validation users; default all (never ones trained on).",
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Requests per forward pass.")] = 8,
+    templates_dir: TemplatesDir = None,
     device: Device = "auto",
+    trust_remote_code: TrustRemoteCode = False,
     workdir: Workdir = None,
     json_output: Json = False,
 ) -> None:
@@ -38,6 +43,8 @@ def tune_fusion(
         val_examples=val_examples,
         batch_size=batch_size,
         device=device,
+        templates_dir=templates_dir,
+        trust_remote_code=trust_remote_code,
         log=lambda message: stderr.print(message, highlight=False, soft_wrap=True),
     )
     if json_output:

@@ -71,8 +71,9 @@ class RankerConfig:
     fusion_val_examples: int | None = option(
         None,
         "Choose the fusion alpha on a seeded sample of this many validation users, never ones trained on; unset: "
-        "all of them. It contains the early-stopping sample (their scores are reused); the others are scored once "
-        "with the best adapter.",
+        "all of them (with --negatives validation: the held-out ones). Drawn like the early-stopping sample, so "
+        "the smaller of the two lies in the larger; users without early-stopping scores are scored once with the "
+        "best adapter. --resume may change it.",
     )
     eval_batch_size: int = option(8, "Requests per forward pass when scoring.")
     tokens_per_pass: int | None = option(

@@ -33,7 +33,7 @@ class Budget:
     retriever_epochs: int = option(20, "Most LRURec epochs.")
     train_examples: int = option(128, "Ranker training examples.")
     # all of ml-100k's validation subset (about 120 users)
-    val_examples: int = option(128, "Validation users ranked per validation (early stopping and fusion's α).")
+    val_examples: int = option(128, "Validation users ranked per validation (early stopping; α is chosen on all).")
     eval_every: int = option(16, "Validate the ranker every N steps.")
     batch_size: int = option(4, "Ranker examples per step.")
     # a few dozen steps: a larger step than the paper's 1e-4 (its runs take thousands)

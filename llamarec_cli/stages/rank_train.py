@@ -486,6 +486,8 @@ class _Trainer:
         self.pad = pad_id(self.encoder.tokenizer)
         self.token_cap = pass_token_cap(accelerator.device, config.tokens_per_pass)
         progress = self.progress
+        if progress.validations and progress.bad >= config.patience:  # resumed after it stopped early (while α was
+            return True, False  # being chosen): training stays over
         self.run.model.train()
         try:
             stopped, interrupted = train_epochs(
@@ -644,7 +646,13 @@ def _load_adapter(model, folder: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+    missing = [key for key in result.missing_keys if "lora_" in key]
+    if result.unexpected_keys or missing:  # loaded non-strictly: a mismatch would leave the last step's weights
+        raise ArtifactError(
+            f"The best adapter in {folder} does not fit the model being trained "
+            f"({len(missing)} LoRA weights missing, {len(result.unexpected_keys)} unexpected)."
+        )
 
 
 def _check_partial(
@@ -756,11 +764,14 @@ def resumed_config(workdir: Path, dataset: str, name: str, flags: dict) -> tuple
     return config, sources
 
 
+AFTER_TRAINING = {"fusion_val_examples"}  # settings used once training is over: --resume may change them
+
+
 def _refuse_changes(saved: dict, config: RankerConfig) -> None:
     """``--resume`` continues the interrupted run with its settings: one that ``config`` changes is refused."""
     # a setting the saved run predates had its default then (a run from before `loss` existed trained the lm loss)
     saved = RankerConfig().to_dict() | saved
-    changed = [f"{k}={v}" for k, v in saved.items() if config.to_dict().get(k) != v]
+    changed = [f"{k}={v}" for k, v in saved.items() if config.to_dict().get(k) != v and k not in AFTER_TRAINING]
     if changed:
         raise ConfigError(
             f"--resume continues a run with {', '.join(changed)}; drop the flags that change it, or --restart."

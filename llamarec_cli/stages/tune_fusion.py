@@ -3,7 +3,7 @@
 rank-train chooses α on the validation users its config names (``fusion_val_examples``, all by default); a ranker
 trained with a smaller sample, or before that setting existed, can have it chosen again here without training again:
 the best adapter scores the validation users (never ones it trained on), α is chosen on them by NDCG@10, and the
-ranker's manifest is sealed again with it. The test users play no part.
+ranker's manifest is sealed again with it (``chosen_by: tune-fusion``). The test users play no part.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from pathlib import Path
 from ..artifacts import seal
 from ..data.artifact import load_dataset
 from ..errors import ArtifactError, ConfigError
-from ..files import sha256_of, write_json
+from ..files import write_json
 from ..ranking.config import RankerConfig
 from ..ranking.examples import valid_subset
-from .candidates import candidates_paths, load_candidates
+from ..workspace import run_lock
+from .candidates import load_candidates
 from .evaluate import load_ranker
 from .rank_train import (
     _fusion,
@@ -39,31 +40,43 @@ def tune_fusion(
     val_examples: int | None = None,
     batch_size: int = 8,
     device: str = "auto",
+    templates_dir: Path | None = None,
+    trust_remote_code: bool = False,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict:
-    """Choose ``ranker``'s α on a seeded sample of ``val_examples`` validation users (all of them if None), store
-    it in its manifest and return the new fusion entry with the one it replaces (``previous``)."""
+    """Choose ``ranker``'s α on a seeded sample of ``val_examples`` validation users (all of them if None; with
+    ``--negatives validation``, of the held-out ones), store it in its manifest and return the new fusion entry with
+    the one it replaces (``previous``)."""
     for option, value in (("--val-examples", val_examples), ("--batch-size", batch_size)):
         if value is not None and value < 1:
             raise ConfigError(f"{option} must be at least 1 (got {value}).")
     dataset = load_dataset(workdir, dataset_name)
-    manifest = load_ranker_manifest(workdir, dataset, ranker)
-    rerun = rank_train_command(dataset.name, ranker)
-    config = dataclasses.replace(RankerConfig(**manifest["config"]), fusion_val_examples=val_examples)
-    candidates, _ = load_candidates(workdir, dataset, config.retriever)
-    if sha256_of(candidates_paths(workdir, dataset.name, config.retriever)[0]) != manifest["candidates_sha256"]:
-        raise ArtifactError(
-            f"The candidates of '{config.retriever}' for {dataset.name} were exported again after ranker '{ranker}' "
-            f"was trained on them, so its validation scores would not be the ones it learned from. Rerun: {rerun}"
+    folder = ranker_dir(workdir, dataset.name, ranker)
+    with run_lock(folder.parent, ranker, f"tune-fusion of '{ranker}' on {dataset.name}"):  # no rank-train meanwhile
+        manifest = load_ranker_manifest(workdir, dataset, ranker)
+        config = dataclasses.replace(RankerConfig(**manifest["config"]), fusion_val_examples=val_examples)
+        candidates, candidates_manifest = load_candidates(workdir, dataset, config.retriever)
+        if candidates_manifest["file_sha256"] != manifest["candidates_sha256"]:
+            raise ArtifactError(
+                f"The candidates of '{config.retriever}' for {dataset.name} were exported again after ranker "
+                f"'{ranker}' was trained on them, so its validation scores would not be the ones it learned from. "
+                f"Rerun: {rank_train_command(dataset.name, ranker)}"
+            )
+        val = valid_subset(dataset, candidates, "val", manifest["k"])
+        early_stopping = sample(val.examples, config.max_val_examples, config.seed)
+        examples = fusion_examples(val, early_stopping, config)
+        loaded = load_ranker(
+            dataset,
+            workdir,
+            ranker=ranker,
+            device=device,
+            templates_dir=templates_dir,
+            trust_remote_code=trust_remote_code,
         )
-    val = valid_subset(dataset, candidates, "val", manifest["k"])
-    early_stopping = sample(val.examples, config.max_val_examples, config.seed)
-    examples = fusion_examples(val, early_stopping, config)
-    loaded = load_ranker(dataset, workdir, ranker=ranker, device=device)
-    log(loaded.dtype_reason)
-    log(f"Scoring {len(examples):,} validation users with ranker '{ranker}'")
-    scores = score_subset(loaded.model, loaded.encoder, examples, batch_size)
-    fusion = _fusion(config, examples, scores)
-    previous = manifest.get("fusion")
-    write_json(ranker_dir(workdir, dataset.name, ranker) / "manifest.json", seal(manifest | {"fusion": fusion}))
+        log(loaded.dtype_reason)
+        log(f"Scoring {len(examples):,} validation users with ranker '{ranker}'")
+        scores = score_subset(loaded.model, loaded.encoder, examples, batch_size)
+        fusion = _fusion(config, examples, scores) | {"chosen_by": "tune-fusion"}
+        previous = manifest.get("fusion")
+        write_json(folder / "manifest.json", seal(manifest | {"fusion": fusion}))
     return fusion | {"previous": previous}
