@@ -173,12 +173,13 @@ def markdown(data: dict) -> str:
             lines += [
                 "",
                 "| ranker | examples | steps | best step | val NDCG@10 | val NDCG@10, retriever order | α (val users) "
-                "| val NDCG@10 at α | train time |",
-                "|---|---|---|---|---|---|---|---|---|",
+                "| their NDCG@10 at α | their NDCG@10, retriever order | train time |",
+                "|---|---|---|---|---|---|---|---|---|---|",
             ]
             for name, t in d["training"].items():
                 fusion = t.get("fusion") or {}
                 at_alpha = fusion.get("val", {}).get(f"{fusion.get('alpha', 1):g}")
+                at_zero = fusion.get("val", {}).get("0")  # the retriever's order of the same users
                 order = t.get("val_order", "ranker")  # a retriever prior: validated in the fused order it trains
                 validated = "" if order == "ranker" else f" ({order.replace('alpha ', 'α=')})"
                 lines.append(
@@ -186,7 +187,8 @@ def markdown(data: dict) -> str:
                     f"{t['val_metrics'].get('NDCG@10', 0):.4f}{validated} | "
                     f"{t.get('val_retriever_metrics', {}).get('NDCG@10', 0):.4f} | "
                     f"{fusion.get('alpha', '')} ({fusion.get('users', '')}) | "
-                    f"{'' if at_alpha is None else f'{at_alpha:.4f}'} | {t['time']} |"
+                    f"{'' if at_alpha is None else f'{at_alpha:.4f}'} | "
+                    f"{'' if at_zero is None else f'{at_zero:.4f}'} | {t['time']} |"
                 )
     return "\n".join(lines) + "\n"
 
