@@ -14,12 +14,25 @@ matches its inputs (the dataset's checksum, the retriever's weights) is for the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from .errors import ConfigError
+
 STATE_FILE = "state.safetensors"  # the resumable training state, in <partial>/training/: retriever and ranker
 MANIFEST = "manifest.json"
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def plain(kind: str, name: str) -> str:
+    """``name`` if it can name a folder in the work directory and nothing outside it; refused otherwise."""
+    if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name):
+        raise ConfigError(
+            f"A {kind} name is letters, digits, '.', '_' and '-', starting with a letter or digit; got '{name}'."
+        )
+    return name
 
 
 class Status(StrEnum):
@@ -36,21 +49,22 @@ class Workdir:
         object.__setattr__(self, "root", Path(self.root))  # library callers may pass a string
 
     def dataset(self, dataset: str) -> Path:
-        return self.root / dataset / "dataset"
+        return self.root / plain("dataset", dataset) / "dataset"
 
     def retriever(self, dataset: str, name: str) -> Path:
-        return self.root / dataset / "retriever" / name
+        return self.root / plain("dataset", dataset) / "retriever" / plain("retriever", name)
 
     def candidates(self, dataset: str, retriever: str) -> tuple[Path, Path]:
         """The candidates table and its metadata."""
-        folder = self.root / dataset / "candidates"
+        folder = self.root / plain("dataset", dataset) / "candidates"
+        plain("retriever", retriever)
         return folder / f"{retriever}.parquet", folder / f"{retriever}.json"
 
     def ranker(self, dataset: str, name: str) -> Path:
-        return self.root / dataset / "ranker" / name
+        return self.root / plain("dataset", dataset) / "ranker" / plain("ranker", name)
 
     def reports(self, dataset: str) -> Path:
-        return self.root / dataset / "reports"
+        return self.root / plain("dataset", dataset) / "reports"
 
     @staticmethod
     def partial(artifact: Path) -> Path:

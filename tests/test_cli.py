@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -89,3 +90,25 @@ def test_the_cli_starts_without_the_heavy_libraries():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tune-fusion", "chain", "--ranker", "../../outside"],
+        ["tune-fusion", "chain", "--ranker", "/tmp/llamarec-absolute-ranker"],
+        ["evaluate", "chain", "--ranker", "a/b"],
+        ["rank-train", "chain", "--name", "..", "--device", "cpu"],
+        ["tune-fusion", "../elsewhere/chain"],
+    ],
+)
+def test_a_name_that_is_a_path_is_refused_before_anything_is_written(args, chain, workdir, tmp_path):
+    before = sorted(tmp_path.rglob("*"))
+    result = invoke(*args, "-w", str(workdir))
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "name is letters, digits" in result.output, result.output
+    new = set(tmp_path.rglob("*")) - set(before)  # nothing written but evaluate's (empty) reports folder
+    assert all(path == workdir / "chain" / "reports" and path.is_dir() for path in new), new
+    assert (
+        not Path("/tmp/llamarec-absolute-ranker").exists() and not Path("/tmp/llamarec-absolute-ranker.lock").exists()
+    )

@@ -735,6 +735,8 @@ def load_ranker_manifest(workdir: Path, dataset: Dataset, name: str) -> dict:
     try:
         same = manifest["dataset"]["checksum"] == dataset.checksum
         RankerConfig(**manifest["config"])  # every field present and valid
+        if type(manifest["k"]) is not int or manifest["k"] < 1 or not isinstance(manifest["candidates_sha256"], str):
+            raise TypeError
     except (KeyError, TypeError, ConfigError):
         raise ArtifactError(f"{path} is damaged (a field is missing or invalid). Rerun: {rerun}") from None
     if not same:

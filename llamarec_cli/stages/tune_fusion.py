@@ -52,7 +52,9 @@ def tune_fusion(
             raise ConfigError(f"{option} must be at least 1 (got {value}).")
     dataset = load_dataset(workdir, dataset_name)
     folder = ranker_dir(workdir, dataset.name, ranker)
-    with run_lock(folder.parent, ranker, f"tune-fusion of '{ranker}' on {dataset.name}"):  # no rank-train meanwhile
+    load_ranker_manifest(workdir, dataset, ranker)  # a missing or damaged ranker is refused before the lock is taken
+    what = f"rank-train or tune-fusion of ranker '{ranker}' on {dataset.name}"  # both hold this ranker's lock
+    with run_lock(folder.parent, ranker, what):  # nothing rewrites the ranker while α is chosen
         manifest = load_ranker_manifest(workdir, dataset, ranker)
         config = dataclasses.replace(RankerConfig(**manifest["config"]), fusion_val_examples=val_examples)
         candidates, candidates_manifest = load_candidates(workdir, dataset, config.retriever)
