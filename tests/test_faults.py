@@ -424,7 +424,7 @@ def test_a_diverging_ranker_stops_with_one_line(chain_with_candidates, workdir, 
         monkeypatch.setattr(train, "score_subset", lambda *a, **k: [s * math.nan for s in real(*a, **k)])
     with pytest.raises(TrainingDivergedError, match=r"became (nan|NaN) at step \d+.*--lr"):
         train.train_ranker("chain", workdir=workdir, config=fast_config(tiny_llama_dir), device="cpu")
-    assert not train.ranker_dir(workdir, "chain", ".default.partial").exists()
+    assert not train.Workdir.partial(train.ranker_dir(workdir, "chain", "default")).exists()
     assert not train.ranker_dir(workdir, "chain", "default").exists()
 
 

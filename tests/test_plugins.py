@@ -68,7 +68,8 @@ def test_plugins_command_lists_what_each_plugin_registers(toy_plugin):
     assert listed["toy-plugin"]["datasets"] == ["toy"]
     assert listed["llamarec"]["datasets"] == ["beauty", "games", "ml-100k"]
     assert listed["llamarec"]["commands"] == [
-        *("pipeline", "preprocess", "retrieve-train", "candidates", "rank-train", "evaluate", "serve-shell", "serve"),
+        *("pipeline", "preprocess", "retrieve-train", "candidates", "rank-train", "tune-fusion", "evaluate"),
+        *("serve-shell", "serve"),
         *("plugins", "templates"),
     ]
     assert listed["llamarec"]["retrievers"] == ["lrurec"]

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from llamarec_cli.cli import build_app
 from llamarec_cli.errors import ArtifactError, ConfigError, DataFormatError
 from llamarec_cli.evaluation.metrics import paired_difference
+from llamarec_cli.layout import Workdir
 from llamarec_cli.ranking.examples import random_negative_examples, training_examples, valid_subset
 from llamarec_cli.ranking.fusion import resolve_alpha
 from llamarec_cli.ranking.prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
@@ -155,7 +156,7 @@ def test_rank_train_keeps_the_best_adapter_in_peft_format(chain_with_candidates,
     assert manifest["best_step"] == best["step"]
     assert manifest["val_metrics"] == {k: v for k, v in best.items() if k not in ("step", "epoch")}
     assert manifest["val_retriever_metrics"]["Recall@10"] == 1.0  # every subset user has the item among the 10
-    assert not ranker_dir(workdir, "chain", ".default.partial").exists()
+    assert not Workdir.partial(ranker_dir(workdir, "chain", "default")).exists()
 
     from peft import PeftModel
 
