@@ -112,3 +112,12 @@ def test_a_name_that_is_a_path_is_refused_before_anything_is_written(args, chain
     assert (
         not Path("/tmp/llamarec-absolute-ranker").exists() and not Path("/tmp/llamarec-absolute-ranker.lock").exists()
     )
+
+
+def test_an_unknown_dataset_lists_the_known_ones_instead_of_a_preprocess_that_would_fail(tmp_path):
+    for command in ("evaluate", "tune-fusion", "candidates"):
+        result = invoke(command, "nosuch", "-w", str(tmp_path))
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert "Unknown dataset 'nosuch'. Known datasets: beauty, games, ml-100k" in result.output, result.output
+    missing = invoke("evaluate", "ml-100k", "-w", str(tmp_path))  # known but not built: what to run
+    assert missing.exit_code != 0 and "Run first: llamarec preprocess ml-100k" in missing.output

@@ -154,6 +154,9 @@ def load_dataset(workdir: Path, name: str | Dataset) -> Dataset:
     manifest_path = path / "manifest.json"
     rerun = f"llamarec preprocess {name}"
     if not manifest_path.is_file():
+        from .. import plugins
+
+        plugins.datasets().get(name)  # a name nothing registers lists the known ones: preprocess could not make it
         raise ArtifactError(f"No dataset '{name}' in {workdir}. Run first: {rerun}")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
