@@ -52,6 +52,11 @@ VARIANT_SETTINGS = {  # rank-train settings of each --negatives variant beyond i
     "": (),
     "shuffled": ("--set", "shuffle_candidates=true"),
     "prior": ("--set", "loss=letters", "--set", "retriever_prior=1"),
+    # LoRA on every projection, attention and MLP, at rank 16: more room to learn the titles than q/v at rank 8
+    "shuffled-wide": (
+        *("--set", "shuffle_candidates=true", "--set", "lora_r=16"),
+        *("--set", "lora_target=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"),
+    ),
 }
 SUBSET_COLUMNS = ("NDCG@10", "Recall@10", "MRR@10")
 OVERALL_COLUMNS = ("NDCG@10", "Recall@10", "MRR@10")
@@ -260,7 +265,12 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
     for negatives in args.negatives:  # a ranker per kind, named after it in the work directory
         kind, _, variant = negatives.partition("-")
         name = "trained, validation requests" if kind == "validation" else f"trained, {kind} negatives"
-        name += {"": "", "shuffled": ", shuffled", "prior": ", retriever prior"}[variant]
+        name += {
+            "": "",
+            "shuffled": ", shuffled",
+            "prior": ", retriever prior",
+            "shuffled-wide": ", shuffled, wide LoRA",
+        }[variant]
         ranker = negatives  # its directory; a budget other than the default is a ranker of its own, beside it
         if args.train_examples != DEFAULT_TRAIN_EXAMPLES:
             name += f", {args.train_examples:,} examples"
@@ -354,8 +364,12 @@ def main() -> None:
         "--negatives",
         nargs="+",
         default=["retrieved", "retrieved-prior", "random"],
-        choices=["retrieved", "retrieved-shuffled", "retrieved-prior", "validation", "validation-prior", "random"],
+        choices=[
+            *("retrieved", "retrieved-shuffled", "retrieved-shuffled-wide", "retrieved-prior"),
+            *("validation", "validation-prior", "random"),
+        ],
         help="retrieved-shuffled: the retriever's candidates in a random order (--set shuffle_candidates=true); "
+        "retrieved-shuffled-wide: the same with LoRA rank 16 on every projection; "
         "retrieved-prior: trained on the letters beside the retriever's log-probabilities (--set loss=letters "
         "--set retriever_prior=1); validation: the validation requests not held out (rank-train --negatives "
         "validation)",
