@@ -67,24 +67,24 @@ def probe(workdir: Path, dataset_name: str, ranker: str, users: int, orders: int
         views.append(back)
         print(f"order {view + 1} of {orders}: {seconds[-1]:.0f} s", flush=True)
 
-    def summary(scores: list[torch.Tensor]) -> dict:
-        chosen = choose_alpha(examples, scores)
+    def summary(chosen: dict) -> dict:
         return {"alone": chosen["val"]["1"], "alpha": chosen["alpha"], "fused": chosen["val"][f"{chosen['alpha']:g}"]}
 
     def mean(which: range) -> list[torch.Tensor]:
         return [torch.stack([views[j][i] for j in which]).mean(0) for i in range(len(examples))]
 
-    rows = {"retriever's order shown": summary(views[0])}
+    shown = choose_alpha(examples, views[0])  # its curve at α = 0 is the retriever's order
+    rows = {"retriever's order shown": summary(shown)}
     if orders > 1:
         rows |= {
-            f"{orders - 1} shuffled orders, averaged": summary(mean(range(1, orders))),
-            f"all {orders} orders, averaged": summary(mean(range(orders))),
+            f"{orders - 1} shuffled orders, averaged": summary(choose_alpha(examples, mean(range(1, orders)))),
+            f"all {orders} orders, averaged": summary(choose_alpha(examples, mean(range(orders)))),
         }
     return {
         "dataset": dataset_name,
         "ranker": ranker,
         "users": len(examples),
-        "retriever_ndcg": choose_alpha(examples, views[0])["val"]["0"],  # α = 0: the retriever's order
+        "retriever_ndcg": shown["val"]["0"],
         "rows": rows,
         "seconds_per_order": round(float(np.median(seconds)), 1),
         "command": "python benchmarks/position_probe.py " + shlex.join(sys.argv[1:]),

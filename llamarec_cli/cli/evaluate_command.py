@@ -8,7 +8,7 @@ import typer
 
 from .. import settings
 from .options import DatasetName, Device, Dtype, Fusion, Json, RetrieverName, TemplatesDir, TrustRemoteCode, Workdir
-from .output import print_json, stderr, stdout
+from .output import note, print_json, stderr, stdout
 
 EPILOG = (
     "Examples:  llamarec evaluate ml-100k   ·   llamarec evaluate ml-100k --adapter none --model smollm2-135m "
@@ -60,7 +60,7 @@ def evaluate(
         fusion=fusion,
         templates_dir=templates_dir,
         trust_remote_code=trust_remote_code,
-        log=lambda message: stderr.print(message, highlight=False, soft_wrap=True),
+        log=note,
     )
     if json_output:
         print_json(report)

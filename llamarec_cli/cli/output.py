@@ -10,6 +10,11 @@ stdout = Console()
 stderr = Console(stderr=True)
 
 
+def note(message: str) -> None:
+    """One progress or status line on stderr, as the stages' ``log`` callbacks send them."""
+    stderr.print(message, highlight=False, soft_wrap=True)
+
+
 def print_json(data) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 

@@ -8,7 +8,7 @@ import typer
 
 from .. import settings
 from .options import DatasetName, Device, Json, TemplatesDir, TrustRemoteCode, Workdir
-from .output import print_json, stderr, stdout
+from .output import note, print_json, stdout
 
 EPILOG = (
     "Examples:  llamarec tune-fusion beauty --ranker default   ·   "
@@ -45,7 +45,7 @@ def tune_fusion(
         device=device,
         templates_dir=templates_dir,
         trust_remote_code=trust_remote_code,
-        log=lambda message: stderr.print(message, highlight=False, soft_wrap=True),
+        log=note,
     )
     if json_output:
         print_json(fusion)

@@ -51,7 +51,7 @@ from ..ranking.verbalizer import letter_logits, position_ids
 from ..training import Progress, Reporter, resolve_device, train_epochs
 from ..version import versions
 from ..workspace import main_process, run_lock
-from .candidates import candidates_paths, load_candidates
+from .candidates import load_candidates
 from .retrieve_train import close_at_exit
 
 RANKER_EARLY_STOP_METRIC = "NDCG@10"  # the retriever stops on Recall@10: retrieval/train.py
@@ -316,8 +316,8 @@ def _train_ranker(
     if not interrupted and trainer.best_scores:
         fusion_users = fusion_examples(val, val_examples, config)
         fusion = _fusion(config, fusion_users, trainer.fusion_scores(fusion_users))
-    manifest = _manifest(workdir, dataset, loaded, template, k, trainer, len(val.examples), stopped, interrupted)
-    manifest["fusion"] = fusion
+    manifest = _manifest(dataset, loaded, template, k, trainer, len(val.examples), stopped, interrupted)
+    manifest |= {"candidates_sha256": candidates_sha, "fusion": fusion}  # the sha load_candidates checked
     if interrupted or not accelerator.is_main_process:
         return manifest
     if not (partial / "adapter").is_dir():
@@ -327,7 +327,6 @@ def _train_ranker(
 
 
 def _manifest(
-    workdir: Path,
     dataset: Dataset,
     loaded,
     template,
@@ -341,7 +340,6 @@ def _manifest(
     config, run, progress, val_examples = trainer.config, trainer.run, trainer.progress, trainer.val_examples
     return {
         "dataset": {"name": dataset.name, "checksum": dataset.checksum},
-        "candidates_sha256": sha256_of(candidates_paths(workdir, dataset.name, config.retriever)[0]),
         "config": config.to_dict(),
         "model": {
             "name": config.model,
