@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from llamarec_cli import hookimpl, plugins
-from llamarec_cli.errors import DataFormatError, UnknownNameError
+from llamarec_cli.cli import build_app
+from llamarec_cli.errors import ConfigError, DataFormatError, UnknownNameError
 from llamarec_cli.ranking.templates import available_templates, load_template
 
 # METHOD.md §5, assembled by hand from its string literals for two history items and three candidates.
@@ -101,3 +103,12 @@ def test_search_order_directory_then_plugin_then_packaged(tmp_path):
         assert load_template(Path(plugin_file)).description == "Plugin template"  # explicit path first of all
     finally:
         plugins.unregister_plugin("template-plugin")
+
+
+def test_a_templates_dir_that_does_not_exist_is_refused(tmp_path):
+    # a mistyped directory must not fall back to the packaged templates silently
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_template("plain", tmp_path / "mistyped")
+    result = CliRunner().invoke(build_app(), ["templates", "list", "--templates-dir", str(tmp_path / "mistyped")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output

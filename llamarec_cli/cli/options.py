@@ -28,6 +28,8 @@ TemplatesDir = Annotated[
     typer.Option(
         "--templates-dir",
         envvar="LLAMAREC_TEMPLATES_DIR",
+        exists=True,  # refused before any model loads, not after
+        file_okay=False,
         show_envvar=True,
         help="A directory of prompt templates (*.toml), searched before plugin and packaged ones.",
     ),

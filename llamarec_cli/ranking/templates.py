@@ -162,6 +162,9 @@ def available_templates(templates_dir: Path | None = None) -> dict[str, tuple[Pa
 
     found: dict[str, tuple[Path, str]] = {}
     if templates_dir is not None:
+        # A mistyped --templates-dir would otherwise fall back to the packaged templates without a word.
+        if not Path(templates_dir).is_dir():
+            raise ConfigError(f"templates directory {templates_dir} does not exist or is not a directory")
         for path in sorted(Path(templates_dir).glob("*.toml")):
             found.setdefault(path.stem, (path, f"directory {templates_dir}"))
     registry = plugins.prompt_templates()
