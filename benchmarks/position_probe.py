@@ -47,11 +47,16 @@ def shown_in(example, permutation):
     return shown
 
 
-def probe(workdir: Path, dataset_name: str, ranker: str, users: int, orders: int, seed: int) -> dict:
+def probe(
+    workdir: Path, dataset_name: str, ranker: str, users: int, orders: int, seed: int, model: str | None = None
+) -> dict:
     dataset = load_dataset(workdir, dataset_name)
     frame, _ = load_candidates(workdir, dataset)
     examples = sample(valid_subset(dataset, frame, "val").examples, users, seed)
-    loaded = load_ranker(dataset, workdir, ranker=ranker)
+    if ranker == "zero-shot":  # the model as it comes, no adapter: does it know the titles before training?
+        loaded = load_ranker(dataset, workdir, adapter="none", model=model)
+    else:
+        loaded = load_ranker(dataset, workdir, ranker=ranker)
     rng = np.random.default_rng(seed)
     views, seconds = [], []  # per order: each example's letter log-probabilities, in the retriever's candidate order
     for view in range(orders):
@@ -83,6 +88,7 @@ def probe(workdir: Path, dataset_name: str, ranker: str, users: int, orders: int
     return {
         "dataset": dataset_name,
         "ranker": ranker,
+        "model": model or "",
         "users": len(examples),
         "retriever_ndcg": shown["val"]["0"],
         "rows": rows,
@@ -103,9 +109,10 @@ def markdown(entries: dict) -> str:
         "about 0.227. *Fused*: with the retriever's scores, at the α best on these same users (an upper bound).",
         "",
     ]
-    for entry in entries.values():
+    for _, entry in sorted(entries.items()):
         lines += [
-            f"## {entry['dataset']}, ranker `{entry['ranker']}`",
+            f"## {entry['dataset']}, ranker `{entry['ranker']}`"
+            + (f", model `{Path(entry['model']).name}`" if entry.get("model") else ""),
             "",
             f"`{entry['command']}` ({entry['date']}, {entry['machine']}); {entry['users']:,} validation users, "
             f"{entry['seconds_per_order']} s per order",
@@ -113,7 +120,7 @@ def markdown(entries: dict) -> str:
             "| candidates shown | ranker alone | best α | fused at it | retriever's order |",
             "|---|---|---|---|---|",
         ]
-        for name, row in entry["rows"].items():
+        for name, row in sorted(entry["rows"].items(), key=lambda kv: not kv[0].startswith("retriever")):
             lines.append(
                 f"| {name} | {row['alone']:.4f} | {row['alpha']:g} | {row['fused']:.4f} | "
                 f"{entry['retriever_ndcg']:.4f} |"
@@ -126,15 +133,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/llamarec-bench-ranking"))
     parser.add_argument("--dataset", default="games")
-    parser.add_argument("--ranker", default="retrieved")
+    parser.add_argument("--ranker", default="retrieved", help="a trained ranker's name, or zero-shot")
+    parser.add_argument("--model", help="with --ranker zero-shot: the model (default: llamarec's default)")
     parser.add_argument("--users", type=int, default=500, help="seeded sample of validation users")
     parser.add_argument("--orders", type=int, default=4, help="the retriever's order plus this many less one shuffled")
     parser.add_argument("--seed", type=int, default=123)
     args = parser.parse_args()
-    entry = probe(args.workdir, args.dataset, args.ranker, args.users, args.orders, args.seed)
+    entry = probe(args.workdir, args.dataset, args.ranker, args.users, args.orders, args.seed, args.model)
     path = RESULTS / "position-probe.json"
     entries = json.loads(path.read_text()) if path.is_file() else {}
-    entries[f"{args.dataset}/{args.ranker}"] = entry
+    model = f"/{Path(args.model).name}" if args.ranker == "zero-shot" and args.model else ""
+    entries[f"{args.dataset}/{args.ranker}{model}"] = entry
     path.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
     (RESULTS / "position-probe.md").write_text(markdown(entries))
     print(markdown({"this": entry}))

@@ -63,6 +63,7 @@ OVERALL_COLUMNS = ("NDCG@10", "Recall@10", "MRR@10")
 
 
 DEFAULT_TRAIN_EXAMPLES = 1024
+DEFAULT_MODEL = "smollm2-135m"
 
 
 def run(args: list[str], env: dict) -> float:
@@ -126,7 +127,7 @@ def stage_order(name: str) -> tuple:
 
 def markdown(data: dict) -> str:
     lines = [
-        "# Ranking benchmark: the LLM ranker against the retriever's own order (smollm2-135m, CPU)",
+        "# Ranking benchmark: the LLM ranker against the retriever's own order (CPU; smollm2-135m unless named)",
         "",
         "Written by `benchmarks/ranking.py`. Test users whose true item is among LRURec's top 20 (the valid",
         "retrieval subset, paper Table 3), or a seeded sample of them (the same users for every order), ranked by each",
@@ -261,7 +262,9 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
             }
         save(data)
 
-    evaluate(f"zero-shot {args.model}", ["--adapter", "none", "--model", args.model], "zero-shot")
+    model = Path(args.model).name
+    zero_shot = "zero-shot" if args.model == DEFAULT_MODEL else f"zero-shot-{model}"  # its report's name
+    evaluate(f"zero-shot {model}", ["--adapter", "none", "--model", args.model], zero_shot)
     for negatives in args.negatives:  # a ranker per kind, named after it in the work directory
         kind, _, variant = negatives.partition("-")
         name = "trained, validation requests" if kind == "validation" else f"trained, {kind} negatives"
@@ -271,10 +274,13 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
             "prior": ", retriever prior",
             "shuffled-wide": ", shuffled, wide LoRA",
         }[variant]
-        ranker = negatives  # its directory; a budget other than the default is a ranker of its own, beside it
+        ranker = negatives  # its directory; a budget or model other than the default is a ranker of its own
         if args.train_examples != DEFAULT_TRAIN_EXAMPLES:
             name += f", {args.train_examples:,} examples"
             ranker += f"-{args.train_examples}"
+        if args.model != DEFAULT_MODEL:
+            name += f", {model}"
+            ranker += f"-{model}"
         done = args.workdir / dataset / "ranker" / ranker / "manifest.json"
         if name not in d["training"] and done.is_file():  # trained, but its entry was lost: keep it, say so
             print(f"{done} exists: using that ranker (delete it to train again)", flush=True)
@@ -341,7 +347,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/llamarec-bench-ranking"))
     parser.add_argument("--retrieval-workdir", type=Path, default=Path("/tmp/llamarec-bench-retrieval"))
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="an alias or a local model directory")
     parser.add_argument(
         "--train-examples",
         type=int,

