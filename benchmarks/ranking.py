@@ -263,8 +263,7 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
         save(data)
 
     model = Path(args.model).name
-    zero_shot = "zero-shot" if args.model == DEFAULT_MODEL else f"zero-shot-{model}"  # its report's name
-    evaluate(f"zero-shot {model}", ["--adapter", "none", "--model", args.model], zero_shot)
+    evaluate(f"zero-shot {model}", ["--adapter", "none", "--model", args.model], "zero-shot")
     for negatives in args.negatives:  # a ranker per kind, named after it in the work directory
         kind, _, variant = negatives.partition("-")
         name = "trained, validation requests" if kind == "validation" else f"trained, {kind} negatives"
