@@ -32,6 +32,7 @@ import torch
 from llamarec_cli.data.artifact import load_dataset
 from llamarec_cli.ranking.examples import valid_subset
 from llamarec_cli.ranking.fusion import choose_alpha
+from llamarec_cli.ranking.models import DEFAULT_MODEL
 from llamarec_cli.stages.candidates import load_candidates
 from llamarec_cli.stages.evaluate import load_ranker
 from llamarec_cli.stages.rank_train import sample, score_subset
@@ -54,7 +55,10 @@ def probe(
     frame, _ = load_candidates(workdir, dataset)
     examples = sample(valid_subset(dataset, frame, "val").examples, users, seed)
     if ranker == "zero-shot":  # the model as it comes, no adapter: does it know the titles before training?
+        model = model or DEFAULT_MODEL
         loaded = load_ranker(dataset, workdir, adapter="none", model=model)
+    elif model:
+        raise SystemExit("--model is for --ranker zero-shot: a trained ranker is probed with its own model")
     else:
         loaded = load_ranker(dataset, workdir, ranker=ranker)
     rng = np.random.default_rng(seed)
@@ -82,7 +86,9 @@ def probe(
     rows = {"retriever's order shown": summary(shown)}
     if orders > 1:
         rows |= {
-            f"{orders - 1} shuffled orders, averaged": summary(choose_alpha(examples, mean(range(1, orders)))),
+            f"{orders - 1} shuffled order{'s' if orders > 2 else ''}, averaged": summary(
+                choose_alpha(examples, mean(range(1, orders)))
+            ),
             f"all {orders} orders, averaged": summary(choose_alpha(examples, mean(range(orders)))),
         }
     return {
@@ -142,7 +148,7 @@ def main() -> None:
     entry = probe(args.workdir, args.dataset, args.ranker, args.users, args.orders, args.seed, args.model)
     path = RESULTS / "position-probe.json"
     entries = json.loads(path.read_text()) if path.is_file() else {}
-    model = f"/{Path(args.model).name}" if args.ranker == "zero-shot" and args.model else ""
+    model = f"/{Path(entry['model']).name}" if args.ranker == "zero-shot" else ""
     entries[f"{args.dataset}/{args.ranker}{model}"] = entry
     path.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
     (RESULTS / "position-probe.md").write_text(markdown(entries))

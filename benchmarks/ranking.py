@@ -214,6 +214,16 @@ def minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
+def forget(d: dict, model: str) -> None:
+    """Drop one model's rows (rows from before rows named their model are the default model's)."""
+    for part in ("stages", "training"):
+        rows = d.get(part, {})
+        for name in [
+            n for n, row in rows.items() if n != "retriever order" and row.get("model", DEFAULT_MODEL) == model
+        ]:
+            del rows[name]
+
+
 def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
     """Every order of one dataset: retriever, zero-shot, and each trained ranker pure and fused."""
     d = data["datasets"].setdefault(dataset, {"stages": {}, "training": {}})
@@ -259,6 +269,7 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
                 "alpha": report["fusion"]["alpha"] if who != "ranker" else None,
                 "first_is_a": report["ranker"]["top_is_first_candidate"] if who == "ranker" else None,
                 "time": minutes(seconds),
+                "model": args.model,
             }
         save(data)
 
@@ -282,6 +293,9 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
             ranker += f"-{model}"
         done = args.workdir / dataset / "ranker" / ranker / "manifest.json"
         if name not in d["training"] and done.is_file():  # trained, but its entry was lost: keep it, say so
+            trained_on = load(done)["config"]["model"]
+            if trained_on != args.model:  # two model directories of the same name
+                raise SystemExit(f"{done} is a ranker of {trained_on}, not {args.model}: delete it or rename one")
             print(f"{done} exists: using that ranker (delete it to train again)", flush=True)
         if name not in d["training"]:
             state = args.workdir / dataset / "ranker" / f".{ranker}.partial" / "training" / "state.safetensors"
@@ -316,6 +330,7 @@ def run_dataset(dataset: str, data: dict, budget: str, args, env: dict) -> None:
                 "train_seconds": manifest["train_seconds"],
                 "dtype": manifest["model"]["dtype"],
                 "time": minutes(seconds) if seconds else "earlier run",
+                "model": args.model,
             }
             if seconds:  # a ranker found trained keeps its own settings, in its manifest
                 d["runs"][name + " (training)"] = this_run
@@ -379,7 +394,12 @@ def main() -> None:
         "--set retriever_prior=1); validation: the validation requests not held out (rank-train --negatives "
         "validation)",
     )
-    parser.add_argument("--redo", action="store_true", help="forget the named datasets' results and rerun them")
+    parser.add_argument(
+        "--redo",
+        action="store_true",
+        help="forget this --model's results on the named datasets and rerun them (rankers already trained in the "
+        "work directory are reused: delete them to train again)",
+    )
     args = parser.parse_args()
 
     env = os.environ | {"LLAMAREC_WORKDIR": str(args.workdir)}
@@ -392,7 +412,7 @@ def main() -> None:
     )
     for dataset in args.datasets:
         if args.redo:
-            data["datasets"].pop(dataset, None)
+            forget(data["datasets"].get(dataset, {}), args.model)
         run_dataset(dataset, data, budget, args, env)
     save(data)
     print((RESULTS / "ranking.md").read_text())

@@ -15,7 +15,13 @@ SHARED = Path(os.environ.get("LLAMAREC_SHARED", REPO.parent / "shared"))
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, monkeypatch):
     """No test reads the user's cache or the network, or depends on the caller's environment."""
-    for name in ("LLAMAREC_WORKDIR", "LLAMAREC_RAW_DIR", "LLAMAREC_PLUGINS", "LLAMAREC_DEBUG"):
+    for name in (
+        "LLAMAREC_WORKDIR",
+        "LLAMAREC_RAW_DIR",
+        "LLAMAREC_PLUGINS",
+        "LLAMAREC_DEBUG",
+        "LLAMAREC_TEMPLATES_DIR",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LLAMAREC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("LLAMAREC_OFFLINE", "1")

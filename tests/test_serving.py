@@ -9,6 +9,7 @@ import sys
 import pexpect
 import pytest
 import torch
+from conftest import fast_config
 from typer.testing import CliRunner
 
 from llamarec_cli.cli import build_app
@@ -130,3 +131,25 @@ def test_the_shell_through_a_terminal(served, tiny_llama_dir, tmp_path):
     child.close()
     assert child.exitstatus == 0
     assert "Traceback" not in "".join(seen)
+
+
+def test_a_ranker_trained_with_a_templates_dir_is_served_with_it(
+    chain_with_candidates, workdir, tiny_llama_dir, tmp_path
+):
+    from llamarec_cli.errors import UnknownNameError
+    from llamarec_cli.ranking.templates import packaged_templates
+    from llamarec_cli.stages.rank_train import train_ranker
+
+    mine = tmp_path / "templates"
+    mine.mkdir()
+    (mine / "mine.toml").write_text(packaged_templates()["plain"].read_text())
+    config = fast_config(tiny_llama_dir, template="mine", max_train_examples=4)
+    train_ranker("chain", workdir=workdir, config=config, device="cpu", templates_dir=mine)
+    with pytest.raises(UnknownNameError, match="mine"):  # its template is nowhere else
+        Recommender("chain", workdir=workdir, device="cpu")
+    rec = Recommender("chain", workdir=workdir, device="cpu", templates_dir=mine)
+    assert rec.recommend([1, 2, 3]).ranked
+    runner = CliRunner()
+    base = ["serve-shell", "chain", "-w", str(workdir), "--user", "u3", "--json", "--device", "cpu"]
+    result = runner.invoke(build_app(), [*base, "--templates-dir", str(mine)])
+    assert result.exit_code == 0, result.output

@@ -109,6 +109,7 @@ def test_a_templates_dir_that_does_not_exist_is_refused(tmp_path):
     # a mistyped directory must not fall back to the packaged templates silently
     with pytest.raises(ConfigError, match="does not exist"):
         load_template("plain", tmp_path / "mistyped")
-    result = CliRunner().invoke(build_app(), ["templates", "list", "--templates-dir", str(tmp_path / "mistyped")])
+    args = ["templates", "list", "--templates-dir", str(tmp_path / "mistyped")]
+    result = CliRunner().invoke(build_app(), args, env={"COLUMNS": "200"})  # no line break inside the message
     assert result.exit_code == 2
     assert "does not exist" in result.output

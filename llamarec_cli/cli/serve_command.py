@@ -9,7 +9,7 @@ import typer
 
 from .. import settings
 from ..serving.batcher import MAX_BATCH, MAX_HISTORY, TIMEOUT_S, WAIT_MS
-from .options import Adapter, DatasetName, Device, Dtype, Fusion, Model, Ranker, RetrieverName, Workdir
+from .options import Adapter, DatasetName, Device, Dtype, Fusion, Model, Ranker, RetrieverName, TemplatesDir, Workdir
 from .output import stderr
 
 EPILOG = (
@@ -58,6 +58,7 @@ def serve(
     dtype: Dtype = None,
     device: Device = "auto",
     workdir: Workdir = None,
+    templates_dir: TemplatesDir = None,
 ) -> None:
     """Serve recommendations over HTTP: POST /recommend, GET /health, GET /info (API docs at /docs).
 
@@ -65,7 +66,8 @@ def serve(
     uvicorn, create_app = _serving_extra()
     sock = listen(host, port)
     url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
-    options = dict(retriever=retriever, ranker=ranker, adapter=adapter, model=model, dtype=dtype, device=device)
+    options = dict(retriever=retriever, ranker=ranker, adapter=adapter, model=model, dtype=dtype, device=device,
+                   templates_dir=templates_dir)  # fmt: skip
     load = _loader(dataset, url, lambda: setattr(server, "should_exit", True), workdir=settings.workdir(workdir),
                    fusion=fusion, **options)  # fmt: skip
     app = create_app(load, max_batch=max_batch, wait_ms=wait_ms, timeout_s=timeout, max_history=max_history)

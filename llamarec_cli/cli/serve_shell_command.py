@@ -7,7 +7,19 @@ from typing import Annotated
 import typer
 
 from .. import settings
-from .options import Adapter, DatasetName, Device, Dtype, Fusion, Json, Model, Ranker, RetrieverName, Workdir
+from .options import (
+    Adapter,
+    DatasetName,
+    Device,
+    Dtype,
+    Fusion,
+    Json,
+    Model,
+    Ranker,
+    RetrieverName,
+    TemplatesDir,
+    Workdir,
+)
 from .output import print_json, stderr, stdout
 
 EPILOG = (
@@ -32,6 +44,7 @@ def serve_shell(
     dtype: Dtype = None,
     device: Device = "auto",
     workdir: Workdir = None,
+    templates_dir: TemplatesDir = None,
     json_output: Json = False,
 ) -> None:
     """Load the retriever and ranker once and recommend interactively (or once, with --user or --history)."""
@@ -56,6 +69,7 @@ def serve_shell(
         dtype=dtype,
         device=device,
         fusion=fusion,
+        templates_dir=templates_dir,
     )
     for note in recommender.notes():
         stderr.print(note, highlight=False, soft_wrap=True)

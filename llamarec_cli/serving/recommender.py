@@ -127,6 +127,7 @@ class Recommender:
         device: str = "auto",
         candidates: int = CANDIDATES,
         fusion: str = "auto",
+        templates_dir: Path | None = None,
     ):
         from ..data.artifact import load_dataset
         from ..stages.evaluate import load_ranker, ranker_plan
@@ -149,7 +150,14 @@ class Recommender:
         self.ranker_name, self.dtype_reason = "none", ""
         if ranker != "none":
             loaded = load_ranker(
-                self.dataset, workdir, ranker=ranker, adapter=adapter, model=model, dtype=dtype, device=device
+                self.dataset,
+                workdir,
+                ranker=ranker,
+                adapter=adapter,
+                model=model,
+                dtype=dtype,
+                device=device,
+                templates_dir=templates_dir,  # where a ranker trained with --templates-dir finds its template
             )
             self.llm, self.encoder, self.ranker_name = loaded.model, loaded.encoder, loaded.description
             self.dtype, self.dtype_reason = loaded.dtype, loaded.dtype_reason
