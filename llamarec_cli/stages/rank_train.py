@@ -318,11 +318,13 @@ def _train_ranker(
         fusion = _fusion(config, fusion_users, trainer.fusion_scores(fusion_users))
     manifest = _manifest(dataset, loaded, template, k, trainer, len(val.examples), stopped, interrupted)
     manifest |= {"candidates_sha256": candidates_sha, "fusion": fusion}  # the sha load_candidates checked
-    if interrupted or not accelerator.is_main_process:
+    if interrupted:
         return manifest
-    if not (partial / "adapter").is_dir():
-        raise ArtifactError(f"No adapter was saved in {partial}; the validation subset may be empty.")
-    finish(partial, final, {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest})
+    if accelerator.is_main_process:
+        if not (partial / "adapter").is_dir():
+            raise ArtifactError(f"No adapter was saved in {partial}; the validation subset may be empty.")
+        finish(partial, final, {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest})
+    accelerator.wait_for_everyone()  # the others return once it is written: a next stage in the same launch reads it
     return manifest
 
 
