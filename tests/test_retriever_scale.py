@@ -294,13 +294,17 @@ def test_retrieve_train_and_candidates_run_on_two_processes(chain, workdir, tmp_
     assert shared.drop("scores").equals(alone.drop("scores"))
     assert all(a == pytest.approx(b, abs=1e-5) for a, b in zip(shared["scores"].to_list(), alone["scores"].to_list()))
 
-    # Both stages in one launched process, as the pipeline runs them: the first leaves the process group open.
+    # Both stages in one launched process, as the pipeline runs them: the first leaves the process group open. The
+    # checkpoint is gone and slow to write: every process must wait for it before the next stage reads it.
     script = tmp_path / "two_stages.py"
     script.write_text(
-        "import sys\nfrom llamarec_cli.stages.retrieve_train import train_retriever\n"
+        "import shutil, sys, time\nfrom llamarec_cli.stages import retrieve_train\n"
         "from llamarec_cli.stages.candidates import export_candidates\n"
+        f"shutil.rmtree({str(retriever_dir(workdir, 'chain', 'lrurec'))!r}, ignore_errors=True)\n"
+        "finish = retrieve_train.finish\n"
+        "retrieve_train.finish = lambda *args: time.sleep(3) or finish(*args)\n"
         "flags = {'hidden': 16, 'val_every': 10, 'patience': 3, 'max_epochs': 12}\n"
-        "train_retriever('chain', workdir=sys.argv[1], device='cpu', flags=flags, restart=True)\n"
+        "retrieve_train.train_retriever('chain', workdir=sys.argv[1], device='cpu', flags=flags, restart=True)\n"
         "export_candidates('chain', workdir=sys.argv[1], k=10, device='cpu')\n"
     )
     launch(str(script), str(workdir), cwd=tmp_path)
