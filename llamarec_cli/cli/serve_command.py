@@ -10,7 +10,7 @@ import typer
 from .. import settings
 from ..serving.batcher import MAX_BATCH, MAX_HISTORY, TIMEOUT_S, WAIT_MS
 from .options import Adapter, DatasetName, Device, Dtype, Fusion, Model, Ranker, RetrieverName, TemplatesDir, Workdir
-from .output import stderr
+from .output import note, stderr
 
 EPILOG = (
     "Examples:  llamarec serve ml-100k   ·   llamarec serve ml-100k --host 0.0.0.0 --port 8080   ·   "
@@ -114,10 +114,9 @@ def _loader(dataset: str, url: str, stop, **options):
         except BaseException:
             stop()
             raise
-        for note in recommender.notes():
-            stderr.print(note, highlight=False, soft_wrap=True)
-        ready = f"Serving {dataset} on {url} (ranker: {recommender.ranker_name}; API docs: {url}/docs)"
-        stderr.print(ready, highlight=False, soft_wrap=True)
+        for line in recommender.notes():
+            note(line)
+        note(f"Serving {dataset} on {url} (ranker: {recommender.ranker_name}; API docs: {url}/docs)")
         return recommender
 
     return load

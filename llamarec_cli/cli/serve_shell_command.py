@@ -20,7 +20,7 @@ from .options import (
     TemplatesDir,
     Workdir,
 )
-from .output import print_json, stderr, stdout
+from .output import note, print_json, stderr, stdout
 
 EPILOG = (
     "Examples:  llamarec serve-shell ml-100k   ·   llamarec serve-shell ml-100k --user 1 --json   ·   "
@@ -71,8 +71,8 @@ def serve_shell(
         fusion=fusion,
         templates_dir=templates_dir,
     )
-    for note in recommender.notes():
-        stderr.print(note, highlight=False, soft_wrap=True)
+    for line in recommender.notes():
+        note(line)
     if user is not None or history is not None:
         items = recommender.user_history(user) if user is not None else parse_history(recommender, history)
         rec = recommender.recommend(items)

@@ -52,7 +52,7 @@ from ..training import Progress, Reporter, resolve_device, train_epochs
 from ..version import versions
 from ..workspace import main_process, run_lock
 from .candidates import load_candidates
-from .retrieve_train import close_at_exit
+from .retrieve_train import close_at_exit, main_first
 
 RANKER_EARLY_STOP_METRIC = "NDCG@10"  # the retriever stops on Recall@10: retrieval/train.py
 FORMAT = "llamarec.ranker"
@@ -320,11 +320,13 @@ def _train_ranker(
     manifest |= {"candidates_sha256": candidates_sha, "fusion": fusion}  # the sha load_candidates checked
     if interrupted:
         return manifest
-    if accelerator.is_main_process:
+
+    def write() -> None:
         if not (partial / "adapter").is_dir():
             raise ArtifactError(f"No adapter was saved in {partial}; the validation subset may be empty.")
         finish(partial, final, {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest})
-    accelerator.wait_for_everyone()  # the others return once it is written: a next stage in the same launch reads it
+
+    main_first(accelerator, write)  # the others return once it is written: a next stage in the same launch reads it
     return manifest
 
 

@@ -147,27 +147,27 @@ def train_retriever(
             return {}
         metrics = {"val": result.best_metrics}  # measured on these very weights when they became the best
         metrics["test"] = evaluate(model, eval_set(dataset, "test"), device_, accelerator)
-        manifest = {}
-        if main:
-            manifest = {
-                "device": str(device_),
-                "processes": accelerator.num_processes if accelerator else 1,
-                "metrics": metrics,
-                "training": {
-                    "steps": result.steps,
-                    "epochs": result.epochs,
-                    "best_step": result.best_step,
-                    "stopped_early": result.stopped_early,
-                    "train_seconds": round(result.train_seconds, 2),
-                    "wall_seconds": round(time.perf_counter() - began, 2),
-                    "steps_per_second": round(result.steps_per_second, 3),
-                    "validations": result.validations,
-                },
-            }
-            manifest = write_checkpoint(workdir, dataset, retriever, model, manifest, sources)
-        if accelerator is not None:  # the others return once it is written: a next stage in the same launch
-            accelerator.wait_for_everyone()  # (the pipeline, a script) reads it at once
-        return manifest
+        manifest = {
+            "device": str(device_),
+            "processes": accelerator.num_processes if accelerator else 1,
+            "metrics": metrics,
+            "training": {
+                "steps": result.steps,
+                "epochs": result.epochs,
+                "best_step": result.best_step,
+                "stopped_early": result.stopped_early,
+                "train_seconds": round(result.train_seconds, 2),
+                "wall_seconds": round(time.perf_counter() - began, 2),
+                "steps_per_second": round(result.steps_per_second, 3),
+                "validations": result.validations,
+            },
+        }
+
+        def write() -> dict:
+            return write_checkpoint(workdir, dataset, retriever, model, manifest, sources)
+
+        # the others return once it is written: a next stage in the same launch (pipeline, script) reads it at once
+        return main_first(accelerator, write) or {}  # the manifest written, on the main process
 
 
 def close_at_exit(accelerator) -> None:
