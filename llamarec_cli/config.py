@@ -68,8 +68,26 @@ def parse_sets(config_class: type, items: list[str]) -> dict:
         if not sep:
             raise ConfigError(f"--set expects KEY=VALUE, got '{item}'.")
         key = key.strip().replace("-", "_")
-        values[key] = parse_value(config_class, key, text.strip())
+        value = parse_value(config_class, key, text.strip())
+        if key in values and values[key] != value:
+            raise ConfigError(f"--set {key} is given twice, as {values[key]} and as {value}; give it once.")
+        values[key] = value
     return values
+
+
+def with_sets(flags: dict, sets: dict) -> dict:
+    """The flags and the ``--set`` values together; a setting given both ways, differently, is refused (which one
+    wins would be a guess)."""
+    for key in sorted(flags.keys() & sets.keys()):
+        if flags[key] != sets[key]:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{flag} {flags[key]} and --set {key}={sets[key]} disagree; give the setting once.")
+    return flags | sets
+
+
+def check_resume_restart(resume: bool, restart: bool) -> None:
+    if resume and restart:
+        raise ConfigError("--resume continues the interrupted run and --restart discards it: give one of them.")
 
 
 def build_config(config_class: type, layers: list[tuple[str, dict]]) -> tuple[Any, dict[str, str]]:

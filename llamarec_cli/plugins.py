@@ -7,6 +7,7 @@ names (empty: none). Built-ins always load, so they are registered here in code 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
@@ -54,7 +55,10 @@ def load_plugins() -> None:
 
     allowed = os.environ.get(ENV_FILTER)
     allowed_names = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
-    for ep in entry_points(group=GROUP):
+    installed = list(entry_points(group=GROUP))
+    if allowed_names:
+        _warn_unknown(allowed_names, installed)
+    for ep in installed:
         dist_name = ep.dist.name if ep.dist else "?"
         if allowed_names is not None and ep.name not in allowed_names and dist_name not in allowed_names:
             continue
@@ -71,6 +75,19 @@ def load_plugins() -> None:
         version = ep.dist.version if ep.dist else "?"
         _infos[ep.name] = PluginInfo(ep.name, dist_name, version, builtin=False)
     pm.check_pending()
+
+
+def _warn_unknown(allowed: set[str], installed) -> None:
+    """A name in LLAMAREC_PLUGINS that nothing installed has (a typo) would otherwise leave its plugin out without a
+    word, and its retrievers reported as unknown."""
+    known = {*BUILTIN_PLUGINS, *(ep.name for ep in installed), *(ep.dist.name for ep in installed if ep.dist)}
+    unknown = sorted(allowed - known)
+    if unknown:
+        print(
+            f"warning: {ENV_FILTER} names {', '.join(map(repr, unknown))}, which no installed plugin has; "
+            f"installed: {', '.join(sorted(known - set(BUILTIN_PLUGINS))) or 'none'}.",
+            file=sys.stderr,
+        )
 
 
 def register_plugin(plugin: object, name: str) -> None:

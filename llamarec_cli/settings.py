@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 ENV_WORKDIR = "LLAMAREC_WORKDIR"
@@ -17,6 +18,19 @@ DEFAULT_WORKDIR = "llamarec-runs"
 def workdir(option: Path | None = None) -> Path:
     """--workdir, else $LLAMAREC_WORKDIR, else ./llamarec-runs."""
     return Path(option or os.environ.get(ENV_WORKDIR) or DEFAULT_WORKDIR)
+
+
+def command_for(command: str, workdir: Path | None) -> str:
+    """``command`` as it must be typed to act on ``workdir``: with --workdir unless a bare command finds it there (a
+    suggested command that the user copies must not act on another work directory)."""
+    if workdir is None or Path(workdir).resolve() == Path(workdir_default()).resolve():
+        return command
+    return f"{command} --workdir {shlex.quote(str(workdir))}"
+
+
+def workdir_default() -> Path:
+    """Where a command without --workdir works: $LLAMAREC_WORKDIR, else ./llamarec-runs."""
+    return workdir(None)
 
 
 def raw_dir(option: Path | None = None) -> Path | None:

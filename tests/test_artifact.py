@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import polars as pl
 import pytest
 from conftest import shared_path
 
 from llamarec_cli.data import artifact
 from llamarec_cli.data.artifact import load_dataset
 from llamarec_cli.errors import ArtifactError, WorkdirError
+from llamarec_cli.files import sha256_of
 from llamarec_cli.stages.preprocess import preprocess
 
 
@@ -85,4 +88,28 @@ def test_altered_table_is_refused_with_what_to_rerun(workdir):
     with pytest.raises(
         ArtifactError, match=r"items\.parquet is missing or altered\. Rerun: llamarec preprocess ml-100k"
     ):
+        load_dataset(workdir, "ml-100k")
+
+
+@pytest.mark.parametrize(
+    "table, edit, problem",
+    [
+        ("interactions", lambda f: f.with_columns(pl.col("item") + 5000), "item id that items.parquet does not have"),
+        ("items", lambda f: f.head(100), "item id that items.parquet does not have"),
+        ("items", lambda f: f.with_columns(pl.col("item") + 1), r"item ids of items\.parquet are not 1\.\.3650"),
+        ("items", lambda f: f.with_columns(pl.lit(" ").alias("title")), "has no title"),
+        ("interactions", lambda f: f.filter(pl.col("split") != "test"), "exactly one test interaction"),
+        ("users", lambda f: f.head(5), r"user ids|user id that"),
+    ],
+)
+def test_tables_edited_by_hand_with_their_checksums_updated_are_refused(workdir, table, edit, problem):
+    """The checksums catch an accidental change; a deliberate one (or a faulty dataset plugin) must not reach
+    training, where an item id past the catalogue crashes inside torch."""
+    dataset = preprocess("ml-100k", workdir=workdir, raw_dir=ml_raw())
+    file = dataset.path / f"{table}.parquet"
+    edit(pl.read_parquet(file)).write_parquet(file)
+    manifest = json.loads((dataset.path / "manifest.json").read_text())
+    manifest["files"][file.name] = sha256_of(file)
+    (dataset.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=rf"is inconsistent: .*({problem}).*Rerun: llamarec preprocess ml-100k"):
         load_dataset(workdir, "ml-100k")

@@ -312,7 +312,7 @@ def test_malformed_manifest_says_to_rerun_preprocess(chain, workdir, change, mes
     with pytest.raises(ArtifactError, match=message) as info:
         load_dataset(workdir, "chain")
     assert str(chain.path) in one_line(info.value)
-    assert one_line(info.value).endswith("Rerun: llamarec preprocess chain")
+    assert one_line(info.value).endswith(f"Rerun: llamarec preprocess chain --workdir {workdir}")
 
 
 MANIFEST_BYTES = [
@@ -331,6 +331,15 @@ def test_unreadable_manifest_says_to_rerun_preprocess(chain, workdir, damage):
     manifest = chain.path / "manifest.json"
     manifest.write_bytes(damage(manifest.read_bytes()))
     with pytest.raises(ArtifactError, match=r"manifest\.json is corrupt") as info:
+        load_dataset(workdir, "chain")
+    assert one_line(info.value).endswith(f"Rerun: llamarec preprocess chain --workdir {workdir}")
+
+
+def test_the_command_to_rerun_names_the_workdir_only_where_a_bare_command_would_miss_it(chain, workdir, monkeypatch):
+    """A suggested command is copied as it is: without --workdir it would act on ./llamarec-runs."""
+    (chain.path / "manifest.json").write_bytes(b"")
+    monkeypatch.setenv("LLAMAREC_WORKDIR", str(workdir))
+    with pytest.raises(ArtifactError) as info:
         load_dataset(workdir, "chain")
     assert one_line(info.value).endswith("Rerun: llamarec preprocess chain")
 

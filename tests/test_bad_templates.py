@@ -87,6 +87,18 @@ def test_broken_template_is_one_line_from_the_cli(tmp_path):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "latin-1"])
+def test_a_template_that_is_not_utf8_is_named_with_its_line(tmp_path, encoding):
+    (tmp_path / "mine.toml").write_bytes(VALID.replace("Candidate", "Candidaté").encode(encoding))
+    line = 1 if encoding == "utf-16" else VALID.split("Candidate")[0].count("\n") + 1
+    with pytest.raises(DataFormatError, match=rf"mine\.toml, line {line}: the template is not UTF-8 text"):
+        load_template("mine", tmp_path)
+    from llamarec_cli.cli import build_app
+
+    result = CliRunner().invoke(build_app(), ["templates", "list", "--templates-dir", str(tmp_path)])
+    assert result.exit_code != 0 and "not UTF-8 text" in result.output and "Traceback" not in result.output
+
+
 def test_valid_templates_still_load_and_render():
     for name in ("alpaca-short", "plain"):
         text = load_template(name).render(["a {b} c"], ["x", "{y}"])  # braces in titles are text, not fields

@@ -121,3 +121,41 @@ def test_an_unknown_dataset_lists_the_known_ones_instead_of_a_preprocess_that_wo
         assert "Unknown dataset 'nosuch'. Known datasets: beauty, games, ml-100k" in result.output, result.output
     missing = invoke("evaluate", "ml-100k", "-w", str(tmp_path))  # known but not built: what to run
     assert missing.exit_code != 0 and "Run first: llamarec preprocess ml-100k" in missing.output
+
+
+@pytest.mark.parametrize("command", ["retrieve-train", "rank-train"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "8", "--set", "batch_size=32"], "--batch-size 8 and --set batch_size=32 disagree"),
+        (["--set", "lr=0.1", "--set", "lr=0.2"], "--set lr is given twice, as 0.1 and as 0.2"),
+        (["--resume", "--restart"], "--resume continues the interrupted run and --restart discards it"),
+    ],
+)
+def test_options_that_contradict_each_other_are_refused_not_resolved_by_a_guess(command, args, message, tmp_path):
+    result = invoke(command, "ml-100k", "--workdir", str(tmp_path), *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not any(tmp_path.iterdir())  # refused before anything is read or written
+
+
+def test_the_same_value_given_as_a_flag_and_with_set_is_fine():
+    from llamarec_cli.config import with_sets
+
+    assert with_sets({"batch_size": 8, "lr": 0.1}, {"batch_size": 8}) == {"batch_size": 8, "lr": 0.1}
+
+
+def test_a_cache_folder_that_is_a_file_is_one_line_naming_its_setting(tmp_path, monkeypatch):
+    import zipfile
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with zipfile.ZipFile(raw / "ml-latest-small.zip", "w") as zf:  # unpacked into the cache, which is a file
+        zf.writestr("ml-latest-small/ratings.csv", "userId,movieId,rating,timestamp\n1,1,4.0,1\n")
+        zf.writestr("ml-latest-small/movies.csv", "movieId,title,genres\n1,A (2000),Drama\n")
+    (tmp_path / "cache").write_text("not a folder")
+    monkeypatch.setenv("LLAMAREC_CACHE_DIR", str(tmp_path / "cache"))
+    result = invoke("preprocess", "ml-100k", "--raw-dir", str(raw), "--workdir", str(tmp_path / "runs"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "is a file, not a folder. Choose another cache folder (LLAMAREC_CACHE_DIR)" in " ".join(
+        result.output.split()
+    )

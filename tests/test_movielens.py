@@ -130,7 +130,37 @@ def test_empty_ratings_file_is_refused(tmp_path, workdir, content):
         preprocess("ml-100k", workdir=workdir, raw_dir=folder)
 
 
+@pytest.mark.parametrize(
+    "name, first_line",
+    [
+        ("ratings.csv", "movieId,userId,rating,timestamp"),  # columns read by position: swapped would be silent
+        ("ratings.csv", "1,1,4.0,100"),  # no header: its first rating would be dropped
+        ("movies.csv", "title,movieId,genres"),
+    ],
+)
+def test_a_header_other_than_movielens_is_refused_on_line_1(tmp_path, workdir, name, first_line):
+    folder = write_ml(tmp_path / "raw", small_ratings(), small_movies())
+    body = (folder / name).read_text().split("\n", 1)[1]
+    (folder / name).write_text(first_line + "\n" + body)
+    with pytest.raises(DataFormatError, match=rf"{name}, line 1: the header should be .*, found '{first_line}'"):
+        preprocess("ml-100k", workdir=workdir, raw_dir=folder)
+
+
+def test_utf16_and_doubled_line_ends_are_named_on_line_1(tmp_path, workdir):
+    folder = write_ml(tmp_path / "raw", small_ratings(), small_movies())
+    movies = (folder / "movies.csv").read_text()
+    (folder / "movies.csv").write_bytes(movies.encode("utf-16"))
+    with pytest.raises(DataFormatError, match=r"movies\.csv, line 1: is UTF-16 text; save it as UTF-8"):
+        preprocess("ml-100k", workdir=workdir, raw_dir=folder)
+    (folder / "movies.csv").write_bytes(movies.replace("\n", "\r\r\n").encode())
+    with pytest.raises(DataFormatError, match=r"movies\.csv, line 1: its lines end in"):
+        preprocess("ml-100k", workdir=workdir, raw_dir=folder)
+    (folder / "movies.csv").write_bytes(movies.replace("\n", "\r\n").encode())  # Windows line ends are fine
+    assert preprocess("ml-100k", workdir=workdir, raw_dir=folder).manifest["statistics"]["interactions"] == 25
+
+
 def test_missing_raw_files_offline_names_the_files_and_where_to_put_them(tmp_path, workdir):
+    (tmp_path / "empty").mkdir()
     with pytest.raises(RawDataMissingError) as info:
         preprocess("ml-100k", workdir=workdir, raw_dir=tmp_path / "empty")
     message = str(info.value)

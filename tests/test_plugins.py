@@ -165,6 +165,14 @@ def test_environment_variable_limits_external_plugins(installed_plugin, allowed,
     assert "llamarec" in names  # built-ins always load
 
 
+def test_a_name_in_the_filter_that_nothing_installed_has_is_warned_about(installed_plugin):
+    result = run_cli(["plugins", "--json"], installed_plugin, LLAMAREC_PLUGINS="toy,llamarec-tyo")
+    assert result.returncode == 0 and "toy" in {row["name"] for row in json.loads(result.stdout)}
+    assert "LLAMAREC_PLUGINS names 'llamarec-tyo', which no installed plugin has" in result.stderr
+    assert "llamarec-toy" in result.stderr  # the installed ones, to pick from
+    assert "warning" not in run_cli(["plugins"], installed_plugin, LLAMAREC_PLUGINS="llamarec-toy").stderr
+
+
 def test_clashing_entry_point_gives_one_clear_line(installed_plugin):
     module = installed_plugin / "llamarec_toy.py"
     module.write_text(module.read_text().replace('name="ep-toy"', 'name="ml-100k"'))

@@ -14,7 +14,7 @@ from llamarec_cli import RawFile
 from llamarec_cli.data import rawfiles
 from llamarec_cli.data.rawfiles import resolve_raw_files
 from llamarec_cli.data.spec import DatasetSpec
-from llamarec_cli.errors import LlamarecError, RawDataMissingError
+from llamarec_cli.errors import ConfigError, LlamarecError, RawDataMissingError
 
 RATINGS = b"userId,movieId,rating,timestamp\n" + b"".join(
     b"%d,%d,4.0,%d\n" % (u, i, u + i) for u in range(50) for i in range(40)
@@ -133,6 +133,7 @@ def test_interrupted_download_resumes_with_a_range_request(server):
 
 def test_unreachable_source_explains_what_to_place_where(server, tmp_path):
     raw = RawFile("r.csv", urls=(server.url + "/gone.csv",))
+    (tmp_path / "mine").mkdir()
     with pytest.raises(RawDataMissingError) as info:
         resolve_raw_files(spec_with(raw), raw_dir=tmp_path / "mine")
     message = str(info.value)
@@ -153,3 +154,31 @@ def test_truncated_gzip_download_is_rejected(server):
     server.files["/m.json.gz"] = gzip.compress(b"{'asin': 'x'}\n" * 1000)[:-20]
     with pytest.raises(RawDataMissingError, match="corrupt download"):
         resolve_raw_files(spec_with(RawFile("m.json.gz", urls=(server.url + "/m.json.gz",))))
+
+
+def test_a_raw_dir_that_does_not_exist_is_refused(tmp_path):
+    raw = RawFile("r.csv", urls=("http://127.0.0.1:9/r.csv",))
+    (tmp_path / "cache").mkdir()
+    with pytest.raises(ConfigError, match="mine .*is not a folder"):  # not the cached files without a word
+        resolve_raw_files(spec_with(raw), raw_dir=tmp_path / "mine")
+
+
+def test_an_archive_in_the_raw_dir_never_replaces_the_cached_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLAMAREC_CACHE_DIR", str(tmp_path / "cache"))
+    raw = RawFile("r.csv", archive="pack.zip", urls=("http://127.0.0.1:9/pack.zip",))
+    cached = tmp_path / "cache" / "raw" / "local" / "r.csv"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(RATINGS)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "pack.zip").write_bytes(zipped({"pack/r.csv": b"userId,movieId,rating,timestamp\n1,2,3.0,4\n"}))
+
+    from_archive = resolve_raw_files(spec_with(raw), raw_dir=mine)["r.csv"]
+    assert from_archive.read_bytes().startswith(b"userId") and from_archive != cached
+    assert cached.read_bytes() == RATINGS  # a later run without --raw-dir still gets the cached file
+    assert resolve_raw_files(spec_with(raw))["r.csv"] == cached
+
+    empty = tmp_path / "other"
+    empty.mkdir()
+    assert resolve_raw_files(spec_with(raw), raw_dir=empty)["r.csv"] == cached
+    assert f"r.csv is not in {empty}; using the cached" in capsys.readouterr().err

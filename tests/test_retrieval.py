@@ -201,9 +201,13 @@ def test_cli_trains_and_exports_with_json_output(chain, workdir):
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.stdout)
     assert manifest["config"]["hidden"] == 16 and manifest["config_sources"]["max_epochs"] == "flag"
+    result = runner.invoke(app, ["candidates", "chain", "--workdir", str(workdir), "--k", "40"])  # 40 items
+    assert result.exit_code == 2 and "--k 40 is not below the 40 items of chain" in result.output
     result = runner.invoke(app, ["candidates", "chain", "--workdir", str(workdir), "--k", "3"])
     assert result.exit_code == 0, result.output
     assert "HitRate" in result.stdout and "users have their item among the candidates" in result.stderr
+    result = runner.invoke(app, ["candidates", "chain", "--workdir", str(workdir), "-r", "nope"])
+    assert result.exit_code == 2 and "Unknown retriever 'nope'. Known retrievers:" in result.output
     result = runner.invoke(app, ["retrieve-train", "chain", "--workdir", str(workdir), "--show-config"])
     assert result.exit_code == 0 and "max_len" in result.stdout and "dataset" in result.stdout
     result = runner.invoke(app, ["retrieve-train", "chain", "--workdir", str(workdir), "-r", "nope"])

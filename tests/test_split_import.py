@@ -9,7 +9,7 @@ from conftest import shared_path
 from typer.testing import CliRunner
 
 from llamarec_cli.cli import build_app
-from llamarec_cli.errors import DataFormatError
+from llamarec_cli.errors import ConfigError, DataFormatError
 from llamarec_cli.stages.preprocess import preprocess
 
 
@@ -25,6 +25,20 @@ def test_reference_split_imports_with_the_papers_statistics(name, expected, work
     assert result.exit_code == 0, result.output
     stats = json.loads(result.stdout)
     assert (stats["users"], stats["items"], stats["interactions"], stats["avg_length"]) == expected
+
+
+@pytest.mark.parametrize("wrong_name", ["games", "ml-100k"])
+def test_a_published_split_under_another_datasets_name_is_refused(wrong_name, workdir):
+    split = shared_path("datasets", "beauty", "llamarec-split.json")
+    with pytest.raises(ConfigError, match=f"published split of 'beauty', not of '{wrong_name}'.*preprocess beauty"):
+        preprocess(wrong_name, workdir=workdir, from_split=split)
+    assert not (workdir / wrong_name).exists()
+
+
+def test_a_split_other_than_the_published_one_gets_a_warning(tmp_path, workdir):
+    lines = []
+    preprocess("games", workdir=workdir, from_split=write(tmp_path, small_split()), log=lines.append)
+    assert any("is not the published split of 'games'" in line for line in lines)
 
 
 def test_import_keeps_ids_order_and_titles(workdir):

@@ -113,3 +113,8 @@ def test_a_templates_dir_that_does_not_exist_is_refused(tmp_path):
     result = CliRunner().invoke(build_app(), args, env={"COLUMNS": "200"})  # no line break inside the message
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def test_a_user_without_a_dataset_is_refused_not_ignored():
+    result = CliRunner().invoke(build_app(), ["templates", "show", "--user", "7"])
+    assert result.exit_code == 2 and "--user 7 needs --dataset" in result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -53,6 +54,15 @@ STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quot
 ACCESS_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
+def _setting_for(path) -> str:
+    """The setting that chose where ``path`` is: the cache's or the work directory's."""
+    try:
+        in_cache = path is not None and Path(path).resolve().is_relative_to(settings.cache_dir().resolve())
+    except (OSError, ValueError):
+        in_cache = False
+    return f"cache folder ({settings.ENV_CACHE_DIR})" if in_cache else f"--workdir (or {settings.ENV_WORKDIR})"
+
+
 def storage_error(exc: OSError) -> LlamarecError | None:
     """The one-line error for a full disk or an unwritable path; None for other OS errors (bugs, to be seen)."""
     where = exc.filename or "the work directory"
@@ -63,8 +73,13 @@ def storage_error(exc: OSError) -> LlamarecError | None:
         )
     if exc.errno in ACCESS_ERRORS:
         return WorkdirError(
-            f"Cannot write {where}: {exc.strerror}. Choose a writable --workdir (or "
-            "LLAMAREC_WORKDIR); the previous artifact is unchanged."
+            f"Cannot write {where}: {exc.strerror}. Choose a writable {_setting_for(exc.filename)}; "
+            "the previous artifact is unchanged."
+        )
+    if exc.errno == errno.ENOTDIR:
+        return WorkdirError(
+            f"Cannot use {where}: part of that path is a file, not a folder. Choose another "
+            f"{_setting_for(exc.filename)}."
         )
     return None
 

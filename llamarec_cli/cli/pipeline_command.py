@@ -14,7 +14,7 @@ from .options import Device, Json, Workdir
 from .output import print_json, stderr
 
 EPILOG = (
-    "Examples:  llamarec pipeline   (ml-100k, smollm2-135m, about 10 minutes on 2 CPU cores)   ·   "
+    "Examples:  llamarec pipeline   (ml-100k, smollm2-135m, about 5 minutes on 2 CPU cores)   ·   "
     "llamarec pipeline ml-100k --train-examples 1024 --retriever-epochs 60   ·   "
     "llamarec pipeline beauty --model meta-llama/Llama-2-7b-hf --device cuda"
 )

@@ -59,11 +59,12 @@ def rank_train(
     json_output: Json = False,
 ) -> None:
     """Fine-tune the LLM ranker with (Q)LoRA on the retriever's candidates; keep the best adapter (PEFT format)."""
-    from ..config import parse_sets
+    from ..config import check_resume_restart, parse_sets, with_sets
     from ..stages.rank_train import RANKER_EARLY_STOP_METRIC, ranker_dir, resumed_config, train_ranker
     from .progress import RichReporter
 
-    flags |= parse_sets(RankerConfig, set_ or [])
+    flags = with_sets(flags, parse_sets(RankerConfig, set_ or []))
+    check_resume_restart(resume, restart)
     if resume:  # the interrupted run's config, as retrieve-train --resume does: no flag needs repeating
         config, sources = resumed_config(settings.workdir(workdir), dataset, name, flags)
     else:
@@ -101,9 +102,8 @@ def _interrupted(workdir: Path, dataset: str, name: str) -> None:
     from ..stages.rank_train import rank_train_command, ranker_dir
 
     if Workdir(workdir).resumable(ranker_dir(workdir, dataset, name)):
-        stderr.print(
-            f"Interrupted. Continue from the last validation with: {rank_train_command(dataset, name)} --resume"
-        )
+        rerun = rank_train_command(dataset, name, workdir)
+        stderr.print(f"Interrupted. Continue from the last validation with: {rerun} --resume")
     else:
         stderr.print("Interrupted before the first validation: nothing to resume; rerun the same command.")
 

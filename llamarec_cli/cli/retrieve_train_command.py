@@ -57,13 +57,14 @@ def retrieve_train(
     json_output: Json = False,
 ) -> None:
     """Train a stage-1 retriever (LRURec by default) with early stopping; save the best checkpoint and its metrics."""
-    from ..config import parse_sets
+    from ..config import check_resume_restart, parse_sets, with_sets
     from ..stages.retrieve_train import retriever_class, train_retriever
     from .progress import RichReporter
 
     cls = retriever_class(retriever)
     flags |= {"dropout": dropout} if dropout is not None else {}
-    flags |= parse_sets(cls.Config, set_ or [])
+    flags = with_sets(flags, parse_sets(cls.Config, set_ or []))
+    check_resume_restart(resume, restart)
 
     root = settings.workdir(workdir)
     config, sources = _effective_config(root, dataset, cls, retriever, flags, resume)
@@ -86,11 +87,15 @@ def retrieve_train(
             log=lambda message: stderr.print(message, style="dim", highlight=False),
         )
     except KeyboardInterrupt:
+        from ..layout import Workdir
+        from ..retrieval.checkpoint import retriever_dir
         from ..stages.retrieve_train import rerun_command
 
-        stderr.print(
-            f"Interrupted. Continue from the last validation with: {rerun_command(dataset, retriever)} --resume"
-        )
+        if Workdir(root).resumable(retriever_dir(root, dataset, retriever)):
+            rerun = rerun_command(dataset, retriever, root)
+            stderr.print(f"Interrupted. Continue from the last validation with: {rerun} --resume")
+        else:
+            stderr.print("Interrupted before the first validation: nothing to resume; rerun the same command.")
         raise typer.Exit(130) from None
     if not manifest:  # another process of an accelerate launch: the main one reports
         return

@@ -47,6 +47,10 @@ def show_template(
     """Print a template rendered for a made-up example, or for a user's test request (history + candidates)."""
     from ..ranking.templates import LETTERS, load_template
 
+    if dataset is None and user is not None:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--user {user} needs --dataset: whose user is it?")
     template = load_template(name, templates_dir)
     if dataset is None:
         history = [f"History item {i}" for i in range(1, 4)]
@@ -59,7 +63,10 @@ def show_template(
             raise ConfigError(
                 f"The {retriever} candidates of {dataset} have {len(candidates)} per user, but a prompt can letter at "
                 f"most {len(LETTERS)} ({LETTERS[0]}-{LETTERS[-1]}). Export at most {len(LETTERS)}: "
-                f"llamarec candidates {dataset} --retriever {retriever} --k {len(LETTERS)}"
+                + settings.command_for(
+                    f"llamarec candidates {dataset} --retriever {retriever} --k {len(LETTERS)}",
+                    settings.workdir(workdir),
+                )
             )
     print(template.render(history, candidates), end="")
     print("⟨answer letter⟩")

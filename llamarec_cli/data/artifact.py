@@ -16,6 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
+from .. import settings
 from ..errors import ArtifactError
 from ..files import replace_dir, sha256_of
 from ..layout import Workdir
@@ -152,7 +153,7 @@ def load_dataset(workdir: Path, name: str | Dataset) -> Dataset:
         return name
     path = dataset_dir(workdir, name)
     manifest_path = path / "manifest.json"
-    rerun = f"llamarec preprocess {name}"
+    rerun = settings.command_for(f"llamarec preprocess {name}", workdir)
     if not manifest_path.is_file():
         from .. import plugins
 
@@ -179,4 +180,34 @@ def load_dataset(workdir: Path, name: str | Dataset) -> Dataset:
         if {c: frame.schema.get(c) for c in expected} != expected:
             raise ArtifactError(f"{file} does not hold the columns of a dataset table. Rerun: {rerun}")
         frames[table] = frame
+    _check_tables(frames, path, rerun)
     return Dataset(name=name, path=path, manifest=manifest, **frames)
+
+
+def _check_tables(frames: dict[str, pl.DataFrame], path: Path, rerun: str) -> None:
+    """What every later stage relies on, checked (a few milliseconds) so that tables edited by hand, or written by a
+    faulty dataset plugin, are refused here rather than crash deep in training: ids 1..N with a title each, every
+    interaction on a known user and item, and one test target (and at most one validation target) per user."""
+
+    def refuse(problem: str) -> ArtifactError:
+        return ArtifactError(f"{path} is inconsistent: {problem}. Rerun: {rerun}")
+
+    for table, column in (("items", "item"), ("users", "user")):
+        ids = frames[table][column]
+        if ids.len() == 0 or ids.min() != 1 or ids.max() != ids.len() or ids.n_unique() != ids.len():
+            raise refuse(f"the {column} ids of {table}.parquet are not 1..{ids.len()}")
+    if frames["items"]["title"].str.strip_chars().fill_null("").eq("").any():
+        raise refuse("an item in items.parquet has no title")
+    interactions = frames["interactions"]
+    for column, table in (("item", "items"), ("user", "users")):
+        if (
+            interactions.height
+            and not 1 <= interactions[column].min() <= interactions[column].max() <= frames[table].height
+        ):
+            raise refuse(f"interactions.parquet holds a {column} id that {table}.parquet does not have")
+    targets = interactions.group_by("user").agg(
+        (pl.col("split") == "test").sum().alias("test"), (pl.col("split") == "val").sum().alias("val")
+    )
+    wrong = targets.filter((pl.col("test") != 1) | (pl.col("val") > 1))
+    if targets.height != frames["users"].height or wrong.height:
+        raise refuse("not every user has exactly one test interaction (and at most one validation one)")

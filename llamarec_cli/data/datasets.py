@@ -19,7 +19,7 @@ def _snap(name: str) -> tuple[str, ...]:
     return (f"https://{SNAP_2014}/{name}", f"http://{SNAP_2014}/{name}")
 
 
-def _amazon(name: str, category: str, description: str, *, meta_2018: bool) -> DatasetSpec:
+def _amazon(name: str, category: str, description: str, *, meta_2018: bool, split_sha256: str) -> DatasetSpec:
     ratings, meta = f"ratings_{category}.csv", f"meta_{category}.json.gz"
     meta_urls = tuple(f"{base}/{meta}" for base in UCSD_2018) if meta_2018 else _snap(meta)
     return DatasetSpec(
@@ -35,6 +35,7 @@ def _amazon(name: str, category: str, description: str, *, meta_2018: bool) -> D
         licence=AMAZON_LICENCE,
         retrieval_defaults={"batch_size": 64, "max_len": 50},  # METHOD.md §3
         ranking_defaults={"batch_size": 12},  # METHOD.md §5
+        split_sha256=split_sha256,
     )
 
 
@@ -63,7 +64,16 @@ ML_100K = DatasetSpec(
     ranking_defaults={"batch_size": 16},  # METHOD.md §5
 )
 
-BEAUTY = _amazon("beauty", "Beauty", "Amazon 2014 Beauty", meta_2018=False)
-GAMES = _amazon("games", "Video_Games", "Amazon 2014 Video Games, titles from the 2018 metadata", meta_2018=True)
+# The paper's own splits (llamarec-split.json, as the LlamaRec authors published them)
+BEAUTY_SPLIT = "b910eaf755935a52333ee261c7a3023aefb2c94a93ef77dc32ff6a81c0a115f2"
+GAMES_SPLIT = "d960b60756a8f3160d20b066ea1c9f52365ad10a2377475f4e714cfc8fdde3d6"
+BEAUTY = _amazon("beauty", "Beauty", "Amazon 2014 Beauty", meta_2018=False, split_sha256=BEAUTY_SPLIT)
+GAMES = _amazon(
+    "games",
+    "Video_Games",
+    "Amazon 2014 Video Games, titles from the 2018 metadata",
+    meta_2018=True,
+    split_sha256=GAMES_SPLIT,
+)
 
 BUILTIN_DATASETS = (ML_100K, BEAUTY, GAMES)

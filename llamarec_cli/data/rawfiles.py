@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 
 from .. import settings
-from ..errors import DataFormatError, LlamarecError, RawDataMissingError
+from ..errors import ConfigError, DataFormatError, LlamarecError, RawDataMissingError
 from ..files import sha256_of
 from .spec import DatasetSpec, RawFile, RawFiles
 
@@ -77,8 +77,20 @@ def cache_folder(spec: DatasetSpec) -> Path:
     return settings.cache_dir() / "raw" / spec.name
 
 
+def _extracted_from(archive: Path, raw: RawFile, cache: Path) -> Path:
+    """``raw`` taken out of ``archive``. An archive from a raw directory is unpacked into a folder of the cache
+    named by its content, never over the cached files: another run without --raw-dir must not pick it up."""
+    if archive.parent == cache:
+        return _extract_member(archive, raw.name, cache / raw.name)
+    dest = cache / "from-raw-dir" / sha256_of(archive)[:16] / raw.name
+    return dest if dest.is_file() else _extract_member(archive, raw.name, dest)
+
+
 def resolve_raw_files(spec: DatasetSpec, raw_dir: Path | None = None) -> RawFiles:
     """Local paths of every raw file of ``spec``, downloading into the cache what is missing."""
+    if raw_dir is not None and not raw_dir.is_dir():
+        # otherwise a mistyped path would silently fall back to the cached (possibly other) files
+        raise ConfigError(f"The raw directory {raw_dir} (--raw-dir or LLAMAREC_RAW_DIR) is not a folder.")
     cache = cache_folder(spec)
     found: dict[str, Path] = {}
     missing: list[RawFile] = []
@@ -87,12 +99,14 @@ def resolve_raw_files(spec: DatasetSpec, raw_dir: Path | None = None) -> RawFile
         for directory in [d for d in (raw_dir, cache) if d is not None]:
             path = _find_in(directory, raw)
             if path is None and raw.archive and (directory / raw.archive).is_file():
-                path = _extract_member(directory / raw.archive, raw.name, cache / raw.name)
+                path = _extracted_from(directory / raw.archive, raw, cache)
             if path is not None:
                 break
         if path is None:
             missing.append(raw)
         else:
+            if raw_dir is not None and directory == cache:
+                _log(f"note: {raw.name} is not in {raw_dir}; using the cached {path}.")
             _check_pinned(raw, path, downloaded=False)
             found[raw.name] = path
     if missing:

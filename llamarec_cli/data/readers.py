@@ -37,15 +37,36 @@ def _short(value: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
-def read_csv(path: Path, schema: dict[str, pl.DataType], *, header: bool, what: str) -> pl.DataFrame:
+def _check_start(path: Path, header: tuple[str, ...] | None) -> None:
+    """Refuse, on line 1, a file in UTF-16 or with doubled line ends (polars would misread either with an
+    unclear message), and a header other than ``header``: columns are read by position, so a file whose columns
+    come in another order would otherwise be read wrong without a word."""
+    with open(path, "rb") as f:
+        first = f.readline(1 << 16)
+    if first.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataFormatError(path, "is UTF-16 text; save it as UTF-8", 1)
+    if first.endswith(b"\r\r\n"):  # Windows line endings added twice: polars keeps a \r in the last field
+        raise DataFormatError(path, "its lines end in \\r\\r\\n; convert them to plain line ends (e.g. dos2unix)", 1)
+    if header is None or not first.strip():  # an empty file is reported as such by read_csv
+        return
+    found = tuple(name.strip() for name in first.decode("utf-8", "replace").removeprefix("\ufeff").strip().split(","))
+    if found != header:
+        shown = _short(first.decode("utf-8", "replace").strip(), 80)
+        raise DataFormatError(path, f"the header should be {','.join(header)}, found {shown}", 1)
+
+
+def read_csv(path: Path, schema: dict[str, pl.DataType], *, header: tuple[str, ...] | None, what: str) -> pl.DataFrame:
     """Read a CSV whose columns are ``schema`` (in order), naming the file and line of any malformed row.
 
-    Empty text fields read as "" (the caller judges them); an empty number is an error. Blank lines are skipped.
+    ``header``: the column names line 1 must hold, or None for a file without a header. Empty text fields read
+    as "" (the caller judges them); an empty number is an error. Blank lines are skipped.
     """
+    _check_start(path, header)
+    header_line = header is not None
     try:
         frame = pl.read_csv(
             path,
-            has_header=header,
+            has_header=header_line,
             new_columns=list(schema),
             schema_overrides=schema,
             infer_schema=False,
@@ -53,11 +74,11 @@ def read_csv(path: Path, schema: dict[str, pl.DataType], *, header: bool, what: 
             empty_string_is_null=False,
         )
     except pl.exceptions.PolarsError as exc:
-        _raise_first_bad_line(path, schema, header, what)
+        _raise_first_bad_line(path, schema, header_line, what)
         raise DataFormatError(path, f"cannot be read as {what}: {_first_line(exc)}") from None
     if frame.height and frame.null_count().sum_horizontal().item():
         # polars reads a blank line as a row of nulls (or of "" and nulls): any other null is a bad line.
-        blank = _raise_first_bad_line(path, schema, header, what)
+        blank = _raise_first_bad_line(path, schema, header_line, what)
         numbers = [c for c, dtype in schema.items() if dtype != pl.String] or list(schema)
         kept = frame.drop_nulls(numbers)
         if kept.null_count().sum_horizontal().item() or frame.height - kept.height != blank:
@@ -154,9 +175,13 @@ def _raise_first_bad_line(path: Path, schema: dict, header: bool, what: str) -> 
 # --- MovieLens (ml-latest-small) -----------------------------------------------------------------------------
 
 
+RATINGS_HEADER = ("userId", "movieId", "rating", "timestamp")
+MOVIES_HEADER = ("movieId", "title", "genres")
+
+
 def read_movielens_ratings(path: Path) -> pl.DataFrame:
     schema = {"user": pl.Int64, "item": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}
-    return read_csv(path, schema, header=True, what="ratings").select("user", "item", "timestamp")
+    return read_csv(path, schema, header=RATINGS_HEADER, what="ratings").select("user", "item", "timestamp")
 
 
 _YEAR = r"\s*\((\d{4})\)\s*$"
@@ -168,7 +193,8 @@ def read_movielens_titles(path: Path) -> pl.DataFrame:
     "Matrix, The (1999)" -> "The Matrix (1999)": the trailing year is set aside, other parenthesised text is
     dropped, a trailing ", The/A/An" moves to the front, and the year is appended again.
     """
-    frame = read_csv(path, {"item": pl.Int64, "title": pl.String, "genres": pl.String}, header=True, what="movies")
+    schema = {"item": pl.Int64, "title": pl.String, "genres": pl.String}
+    frame = read_csv(path, schema, header=MOVIES_HEADER, what="movies")
     empty = frame.with_row_index("row").filter(pl.col("title").str.strip_chars() == "")
     if empty.height:
         row = empty.row(0, named=True)
@@ -192,7 +218,7 @@ def read_movielens_titles(path: Path) -> pl.DataFrame:
 def read_amazon_ratings(path: Path) -> pl.DataFrame:
     """2014 ``ratings_<Category>.csv``: no header; user, asin, rating, unix time."""
     schema = {"user": pl.String, "item": pl.String, "rating": pl.Float64, "timestamp": pl.Int64}
-    return read_csv(path, schema, header=False, what="ratings").select("user", "item", "timestamp")
+    return read_csv(path, schema, header=None, what="ratings").select("user", "item", "timestamp")
 
 
 # Reading the asin without parsing the record lets the reader skip the records of items that cannot survive the

@@ -55,3 +55,6 @@ class DatasetSpec:
     """Retriever settings suited to this data (e.g. ``{"batch_size": 16, "max_len": 200}``); a user's flag wins."""
     ranking_defaults: Mapping[str, object] = field(default_factory=dict)
     """Ranker settings suited to this data (e.g. ``{"batch_size": 12}``); a user's flag wins."""
+    split_sha256: str | None = None
+    """SHA-256 of a published ready split of this data (the LlamaRec JSON form), if there is one: ``--from-split``
+    warns when a file differs from it, and refuses, under another dataset's name, the file it identifies."""

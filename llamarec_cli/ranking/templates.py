@@ -69,6 +69,9 @@ def read_template(path: Path, name: str | None = None) -> PromptTemplate:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise DataFormatError(path, f"cannot read the template ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataFormatError(path, "the template is not UTF-8 text; save it as UTF-8", line=line) from None
     except tomllib.TOMLDecodeError as exc:
         line = getattr(exc, "lineno", None)
         raise DataFormatError(path, f"not valid TOML ({exc})", line=line) from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import settings
 from ..artifacts import read_sealed
 from ..errors import ArtifactError
 from ..layout import Workdir
@@ -29,9 +30,12 @@ def partial_dir(workdir: Path, dataset: str, name: str) -> Path:
 def read_manifest(workdir: Path, dataset, name: str) -> dict:
     """The manifest of a complete checkpoint that matches ``dataset``, or an error that says what to rerun."""
     folder = retriever_dir(workdir, dataset.name, name)
-    rerun = f"llamarec retrieve-train {dataset.name} --retriever {name}"
+    rerun = settings.command_for(f"llamarec retrieve-train {dataset.name} --retriever {name}", workdir)
     path = folder / "manifest.json"
     if not path.is_file():
+        from .. import plugins
+
+        plugins.retrievers().get(name)  # a name nothing registers lists the known ones: retrieve-train would fail
         hint = (
             " (an interrupted run can continue with --resume)"
             if partial_dir(workdir, dataset.name, name).exists()

@@ -16,9 +16,10 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from .. import settings
 from ..artifacts import read_sealed, seal
 from ..data.artifact import Dataset, load_dataset
-from ..errors import ArtifactError
+from ..errors import ArtifactError, ConfigError
 from ..files import sha256_of, write_json
 from ..layout import Workdir
 from ..retrieval.checkpoint import retriever_dir
@@ -44,6 +45,10 @@ def export_candidates(
         raise ArtifactError(f"--k must be at least 1 (got {k}).")
     dataset = load_dataset(workdir, dataset_name)  # a name, or the Dataset the pipeline loaded
     dataset_name = dataset.name
+    if k >= dataset.num_items:  # the lists would hold every unseen item and hit-rate@k say nothing
+        raise ConfigError(
+            f"--k {k} is not below the {dataset.num_items:,} items of {dataset_name}; choose a smaller k."
+        )
     parquet, manifest_path = candidates_paths(workdir, dataset_name, retriever)
     ensure_writable(parquet.parent)
     accelerator = launched_accelerator(device)
@@ -111,7 +116,7 @@ def candidate_lists(items: torch.Tensor, scores: torch.Tensor) -> pl.DataFrame:
 def load_candidates(workdir: Path, dataset: Dataset, retriever: str = DEFAULT_RETRIEVER) -> tuple[pl.DataFrame, dict]:
     """The candidates of ``retriever`` for ``dataset``, refused when missing, altered or stale."""
     parquet, manifest_path = candidates_paths(workdir, dataset.name, retriever)
-    rerun = f"llamarec candidates {dataset.name} --retriever {retriever}"
+    rerun = settings.command_for(f"llamarec candidates {dataset.name} --retriever {retriever}", workdir)
     if not manifest_path.is_file() or not parquet.is_file():
         raise ArtifactError(f"No candidates of '{retriever}' for {dataset.name} in {workdir}. Run first: {rerun}")
     manifest = read_sealed(manifest_path, rerun, format=FORMAT, version=FORMAT_VERSION)

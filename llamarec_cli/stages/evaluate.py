@@ -104,7 +104,9 @@ def load_ranker(
         if adapter:
             check_adapter_folder(Path(adapter))
         else:  # a corrupted or swapped adapter is refused before the model loads
-            verify_files(ranker_dir(workdir, dataset.name, ranker), manifest, rank_train_command(dataset.name, ranker))
+            verify_files(
+                ranker_dir(workdir, dataset.name, ranker), manifest, rank_train_command(dataset.name, ranker, workdir)
+            )
         if model and model != manifest["config"]["model"]:
             raise ArtifactError(
                 f"Ranker '{ranker}' is an adapter of {manifest['config']['model']}, not {model}. "
@@ -139,7 +141,7 @@ def load_ranker(
         except (OSError, ValueError, RuntimeError, KeyError) as exc:  # safetensors' errors are ValueError/OSError
             raise ArtifactError(
                 f"The adapter in {folder} cannot be loaded ({str(exc).splitlines()[0] if str(exc) else exc!r}). "
-                f"Rerun: {rank_train_command(dataset.name, ranker)}"
+                f"Rerun: {rank_train_command(dataset.name, ranker, workdir)}"
             ) from exc
         if loaded.quantization == "none":
             # Exact in fp32. In bf16, W + BA is rounded once, an error of the order of the base weights' own

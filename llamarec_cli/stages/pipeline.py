@@ -3,7 +3,7 @@
 preprocess → retrieve-train → candidates → rank-train → evaluate, each through the same library call as its own
 command. A stage whose artifact exists and matches is skipped, and an interrupted retriever or ranker run is resumed,
 so running the pipeline again after Ctrl-C continues where it stopped. The defaults are the CPU budget of the README's
-first command (ml-100k, smollm2-135m, about 10 minutes on 2 cores); every budget is an option.
+first command (ml-100k, smollm2-135m, about 5 minutes on 2 cores); every budget is an option.
 """
 
 from __future__ import annotations

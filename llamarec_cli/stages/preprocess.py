@@ -11,6 +11,7 @@ from ..data.pipeline import build_tables, statistics
 from ..data.pipeline import unescape_titles as unescape
 from ..data.rawfiles import resolve_raw_files
 from ..data.split_import import read_split
+from ..errors import ConfigError
 from ..files import sha256_of
 from ..version import versions
 from ..workspace import ensure_writable
@@ -43,10 +44,13 @@ def preprocess(
     spec = plugins.datasets().get(name)
     ensure_writable(workdir, workdir=True)  # before hours of work, not after
     if from_split is not None:
+        if raw_dir is not None:
+            log(f"--from-split given: the raw files in {raw_dir} are not read")
         log(f"Importing the split {from_split}")
         tables = read_split(from_split)
         config = {"source": "split", "unescape_titles": unescape_titles}
         inputs = [_input(from_split)]
+        _check_split_owner(name, spec, from_split, inputs[0]["sha256"], log)
     else:
         files = resolve_raw_files(spec, raw_dir)
         for file, path in files.items():
@@ -75,3 +79,19 @@ def preprocess(
         "versions": versions("polars"),
     }
     return write_dataset(workdir, name, tables, manifest)
+
+
+def _check_split_owner(name: str, spec, path: Path, digest: str, log: Callable[[str], None]) -> None:
+    """Refuse a published split imported under another dataset's name (Beauty's users written as 'games' would
+    train and report under the wrong name); warn when a dataset's split is not its published one."""
+    from .. import plugins
+
+    registry = plugins.datasets()
+    owner = next((n for n in registry.names() if registry.get(n).split_sha256 == digest), None)
+    if owner is not None and owner != name:
+        raise ConfigError(
+            f"{path} is the published split of '{owner}', not of '{name}'. "
+            f"Run: llamarec preprocess {owner} --from-split {path}"
+        )
+    if spec.split_sha256 is not None and digest != spec.split_sha256:
+        log(f"warning: {path} is not the published split of '{name}' (SHA-256 {digest[:12]}…); figures may differ.")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import settings
 from ..artifacts import (
     finish,
     load_state,
@@ -36,6 +37,7 @@ from ..artifacts import (
     rng_tensors,
     save_state,
 )
+from ..config import check_resume_restart
 from ..data.artifact import Dataset, load_dataset
 from ..errors import ArtifactError, ConfigError, TrainingDivergedError
 from ..evaluation.metrics import MetricSums
@@ -248,6 +250,7 @@ def _train_ranker(
     from ..ranking.models import load_model
     from ..ranking.templates import load_template
 
+    check_resume_restart(resume, restart)
     reporter = reporter or Reporter()
     dataset = load_dataset(workdir, dataset_name)  # a name, or the Dataset the pipeline loaded
     dataset_name = dataset.name
@@ -256,7 +259,7 @@ def _train_ranker(
     final = ranker_dir(workdir, dataset_name, name)
     partial = Workdir.partial(final)
     state_path = Workdir.state(partial)
-    _check_partial(partial, state_path, dataset, config, name, resume, restart, candidates_sha)
+    _check_partial(workdir, partial, state_path, dataset, config, name, resume, restart, candidates_sha)
     k = candidates_manifest["k"]
     val = valid_subset(dataset, candidates, "val", k)
     if not val.examples:  # checked before minutes of loading and training, not after
@@ -294,7 +297,7 @@ def _train_ranker(
         examples = _training_set(workdir, dataset, config, k, accelerator)
     run = _prepare_run(loaded, config, accelerator, len(examples))
 
-    rerun = rank_train_command(dataset_name, name)
+    rerun = rank_train_command(dataset_name, name, workdir)
     trainer = _Trainer(run, config, encoder, examples, val_examples, partial, rerun, reporter)
     if resume and state_path.is_file():
         trainer.progress, trainer.best_scores = _restore(state_path, run)
@@ -658,10 +661,18 @@ def _load_adapter(model, folder: Path) -> None:
 
 
 def _check_partial(
-    partial, state_path, dataset: Dataset, config: RankerConfig, name, resume, restart, candidates_sha: str
+    workdir: Path,
+    partial,
+    state_path,
+    dataset: Dataset,
+    config: RankerConfig,
+    name,
+    resume,
+    restart,
+    candidates_sha: str,
 ) -> None:
     """Never silently discard an interrupted run; never resume one with different settings or candidates."""
-    rerun = rank_train_command(dataset.name, name)
+    rerun = rank_train_command(dataset.name, name, workdir)
     if resume:
         if not state_path.is_file():
             raise ArtifactError(f"Nothing to resume for ranker '{name}' on {dataset.name}. Start a run: {rerun}")
@@ -722,14 +733,15 @@ def _resumed_dtype(partial: Path, config: RankerConfig, device: torch.device) ->
     return "fp32" if config.dtype == "auto" and device.type == "cpu" else config.dtype
 
 
-def rank_train_command(dataset: str, name: str) -> str:
-    return f"llamarec rank-train {dataset}" + ("" if name == "default" else f" --name {name}")
+def rank_train_command(dataset: str, name: str, workdir: Path | None) -> str:
+    named = "" if name == "default" else f" --name {name}"
+    return settings.command_for(f"llamarec rank-train {dataset}{named}", workdir)
 
 
 def load_ranker_manifest(workdir: Path, dataset: Dataset, name: str) -> dict:
     """The manifest of a trained ranker that matches ``dataset`` (refused otherwise, with what to rerun)."""
     folder = ranker_dir(workdir, dataset.name, name)
-    rerun = rank_train_command(dataset.name, name)
+    rerun = rank_train_command(dataset.name, name, workdir)
     path = folder / "manifest.json"
     if not path.is_file():
         raise ArtifactError(f"No trained ranker '{name}' for {dataset.name} in {workdir}. Run first: {rerun}")
@@ -754,7 +766,7 @@ def resumed_config(workdir: Path, dataset: str, name: str, flags: dict) -> tuple
     from ..retrieval.contract import build_config
 
     partial = Workdir.partial(ranker_dir(workdir, dataset, name))
-    rerun = rank_train_command(dataset, name)
+    rerun = rank_train_command(dataset, name, workdir)
     if not Workdir.state(partial).is_file():
         raise ArtifactError(
             f"Nothing to resume for ranker '{name}' on {dataset} (no run reached its first validation). "

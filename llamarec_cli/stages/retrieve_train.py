@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
+from .. import settings
 from ..artifacts import finish, read_json, verify_files
+from ..config import check_resume_restart
 from ..data.artifact import Dataset, load_dataset
 from ..errors import ArtifactError, ConfigError, LlamarecError, TrainingDivergedError
 from ..files import write_json
@@ -56,7 +58,7 @@ def resumed_config(
     """The config of the interrupted run that ``--resume`` continues. Its values stand: a flag that contradicts one
     is refused rather than mixed in. (``resume=False``: the fresh run's, as the main process of several wrote it.)"""
     partial = partial_dir(workdir, dataset.name, retriever)
-    rerun = rerun_command(dataset.name, retriever)
+    rerun = rerun_command(dataset.name, retriever, workdir)
     if not (partial / "run.json").is_file():
         raise ArtifactError(f"Nothing to resume for retriever '{retriever}' on {dataset.name}. Start a run: {rerun}")
     saved = read_json(partial / "run.json", f"{rerun} --restart")
@@ -95,6 +97,7 @@ def train_retriever(
     ``reporter`` makes the training's progress reporter once the config is known, from its ``max_epochs`` (the CLI
     passes ``cli.progress.RichReporter``); without one the training reports nothing.
     """
+    check_resume_restart(resume, restart)
     dataset = load_dataset(workdir, dataset_name)  # a name, or the Dataset the pipeline loaded
     dataset_name = dataset.name
     cls = retriever_class(retriever)
@@ -140,7 +143,7 @@ def train_retriever(
                 shutil.rmtree(partial, ignore_errors=True)  # resuming it would only diverge again
             raise TrainingDivergedError(
                 f"{exc} Nothing was saved; the previous checkpoint, if any, is unchanged. "
-                f"Try a lower learning rate: {rerun_command(dataset_name, retriever)} --lr {config.lr / 10:g}"
+                f"Try a lower learning rate: {rerun_command(dataset_name, retriever, workdir)} --lr {config.lr / 10:g}"
             ) from None
         if result.interrupted:
             log(f"Stopped after {result.steps} steps as asked; continue with --resume.")
@@ -221,10 +224,9 @@ def main_first(accelerator, step: Callable):
     return result
 
 
-def rerun_command(dataset: str, retriever: str) -> str:
-    return f"llamarec retrieve-train {dataset}" + (
-        "" if retriever == DEFAULT_RETRIEVER else f" --retriever {retriever}"
-    )
+def rerun_command(dataset: str, retriever: str, workdir: Path | None) -> str:
+    named = "" if retriever == DEFAULT_RETRIEVER else f" --retriever {retriever}"
+    return settings.command_for(f"llamarec retrieve-train {dataset}{named}", workdir)
 
 
 def _start_or_resume(workdir, dataset, cls, retriever, flags, resume, restart) -> tuple[RetrieverConfig, dict]:
@@ -237,7 +239,7 @@ def _start_or_resume(workdir, dataset, cls, retriever, flags, resume, restart) -
     if Workdir.state(partial).is_file() and not restart:
         raise ArtifactError(
             f"An interrupted run of '{retriever}' on {dataset.name} is in {partial}. Continue it with: "
-            f"{rerun_command(dataset.name, retriever)} --resume (or discard it with --restart)."
+            f"{rerun_command(dataset.name, retriever, workdir)} --resume (or discard it with --restart)."
         )
     shutil.rmtree(partial, ignore_errors=True)
     with writing(workdir, workdir=True):
@@ -277,7 +279,7 @@ def load_retriever(workdir: Path, dataset: Dataset, name: str, device="cpu") -> 
     manifest = read_manifest(workdir, dataset, name)
     cls = retriever_class(name)
     folder = retriever_dir(workdir, dataset.name, name)
-    rerun = rerun_command(dataset.name, name)
+    rerun = rerun_command(dataset.name, name, workdir)
     device_ = resolve_device(device)  # a missing GPU is the user's flag, not the checkpoint's fault
     verify_files(folder, manifest, rerun)
     try:

@@ -62,7 +62,7 @@ def tune_fusion(
             raise ArtifactError(
                 f"The candidates of '{config.retriever}' for {dataset.name} were exported again after ranker "
                 f"'{ranker}' was trained on them, so its validation scores would not be the ones it learned from. "
-                f"Rerun: {rank_train_command(dataset.name, ranker)}"
+                f"Rerun: {rank_train_command(dataset.name, ranker, workdir)}"
             )
         val = valid_subset(dataset, candidates, "val", manifest["k"])
         early_stopping = sample(val.examples, config.max_val_examples, config.seed)
