@@ -110,11 +110,19 @@ def save_state(path: Path, tensors: dict[str, torch.Tensor], counters: dict) -> 
 
 
 def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and counters saved by ``save_state``; a damaged file is refused with the way out."""
     from safetensors import safe_open
 
-    tensors = load_weights(path)
-    with safe_open(path, framework="pt") as f:
-        return tensors, json.loads(f.metadata()["counters"])
+    try:
+        tensors = load_weights(path)
+        with safe_open(path, framework="pt") as f:
+            return tensors, json.loads((f.metadata() or {})["counters"])
+    except (ArtifactError, KeyError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        detail = exc if isinstance(exc, ArtifactError) else f"{path} lacks its counters."
+        raise ArtifactError(
+            f"The interrupted run cannot be resumed: {detail} Start afresh: the same command with --restart "
+            "instead of --resume."
+        ) from None
 
 
 def optimizer_tensors(optimizer) -> dict[str, torch.Tensor]:

@@ -109,6 +109,21 @@ def test_interrupted_run_keeps_the_previous_checkpoint(chain, workdir):
     export_candidates("chain", workdir=workdir, device="cpu")  # still usable
 
 
+@pytest.mark.parametrize(
+    "damage", [lambda raw: raw[: len(raw) // 2], lambda raw: raw.replace(b"counters", b"kounters")]
+)
+def test_a_damaged_resume_state_says_to_restart(chain, workdir, damage):
+    from llamarec_cli.layout import Workdir
+    from llamarec_cli.retrieval.checkpoint import partial_dir
+
+    train(workdir, stop_after_steps=15)  # past the first validation: resumable
+    state = next(Workdir.training(partial_dir(workdir, "chain", "lrurec")).glob("*.safetensors"))
+    state.write_bytes(damage(state.read_bytes()))
+    with pytest.raises(ArtifactError, match="cannot be resumed: .* the same command with --restart instead"):
+        train(workdir, resume=True)
+    assert train(workdir, restart=True)["training"]["steps"] > 0
+
+
 def test_user_flags_beat_dataset_and_retriever_defaults(monkeypatch):
     cls = retriever_class("lrurec")
     config, sources = resolve_config(cls, "ml-100k", {})
