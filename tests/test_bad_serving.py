@@ -104,6 +104,8 @@ def test_a_title_that_normalises_to_nothing_is_not_a_wildcard():
         ("東京物語", "No title matches '東京物語' in films"),
         ("qqqq zzzz", "No title like 'qqqq zzzz' in films."),
         ("jungle book", "Not sure which title 'jungle book' is. Did you mean: The Jungle Book (1967); The Jungle"),
+        ("\x1b[31mqqqq", "No title like '\\x1b[31mqqqq' in films."),  # a colour code is shown, not obeyed
+        ("q" * 100_000, f"No title like '{'q' * 79}…' in films."),  # a huge title is not echoed whole
     ],
 )
 def test_the_one_shot_history_refuses_in_one_line(query, expected):

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import settings
-from .options import DatasetName, Device, Dtype, Fusion, Json, RetrieverName, TemplatesDir, TrustRemoteCode, Workdir
+from .options import DatasetName, Device, Dtype, Fusion, Json, RankedRetriever, TemplatesDir, TrustRemoteCode, Workdir
 from .output import note, print_json, stderr, stdout
 
 EPILOG = (
@@ -28,7 +28,7 @@ def evaluate(
     model: Annotated[str | None, typer.Option("--model", help="Base model for --adapter none.")] = None,
     template: Annotated[str | None, typer.Option("--template", help="Prompt template for --adapter none.")] = None,
     templates_dir: TemplatesDir = None,
-    retriever: RetrieverName = "lrurec",
+    retriever: RankedRetriever = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Requests per forward pass.")] = 8,
     max_examples: Annotated[
         int | None, typer.Option("--max-examples", help="Rank a seeded sample of this many subset users.")

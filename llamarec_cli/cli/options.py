@@ -22,6 +22,15 @@ DatasetName = Annotated[str, typer.Argument(help="Dataset name (as given to llam
 RetrieverName = Annotated[
     str, typer.Option("--retriever", "-r", help="A registered retriever (see: llamarec plugins).")
 ]
+RankedRetriever = Annotated[
+    str | None,
+    typer.Option(
+        "--retriever",
+        "-r",
+        help="Whose candidates to rank [default: the trained ranker's retriever; lrurec without a trained ranker].",
+        show_default=False,
+    ),
+]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")]
 TemplatesDir = Annotated[
     Path | None,

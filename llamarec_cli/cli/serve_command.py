@@ -9,7 +9,7 @@ import typer
 
 from .. import settings
 from ..serving.batcher import MAX_BATCH, MAX_HISTORY, TIMEOUT_S, WAIT_MS
-from .options import Adapter, DatasetName, Device, Dtype, Fusion, Model, Ranker, RetrieverName, TemplatesDir, Workdir
+from .options import Adapter, DatasetName, Device, Dtype, Fusion, Model, RankedRetriever, Ranker, TemplatesDir, Workdir
 from .output import note, stderr
 
 EPILOG = (
@@ -53,7 +53,7 @@ def serve(
     ranker: Ranker = "default",
     adapter: Adapter = None,
     model: Model = None,
-    retriever: RetrieverName = "lrurec",
+    retriever: RankedRetriever = None,
     fusion: Fusion = "auto",
     dtype: Dtype = None,
     device: Device = "auto",

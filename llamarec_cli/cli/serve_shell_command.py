@@ -15,8 +15,8 @@ from .options import (
     Fusion,
     Json,
     Model,
+    RankedRetriever,
     Ranker,
-    RetrieverName,
     TemplatesDir,
     Workdir,
 )
@@ -39,7 +39,7 @@ def serve_shell(
     ranker: Ranker = "default",
     adapter: Adapter = None,
     model: Model = None,
-    retriever: RetrieverName = "lrurec",
+    retriever: RankedRetriever = None,
     fusion: Fusion = "auto",
     dtype: Dtype = None,
     device: Device = "auto",
@@ -54,6 +54,8 @@ def serve_shell(
     from ..serving.shell import Shell, parse_history, print_recommendation
 
     # checked before anything loads: a bad --top should not cost the wait for a model
+    if user is not None and history is not None:
+        raise ConfigError("Give --user or --history, not both: one recommendation is made, for one history.")
     if top < 1:
         raise ConfigError(f"--top must be a whole number from 1 to {CANDIDATES}, not {top}.")
     if top > CANDIDATES:  # as the shell's `top` command does: show them all, and say so

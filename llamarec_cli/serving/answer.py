@@ -15,9 +15,16 @@ class HistoryError(LlamarecError):
     """A history entry that names no single item: an unknown, ambiguous or unsure title, or an unknown item id."""
 
 
+def as_typed(text: str, limit: int = 80) -> str:
+    """What a user typed, fit to be echoed in one line: control characters (a terminal's colour codes) written out,
+    a long text cut (a megabyte sent as a title must not come back in the error)."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
 def unmatched(match: Match, recommender: Recommender) -> str:
     """The one line for a title that chose no item: what was typed, and what to type instead."""
-    name, title = recommender.dataset.name, match.query
+    name, title = recommender.dataset.name, as_typed(match.query)
     if match.ambiguous:
         titles = list(dict.fromkeys(t for _, t in match.suggestions))
         if len(titles) == 1:  # the very same title more than once in the data (ml-100k has a few): typing cannot help

@@ -119,7 +119,7 @@ class Recommender:
         dataset_name: str,
         *,
         workdir: Path,
-        retriever: str = "lrurec",
+        retriever: str | None = None,
         ranker: str = "default",
         adapter: str | None = None,
         model: str | None = None,
@@ -132,7 +132,9 @@ class Recommender:
         from ..data.artifact import load_dataset
         from ..stages.evaluate import load_ranker, ranker_plan
         from ..stages.retrieve_train import load_retriever
+        from ..training import resolve_device
 
+        resolve_device(device)  # a bad --device is refused before minutes of loading, with the accepted values
         self.dataset = load_dataset(workdir, dataset_name)
         # α: the weight of the ranker's log-probabilities against the retriever's (ranking/fusion.py); None: ranker only
         retriever, self.alpha, self.alpha_source = ranker_plan(

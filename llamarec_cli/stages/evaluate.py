@@ -20,10 +20,11 @@ from ..artifacts import verify_files
 from ..data.artifact import Dataset, load_dataset
 from ..errors import ArtifactError, ConfigError
 from ..evaluation.metrics import paired_difference
-from ..files import write_json
+from ..files import sha256_of, write_json
 from ..layout import Workdir
 from ..ranking.examples import valid_subset
 from ..ranking.fusion import fused_ranks, order, resolve_alpha
+from ..training import resolve_device
 from ..workspace import ensure_writable
 from .candidates import load_candidates
 from .rank_train import (
@@ -35,6 +36,7 @@ from .rank_train import (
     subset_metrics,
     target_ranks,
 )
+from .retrieve_train import DEFAULT_RETRIEVER
 
 REPORT_KS = (5, 10)  # the cut-offs the ranker report shows (evaluation.metrics.KS: those computed)
 NAMES = ("MRR", "NDCG", "Recall")
@@ -53,16 +55,40 @@ def paired_summary(d: dict, who: str = "Ranker") -> str:
 
 
 def ranker_plan(
-    workdir: Path, dataset, ranker: str, adapter: str | None, retriever: str, fusion: str
+    workdir: Path, dataset, ranker: str, adapter: str | None, retriever: str | None, fusion: str
 ) -> tuple[str, float | None, str]:
-    """Whose candidates the ranker ranks, and the fusion α to use with where it came from, as the trained ranker's
-    manifest says (a bad ``fusion`` is refused even without a ranker)."""
+    """Whose candidates the ranker ranks (``retriever``, default: the trained ranker's, else lrurec), and the fusion
+    α to use with where it came from, as the trained ranker's manifest says. Options the plan would ignore are
+    refused: a retriever other than the trained ranker's, a ``fusion`` without a ranker, a bad ``fusion``."""
     stored = None
     if ranker != "none" and adapter != "none":
         manifest = load_ranker_manifest(workdir, dataset, ranker)
-        retriever, stored = manifest["config"]["retriever"], manifest.get("fusion")
+        trained_on, stored = manifest["config"]["retriever"], manifest.get("fusion")
+        if retriever not in (None, trained_on):
+            raise ConfigError(
+                f"Ranker '{ranker}' ranks the candidates of '{trained_on}', not '{retriever}': drop --retriever, "
+                f"or rank zero-shot with --adapter none, or train a ranker on them (rank-train --set "
+                f"retriever={retriever})."
+            )
+        retriever = trained_on
+    retriever = retriever or DEFAULT_RETRIEVER
     alpha, source = resolve_alpha(fusion, stored)
-    return (retriever, None, "") if ranker == "none" else (retriever, alpha, source)
+    if ranker == "none":
+        if fusion not in (None, "auto"):
+            raise ConfigError(f"--fusion {fusion} needs a ranker: with --ranker none the retriever's order is final.")
+        return retriever, None, ""
+    return retriever, alpha, source
+
+
+def check_candidates_unchanged(manifest: dict, candidates_manifest: dict, dataset: str, ranker: str, rerun: str):
+    """A ranker is scored on the candidates it was trained beside: exported again (another k, a retrained
+    retriever), its α and validation figures would no longer be the ones it learned from."""
+    if candidates_manifest["file_sha256"] != manifest["candidates_sha256"]:
+        raise ArtifactError(
+            f"The candidates of '{manifest['config']['retriever']}' for {dataset} were exported again after ranker "
+            f"'{ranker}' was trained on them, so its validation scores would not be the ones it learned from. "
+            f"Rerun: {rerun}"
+        )
 
 
 def fused_name(alpha: float) -> str:
@@ -123,8 +149,15 @@ def load_ranker(
             trust_remote_code=trust_remote_code,
         )
 
-    loaded = load(quantization or config.get("quantization", "auto"))
+    if manifest and template not in (None, config["template"]):
+        raise ConfigError(
+            f"Ranker '{ranker}' was trained with the template '{config['template']}'; another one would ask it a "
+            "question it never learned. --template is for zero-shot ranking (--adapter none)."
+        )
     prompt = load_template(template or config.get("template", DEFAULT_TEMPLATE), templates_dir)
+    if manifest:
+        check_template_unchanged(prompt, manifest, ranker)
+    loaded = load(quantization or config.get("quantization", "auto"))
     encoder = PromptEncoder(loaded.tokenizer, prompt, dataset.titles)
     llm = loaded.model
     if manifest:
@@ -134,11 +167,12 @@ def load_ranker(
                 f"Rerun: llamarec rank-train {dataset.name}"
             )
         from peft import PeftModel
+        from safetensors import SafetensorError
 
         folder = Path(adapter) if adapter else ranker_dir(workdir, dataset.name, ranker) / "adapter"
         try:
             llm = PeftModel.from_pretrained(llm, folder)
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:  # safetensors' errors are ValueError/OSError
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
             raise ArtifactError(
                 f"The adapter in {folder} cannot be loaded ({str(exc).splitlines()[0] if str(exc) else exc!r}). "
                 f"Rerun: {rank_train_command(dataset.name, ranker, workdir)}"
@@ -161,6 +195,18 @@ def load_ranker(
     return Ranker(llm.eval(), encoder, description, loaded.dtype, loaded.dtype_reason)
 
 
+def check_template_unchanged(prompt, manifest: dict, ranker: str) -> None:
+    """The template a trained ranker finds now must be the file it was trained with: one of the same name found
+    first in --templates-dir (or edited since) changes every prompt without a word."""
+    trained = manifest.get("template") or {}
+    if trained.get("sha256") not in (None, sha256_of(prompt.path)):
+        raise ArtifactError(
+            f"Ranker '{ranker}' was trained with another '{trained.get('name')}' template than {prompt.path} "
+            "(its SHA-256 differs). Point --templates-dir (or LLAMAREC_TEMPLATES_DIR) at the one it was trained "
+            "with, or retrain it with this one."
+        )
+
+
 def check_adapter_folder(folder: Path) -> None:
     """An ``--adapter`` folder must be one PEFT wrote: its config and its weights."""
     missing = [name for name in ("adapter_config.json", "adapter_model.safetensors") if not (folder / name).is_file()]
@@ -176,7 +222,7 @@ def evaluate(
     *,
     workdir: Path,
     ranker: str = "default",
-    retriever: str = "lrurec",
+    retriever: str | None = None,
     adapter: str | None = None,
     model: str | None = None,
     template: str | None = None,
@@ -198,15 +244,29 @@ def evaluate(
     for option, value in (("--batch-size", batch_size), ("--max-examples", max_examples)):
         if value is not None and value < 1:
             raise ConfigError(f"{option} must be at least 1 (got {value}).")
+    if ranker != "none":
+        resolve_device(device)  # a bad --device is refused before anything loads
     dataset = load_dataset(workdir, dataset_name)  # a name, or the Dataset the pipeline loaded
     dataset_name = dataset.name
     ensure_writable(Workdir(workdir).reports(dataset_name))  # before minutes of ranking, not after
     retriever, alpha, alpha_source = ranker_plan(workdir, dataset, ranker, adapter, retriever, fusion)
     candidates, candidates_manifest = load_candidates(workdir, dataset, retriever)
+    if ranker != "none" and adapter != "none":
+        trained = load_ranker_manifest(workdir, dataset, ranker)
+        rerun = rank_train_command(dataset_name, ranker, workdir)
+        check_candidates_unchanged(trained, candidates_manifest, dataset_name, ranker, rerun)
     subset = valid_subset(dataset, candidates, "test")
     examples = sample(subset.examples, max_examples, seed=0)
-    test_summary = candidates_manifest["splits"]["test"]
     retriever_ranks = [e.target_index + 1.0 for e in examples]
+    subset_retriever = _pick(subset_metrics(retriever_ranks))
+    # All test users: the retriever's full ranking, exact; from a sample, the same estimate as the ranker's (the
+    # sample's subset metrics x hit-rate), so that the two rows are compared on the same users.
+    sampled = len(examples) < len(subset.examples)
+    overall_retriever = (
+        {key: value * subset.hit_rate for key, value in subset_retriever.items()}
+        if sampled
+        else _pick(candidates_manifest["splits"]["test"])
+    )
     report = {
         "dataset": dataset_name,
         "retriever": retriever,
@@ -216,8 +276,8 @@ def evaluate(
         "hit_rate": subset.hit_rate,
         "ranked_users": len(examples),
         "true_is_first_candidate": sum(e.target_index == 0 for e in examples) / len(examples) if examples else 0.0,
-        "subset": {"retriever": _pick(subset_metrics(retriever_ranks))},
-        "overall": {"retriever": _pick(test_summary)},
+        "subset": {"retriever": subset_retriever},
+        "overall": {"retriever": overall_retriever},
     }
     name = "retriever"
     if ranker != "none":

@@ -271,9 +271,14 @@ def _train_ranker(
     if config.negatives == "validation" and len(val.examples) <= (config.max_val_examples or len(val.examples)):
         raise ConfigError(too_few_validation_requests(0, len(val.examples), dataset_name))  # before loading a model
 
-    resolve_device(device)  # an unknown device or a missing GPU is refused here, with the accepted values
+    asked = resolve_device(device)  # an unknown device or a missing GPU is refused here, with the accepted values
     accelerator = Accelerator(cpu=device == "cpu")
     close_at_exit(accelerator)
+    if asked.index is not None and accelerator.device != asked:  # accelerate, not the flag, picks the GPU
+        raise ConfigError(
+            f"rank-train would run on {accelerator.device}, not {device}: choose the GPU with "
+            f"CUDA_VISIBLE_DEVICES={asked.index} and --device cuda."
+        )
     if not accelerator.is_main_process:
         reporter = Reporter()  # one progress bar, from the main process
     torch.manual_seed(config.seed)
@@ -744,7 +749,14 @@ def load_ranker_manifest(workdir: Path, dataset: Dataset, name: str) -> dict:
     rerun = rank_train_command(dataset.name, name, workdir)
     path = folder / "manifest.json"
     if not path.is_file():
-        raise ArtifactError(f"No trained ranker '{name}' for {dataset.name} in {workdir}. Run first: {rerun}")
+        if Workdir(workdir).resumable(folder):
+            raise ArtifactError(
+                f"Ranker '{name}' for {dataset.name} was interrupted before it finished. Continue it with: "
+                f"{rerun} --resume"
+            )
+        trained = sorted(f.name for f in folder.parent.glob("*") if (f / "manifest.json").is_file())
+        known = f" Trained rankers there: {', '.join(trained)}." if trained else ""
+        raise ArtifactError(f"No trained ranker '{name}' for {dataset.name} in {workdir}.{known} Run first: {rerun}")
     manifest = read_sealed(path, rerun, format=FORMAT, version=FORMAT_VERSION)
     try:
         same = manifest["dataset"]["checksum"] == dataset.checksum
@@ -754,9 +766,11 @@ def load_ranker_manifest(workdir: Path, dataset: Dataset, name: str) -> dict:
     except (KeyError, TypeError, ConfigError):
         raise ArtifactError(f"{path} is damaged (a field is missing or invalid). Rerun: {rerun}") from None
     if not same:
-        raise ArtifactError(
-            f"Ranker '{name}' was trained on another version of dataset '{dataset.name}'. Rerun: {rerun}"
+        trained_on = manifest["dataset"].get("name", dataset.name)
+        which = (
+            f"dataset '{trained_on}'" if trained_on != dataset.name else f"another version of dataset '{trained_on}'"
         )
+        raise ArtifactError(f"Ranker '{name}' was trained on {which}. Rerun: {rerun}")
     return manifest
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from ..artifacts import seal
 from ..data.artifact import load_dataset
-from ..errors import ArtifactError, ConfigError
+from ..errors import ConfigError
 from ..files import write_json
 from ..ranking.config import RankerConfig
 from ..ranking.examples import valid_subset
 from ..workspace import run_lock
 from .candidates import load_candidates
-from .evaluate import load_ranker
+from .evaluate import check_candidates_unchanged, load_ranker
 from .rank_train import (
     _fusion,
     fusion_examples,
@@ -58,12 +58,9 @@ def tune_fusion(
         manifest = load_ranker_manifest(workdir, dataset, ranker)
         config = dataclasses.replace(RankerConfig(**manifest["config"]), fusion_val_examples=val_examples)
         candidates, candidates_manifest = load_candidates(workdir, dataset, config.retriever)
-        if candidates_manifest["file_sha256"] != manifest["candidates_sha256"]:
-            raise ArtifactError(
-                f"The candidates of '{config.retriever}' for {dataset.name} were exported again after ranker "
-                f"'{ranker}' was trained on them, so its validation scores would not be the ones it learned from. "
-                f"Rerun: {rank_train_command(dataset.name, ranker, workdir)}"
-            )
+        check_candidates_unchanged(
+            manifest, candidates_manifest, dataset.name, ranker, rank_train_command(dataset.name, ranker, workdir)
+        )
         val = valid_subset(dataset, candidates, "val", manifest["k"])
         early_stopping = sample(val.examples, config.max_val_examples, config.seed)
         examples = fusion_examples(val, early_stopping, config)
