@@ -227,6 +227,7 @@ def test_rank_train_resumes_exactly(chain_with_candidates, workdir, tiny_llama_d
         train_ranker("chain", workdir=workdir, config=fast_config(tiny_llama_dir, lr=1e-2), device="cpu", resume=True)
     resumed = train_ranker("chain", workdir=workdir, config=config, device="cpu", resume=True)
     assert resumed["validations"] == whole["validations"] and resumed["fusion"] == whole["fusion"]
+    assert resumed["model"]["dtype_reason"] == f"dtype {resumed['model']['dtype']}, as the interrupted run trained"
     from safetensors.torch import load_file
 
     a = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")

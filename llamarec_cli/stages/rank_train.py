@@ -284,6 +284,8 @@ def _train_ranker(
     torch.manual_seed(config.seed)
     template = load_template(config.template, templates_dir)
     choice = _agreed_dtype(_resumed_dtype(partial, config, accelerator.device) if resume else config.dtype, accelerator)
+    if resume:
+        choice = dataclasses.replace(choice, reason=f"dtype {choice.dtype}, as the interrupted run trained")
     loaded = load_model(
         config.model,
         quantization=config.quantization,
