@@ -17,11 +17,13 @@ import warnings
 
 from . import settings
 
-# Read by the libraries when they are imported: the first two by huggingface_hub and transformers (their tqdm bars
-# and transformers' log level), TQDM_DISABLE by tqdm itself (the bars transformers draws with plain tqdm, such as the
-# GGUF conversion). llamarec draws its own progress with rich, which none of these touch.
+# Read by the libraries when they are imported: the first three by huggingface_hub and transformers (their tqdm bars
+# and log levels: each sets its logger's level from its variable on import, over the level set below, so that
+# huggingface_hub's "Retrying in 8s" lines reached the terminal), TQDM_DISABLE by tqdm itself (the bars transformers
+# draws with plain tqdm, such as the GGUF conversion). llamarec draws its own progress with rich.
 ENV_DEFAULTS = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_VERBOSITY": "error",
     "TRANSFORMERS_VERBOSITY": "error",
     "TQDM_DISABLE": "1",
 }

@@ -310,10 +310,10 @@ def load_model(
     if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
         raise ModelError(f"{source} is not a model directory (no config.json): {LOCAL_COPY}.")
     offline = settings.offline()
+    _say_if_downloading(source, offline)  # before the hub is first asked: unreachable, it retries for ~25 s
     with _load_errors(source):  # the config first: a missing, gated or remote-code model fails before any download
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=offline)
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
-    _say_if_downloading(source, offline)
     with _load_errors(source):
         model = AutoModelForCausalLM.from_pretrained(
             source,
@@ -344,7 +344,7 @@ def _say_if_downloading(source: str, offline: bool) -> None:
             return
     print(
         f"Downloading {source} from the Hugging Face hub into its cache (once; a 7B model is about 13 GB). "
-        "LLAMAREC_DEBUG=1 shows the download's progress.",
+        "LLAMAREC_DEBUG=1 shows the download's progress; offline, LLAMAREC_OFFLINE=1 fails at once.",
         file=sys.stderr,
         flush=True,
     )
