@@ -251,3 +251,16 @@ def test_quiet_libraries_imports_no_heavy_library():
     env = {k: v for k, v in os.environ.items() if k != "LLAMAREC_DEBUG"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
+
+
+def test_huggingface_hub_imported_after_quiet_keeps_its_warnings_off():
+    """On import huggingface_hub sets its logger's level from HF_HUB_VERBOSITY, over the level quiet set: its
+    "Retrying in 8s" lines reached the terminal while an unreachable hub was retried."""
+    code = (
+        "import logging; from llamarec_cli.quiet import quiet_libraries; quiet_libraries(); "
+        "from huggingface_hub.utils import logging as hub_logging; "
+        "hub_logging.get_logger('huggingface_hub.utils._http').warning('Retrying in 8s [Retry 1/5].')"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("LLAMAREC_DEBUG", "HF_HUB_VERBOSITY")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0 and "Retrying" not in result.stderr, result.stderr
