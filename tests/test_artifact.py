@@ -113,3 +113,15 @@ def test_tables_edited_by_hand_with_their_checksums_updated_are_refused(workdir,
     (dataset.path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=rf"is inconsistent: .*({problem}).*Rerun: llamarec preprocess ml-100k"):
         load_dataset(workdir, "ml-100k")
+
+
+def test_inconsistent_tables_are_never_written(workdir):
+    from llamarec_cli.data.artifact import write_dataset
+    from llamarec_cli.data.pipeline import Tables
+
+    dataset = preprocess("ml-100k", workdir=workdir, raw_dir=ml_raw())
+    before = sha256_of(dataset.path / "items.parquet")
+    broken = Tables(dataset.interactions, dataset.items.head(100), dataset.users)
+    with pytest.raises(ArtifactError, match="made for dataset 'ml-100k' are inconsistent .*nothing was written"):
+        write_dataset(workdir, "ml-100k", broken, dataset.manifest)
+    assert sha256_of(dataset.path / "items.parquet") == before  # the previous artifact stands

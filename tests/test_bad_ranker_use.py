@@ -9,7 +9,7 @@ from conftest import fast_config
 from typer.testing import CliRunner
 
 from llamarec_cli.cli import build_app
-from llamarec_cli.errors import ArtifactError, ConfigError
+from llamarec_cli.errors import ArtifactError, ConfigError, UnknownNameError
 from llamarec_cli.ranking.templates import packaged_templates
 from llamarec_cli.stages.candidates import export_candidates
 from llamarec_cli.stages.evaluate import evaluate
@@ -24,8 +24,12 @@ def trained(chain_with_candidates, workdir, tiny_llama_dir):
 
 
 def test_a_trained_ranker_is_not_given_another_template(trained):
-    with pytest.raises(ConfigError, match="trained with the template 'alpaca-short'.*--adapter none"):
+    with pytest.raises(
+        ConfigError, match="trained with the template .alpaca-short.; --template .*plain.toml .*--adapter none"
+    ):
         evaluate("chain", workdir=trained, template="plain", device="cpu")
+    same = str(packaged_templates()["alpaca-short"])  # the very file it was trained with, by path: fine
+    assert evaluate("chain", workdir=trained, template=same, device="cpu", max_examples=2)["ranker"]
 
 
 def test_a_template_of_the_same_name_that_differs_is_refused(trained, tmp_path):
@@ -60,6 +64,7 @@ def test_a_fusion_without_a_ranker_is_refused(chain_with_candidates, workdir):
     with pytest.raises(ConfigError, match="--fusion 0.5 needs a ranker"):
         evaluate("chain", workdir=workdir, ranker="none", fusion="0.5")
     assert "ranker" not in evaluate("chain", workdir=workdir, ranker="none")
+    assert "ranker" not in evaluate("chain", workdir=workdir, ranker="none", fusion="none")  # what none means
 
 
 def test_a_sampled_evaluate_compares_both_orders_on_the_same_users(trained):
@@ -101,3 +106,13 @@ def test_a_ranker_name_that_is_not_one_lists_those_there_and_an_interrupted_one_
 def test_serve_shell_refuses_options_it_would_ignore(chain_with_candidates, workdir, args, message):
     result = CliRunner().invoke(build_app(), ["serve-shell", "chain", "-w", str(workdir), *args])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_an_unknown_retriever_lists_the_known_ones_rather_than_a_command_that_fails(chain_with_candidates, workdir):
+    with pytest.raises(UnknownNameError, match="Unknown retriever 'nope'. Known retrievers: .*lrurec"):
+        evaluate("chain", workdir=workdir, ranker="none", retriever="nope")
+
+
+def test_rank_train_on_cpu_0_is_the_cpu(chain_with_candidates, workdir, tiny_llama_dir):
+    config = fast_config(tiny_llama_dir, max_train_examples=4)
+    assert train_ranker("chain", workdir=workdir, config=config, device="cpu:0")["device"] == "cpu"

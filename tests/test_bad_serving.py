@@ -185,3 +185,8 @@ def test_the_one_shot_cli_on_bad_titles(retriever_only, history, code, expected)
         assert [h["title"] for h in json.loads(result.stdout)["history"]] == ["Item 3", "Item 4"]
     else:
         assert expected in result.stderr and "Traceback" not in result.output
+
+
+def test_an_unknown_user_is_echoed_cut_and_with_control_characters_written_out(retriever_only):
+    result = CliRunner().invoke(build_app(), [*retriever_only, "--user", "\x1b[31m" + "u" * 1000])
+    assert result.exit_code != 0 and "No user '\\x1b[31m" in result.output and "u" * 200 not in result.output

@@ -30,7 +30,9 @@ def test_reference_split_imports_with_the_papers_statistics(name, expected, work
 @pytest.mark.parametrize("wrong_name", ["games", "ml-100k"])
 def test_a_published_split_under_another_datasets_name_is_refused(wrong_name, workdir):
     split = shared_path("datasets", "beauty", "llamarec-split.json")
-    with pytest.raises(ConfigError, match=f"published split of 'beauty', not of '{wrong_name}'.*preprocess beauty"):
+    with pytest.raises(
+        ConfigError, match=f"published split of 'beauty', not of '{wrong_name}'.*preprocess beauty.* --workdir"
+    ):
         preprocess(wrong_name, workdir=workdir, from_split=split)
     assert not (workdir / wrong_name).exists()
 

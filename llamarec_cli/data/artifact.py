@@ -38,6 +38,12 @@ def _json(data) -> str:
 
 def write_dataset(workdir: Path, name: str, tables: Tables, manifest: dict) -> Dataset:
     """Write the tables and manifest to a temporary folder, then swap it in place of the old artifact."""
+    problem = table_problem({table: getattr(tables, table) for table in TABLES})
+    if problem:  # rerunning preprocess would make them again: nothing to tell the user to rerun
+        raise ArtifactError(
+            f"The tables made for dataset '{name}' are inconsistent ({problem}); nothing was written. Please report "
+            "this, with the command you ran, to llamarec or to the dataset's plugin."
+        )
     final = dataset_dir(workdir, name)
     with writing(workdir, workdir=True):
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -180,34 +186,31 @@ def load_dataset(workdir: Path, name: str | Dataset) -> Dataset:
         if {c: frame.schema.get(c) for c in expected} != expected:
             raise ArtifactError(f"{file} does not hold the columns of a dataset table. Rerun: {rerun}")
         frames[table] = frame
-    _check_tables(frames, path, rerun)
+    problem = table_problem(frames)
+    if problem:
+        raise ArtifactError(f"{path} is inconsistent: {problem}. Rerun: {rerun}")
     return Dataset(name=name, path=path, manifest=manifest, **frames)
 
 
-def _check_tables(frames: dict[str, pl.DataFrame], path: Path, rerun: str) -> None:
-    """What every later stage relies on, checked (a few milliseconds) so that tables edited by hand, or written by a
-    faulty dataset plugin, are refused here rather than crash deep in training: ids 1..N with a title each, every
-    interaction on a known user and item, and one test target (and at most one validation target) per user."""
-
-    def refuse(problem: str) -> ArtifactError:
-        return ArtifactError(f"{path} is inconsistent: {problem}. Rerun: {rerun}")
-
+def table_problem(frames: dict[str, pl.DataFrame]) -> str | None:
+    """What every later stage relies on, checked in a few milliseconds, or what breaks it: ids 1..N with a title
+    each, every interaction on a known user and item, and one test target (at most one validation target) per
+    user. Tables edited by hand, or made by a faulty dataset reader, stop here rather than crash deep in training."""
     for table, column in (("items", "item"), ("users", "user")):
         ids = frames[table][column]
         if ids.len() == 0 or ids.min() != 1 or ids.max() != ids.len() or ids.n_unique() != ids.len():
-            raise refuse(f"the {column} ids of {table}.parquet are not 1..{ids.len()}")
+            return f"the {column} ids of {table}.parquet are not 1..{ids.len()}"
     if frames["items"]["title"].str.strip_chars().fill_null("").eq("").any():
-        raise refuse("an item in items.parquet has no title")
+        return "an item in items.parquet has no title"
     interactions = frames["interactions"]
     for column, table in (("item", "items"), ("user", "users")):
-        if (
-            interactions.height
-            and not 1 <= interactions[column].min() <= interactions[column].max() <= frames[table].height
-        ):
-            raise refuse(f"interactions.parquet holds a {column} id that {table}.parquet does not have")
+        values = interactions[column]
+        if interactions.height and not 1 <= values.min() <= values.max() <= frames[table].height:
+            return f"interactions.parquet holds a {column} id that {table}.parquet does not have"
     targets = interactions.group_by("user").agg(
         (pl.col("split") == "test").sum().alias("test"), (pl.col("split") == "val").sum().alias("val")
     )
     wrong = targets.filter((pl.col("test") != 1) | (pl.col("val") > 1))
     if targets.height != frames["users"].height or wrong.height:
-        raise refuse("not every user has exactly one test interaction (and at most one validation one)")
+        return "not every user has exactly one test interaction (and at most one validation one)"
+    return None

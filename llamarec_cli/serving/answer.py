@@ -8,18 +8,11 @@ answers cannot drift apart.
 from __future__ import annotations
 
 from ..errors import LlamarecError
-from .recommender import Match, Recommendation, Recommender, normalize
+from .recommender import Match, Recommendation, Recommender, as_typed, normalize
 
 
 class HistoryError(LlamarecError):
     """A history entry that names no single item: an unknown, ambiguous or unsure title, or an unknown item id."""
-
-
-def as_typed(text: str, limit: int = 80) -> str:
-    """What a user typed, fit to be echoed in one line: control characters (a terminal's colour codes) written out,
-    a long text cut (a megabyte sent as a title must not come back in the error)."""
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
 def unmatched(match: Match, recommender: Recommender) -> str:

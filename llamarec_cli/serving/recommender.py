@@ -19,6 +19,13 @@ import torch
 from ..errors import LlamarecError
 
 
+def as_typed(text: str, limit: int = 80) -> str:
+    """What a user typed, fit to be echoed in one line: control characters (a terminal's colour codes) written out,
+    a long text cut (a megabyte sent as a title must not come back in the error)."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
 class UnknownUserError(LlamarecError):
     exit_code = 2
 
@@ -137,7 +144,7 @@ class Recommender:
         resolve_device(device)  # a bad --device is refused before minutes of loading, with the accepted values
         self.dataset = load_dataset(workdir, dataset_name)
         # α: the weight of the ranker's log-probabilities against the retriever's (ranking/fusion.py); None: ranker only
-        retriever, self.alpha, self.alpha_source = ranker_plan(
+        retriever, self.alpha, self.alpha_source, _ = ranker_plan(
             workdir, self.dataset, ranker, adapter, retriever, fusion
         )
         self.retriever_name = retriever
@@ -179,8 +186,9 @@ class Recommender:
         internal = self.dataset.user_id(user)
         if internal is None:
             sample = ", ".join(self.dataset.users["original_id"].head(3).to_list())
+            users = self.dataset.users.height
             raise UnknownUserError(
-                f"No user '{user}' in {self.dataset.name} ({self.dataset.users.height:,} users, e.g. {sample})."
+                f"No user '{as_typed(user)}' in {self.dataset.name} ({users:,} users, e.g. {sample})."
             )
         return self.histories[internal]
 

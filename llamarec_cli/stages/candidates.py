@@ -118,6 +118,9 @@ def load_candidates(workdir: Path, dataset: Dataset, retriever: str = DEFAULT_RE
     parquet, manifest_path = candidates_paths(workdir, dataset.name, retriever)
     rerun = settings.command_for(f"llamarec candidates {dataset.name} --retriever {retriever}", workdir)
     if not manifest_path.is_file() or not parquet.is_file():
+        from .. import plugins
+
+        plugins.retrievers().get(retriever)  # a name nothing registers lists the known ones, not a failing command
         raise ArtifactError(f"No candidates of '{retriever}' for {dataset.name} in {workdir}. Run first: {rerun}")
     manifest = read_sealed(manifest_path, rerun, format=FORMAT, version=FORMAT_VERSION)
     weights = retriever_dir(workdir, dataset.name, retriever) / "model.safetensors"

@@ -56,11 +56,12 @@ def paired_summary(d: dict, who: str = "Ranker") -> str:
 
 def ranker_plan(
     workdir: Path, dataset, ranker: str, adapter: str | None, retriever: str | None, fusion: str
-) -> tuple[str, float | None, str]:
+) -> tuple[str, float | None, str, dict | None]:
     """Whose candidates the ranker ranks (``retriever``, default: the trained ranker's, else lrurec), and the fusion
-    α to use with where it came from, as the trained ranker's manifest says. Options the plan would ignore are
-    refused: a retriever other than the trained ranker's, a ``fusion`` without a ranker, a bad ``fusion``."""
-    stored = None
+    α to use with where it came from, as the trained ranker's manifest says (returned too; None without a trained
+    ranker). Options the plan would ignore are refused: a retriever other than the trained ranker's, a ``fusion``
+    without a ranker, a bad ``fusion``."""
+    stored = manifest = None
     if ranker != "none" and adapter != "none":
         manifest = load_ranker_manifest(workdir, dataset, ranker)
         trained_on, stored = manifest["config"]["retriever"], manifest.get("fusion")
@@ -74,10 +75,10 @@ def ranker_plan(
     retriever = retriever or DEFAULT_RETRIEVER
     alpha, source = resolve_alpha(fusion, stored)
     if ranker == "none":
-        if fusion not in (None, "auto"):
+        if fusion not in (None, "auto", "none"):
             raise ConfigError(f"--fusion {fusion} needs a ranker: with --ranker none the retriever's order is final.")
-        return retriever, None, ""
-    return retriever, alpha, source
+        return retriever, None, "", None
+    return retriever, alpha, source, manifest
 
 
 def check_candidates_unchanged(manifest: dict, candidates_manifest: dict, dataset: str, ranker: str, rerun: str):
@@ -149,14 +150,9 @@ def load_ranker(
             trust_remote_code=trust_remote_code,
         )
 
-    if manifest and template not in (None, config["template"]):
-        raise ConfigError(
-            f"Ranker '{ranker}' was trained with the template '{config['template']}'; another one would ask it a "
-            "question it never learned. --template is for zero-shot ranking (--adapter none)."
-        )
     prompt = load_template(template or config.get("template", DEFAULT_TEMPLATE), templates_dir)
     if manifest:
-        check_template_unchanged(prompt, manifest, ranker)
+        check_template_unchanged(prompt, manifest, ranker, given=template is not None)
     loaded = load(quantization or config.get("quantization", "auto"))
     encoder = PromptEncoder(loaded.tokenizer, prompt, dataset.titles)
     llm = loaded.model
@@ -164,7 +160,7 @@ def load_ranker(
         if list(encoder.verbalizer.token_ids) != manifest["letter_token_ids"]:
             raise ArtifactError(
                 f"Ranker '{ranker}' was trained on other letter token ids than this tokenizer and template give. "
-                f"Rerun: llamarec rank-train {dataset.name}"
+                f"Rerun: {rank_train_command(dataset.name, ranker, workdir)}"
             )
         from peft import PeftModel
         from safetensors import SafetensorError
@@ -195,16 +191,22 @@ def load_ranker(
     return Ranker(llm.eval(), encoder, description, loaded.dtype, loaded.dtype_reason)
 
 
-def check_template_unchanged(prompt, manifest: dict, ranker: str) -> None:
-    """The template a trained ranker finds now must be the file it was trained with: one of the same name found
-    first in --templates-dir (or edited since) changes every prompt without a word."""
+def check_template_unchanged(prompt, manifest: dict, ranker: str, given: bool = False) -> None:
+    """The template a trained ranker reads must be the file it was trained with: another --template, or one of the
+    same name found first in --templates-dir (or edited since), would change every prompt without a word."""
     trained = manifest.get("template") or {}
-    if trained.get("sha256") not in (None, sha256_of(prompt.path)):
-        raise ArtifactError(
-            f"Ranker '{ranker}' was trained with another '{trained.get('name')}' template than {prompt.path} "
-            "(its SHA-256 differs). Point --templates-dir (or LLAMAREC_TEMPLATES_DIR) at the one it was trained "
-            "with, or retrain it with this one."
+    if trained.get("sha256") in (None, sha256_of(prompt.path)):
+        return
+    if given:
+        raise ConfigError(
+            f"Ranker '{ranker}' was trained with the template '{trained.get('name')}'; --template {prompt.path} is "
+            "another prompt, one it never learned. --template is for zero-shot ranking (--adapter none)."
         )
+    raise ArtifactError(
+        f"Ranker '{ranker}' was trained with another '{trained.get('name')}' template than {prompt.path} "
+        "(its SHA-256 differs). Point --templates-dir (or LLAMAREC_TEMPLATES_DIR) at the one it was trained "
+        "with, or retrain it with this one."
+    )
 
 
 def check_adapter_folder(folder: Path) -> None:
@@ -249,19 +251,18 @@ def evaluate(
     dataset = load_dataset(workdir, dataset_name)  # a name, or the Dataset the pipeline loaded
     dataset_name = dataset.name
     ensure_writable(Workdir(workdir).reports(dataset_name))  # before minutes of ranking, not after
-    retriever, alpha, alpha_source = ranker_plan(workdir, dataset, ranker, adapter, retriever, fusion)
+    retriever, alpha, alpha_source, trained = ranker_plan(workdir, dataset, ranker, adapter, retriever, fusion)
     candidates, candidates_manifest = load_candidates(workdir, dataset, retriever)
-    if ranker != "none" and adapter != "none":
-        trained = load_ranker_manifest(workdir, dataset, ranker)
+    if trained:
         rerun = rank_train_command(dataset_name, ranker, workdir)
         check_candidates_unchanged(trained, candidates_manifest, dataset_name, ranker, rerun)
     subset = valid_subset(dataset, candidates, "test")
     examples = sample(subset.examples, max_examples, seed=0)
     retriever_ranks = [e.target_index + 1.0 for e in examples]
     subset_retriever = _pick(subset_metrics(retriever_ranks))
-    # All test users: the retriever's full ranking, exact; from a sample, the same estimate as the ranker's (the
-    # sample's subset metrics x hit-rate), so that the two rows are compared on the same users.
-    sampled = len(examples) < len(subset.examples)
+    # All test users: the retriever's full ranking, exact; beside a ranker that ranked a sample, the same estimate
+    # as the ranker's (the sample's subset metrics x hit-rate), so that the two rows are compared on the same users.
+    sampled = ranker != "none" and len(examples) < len(subset.examples)
     overall_retriever = (
         {key: value * subset.hit_rate for key, value in subset_retriever.items()}
         if sampled

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .. import settings
 from ..data.artifact import Dataset, dataset_dir, write_dataset
 from ..data.pipeline import build_tables, statistics
 from ..data.pipeline import unescape_titles as unescape
@@ -50,7 +51,7 @@ def preprocess(
         tables = read_split(from_split)
         config = {"source": "split", "unescape_titles": unescape_titles}
         inputs = [_input(from_split)]
-        _check_split_owner(name, spec, from_split, inputs[0]["sha256"], log)
+        _check_split_owner(name, spec, from_split, inputs[0]["sha256"], workdir, log)
     else:
         files = resolve_raw_files(spec, raw_dir)
         for file, path in files.items():
@@ -81,7 +82,7 @@ def preprocess(
     return write_dataset(workdir, name, tables, manifest)
 
 
-def _check_split_owner(name: str, spec, path: Path, digest: str, log: Callable[[str], None]) -> None:
+def _check_split_owner(name: str, spec, path: Path, digest: str, workdir: Path, log: Callable[[str], None]) -> None:
     """Refuse a published split imported under another dataset's name (Beauty's users written as 'games' would
     train and report under the wrong name); warn when a dataset's split is not its published one."""
     from .. import plugins
@@ -91,7 +92,7 @@ def _check_split_owner(name: str, spec, path: Path, digest: str, log: Callable[[
     if owner is not None and owner != name:
         raise ConfigError(
             f"{path} is the published split of '{owner}', not of '{name}'. "
-            f"Run: llamarec preprocess {owner} --from-split {path}"
+            f"Run: {settings.command_for(f'llamarec preprocess {owner} --from-split {path}', workdir)}"
         )
     if spec.split_sha256 is not None and digest != spec.split_sha256:
         log(f"warning: {path} is not the published split of '{name}' (SHA-256 {digest[:12]}…); figures may differ.")

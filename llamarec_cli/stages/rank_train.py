@@ -272,13 +272,9 @@ def _train_ranker(
         raise ConfigError(too_few_validation_requests(0, len(val.examples), dataset_name))  # before loading a model
 
     asked = resolve_device(device)  # an unknown device or a missing GPU is refused here, with the accepted values
-    accelerator = Accelerator(cpu=device == "cpu")
+    accelerator = Accelerator(cpu=asked.type == "cpu")
     close_at_exit(accelerator)
-    if asked.index is not None and accelerator.device != asked:  # accelerate, not the flag, picks the GPU
-        raise ConfigError(
-            f"rank-train would run on {accelerator.device}, not {device}: choose the GPU with "
-            f"CUDA_VISIBLE_DEVICES={asked.index} and --device cuda."
-        )
+    _check_gpu(asked, accelerator)
     if not accelerator.is_main_process:
         reporter = Reporter()  # one progress bar, from the main process
     torch.manual_seed(config.seed)
@@ -715,6 +711,20 @@ def resumable_on(workdir: Path, dataset: str, name: str, candidates_sha: str) ->
 def _on_candidates(saved_run: dict, candidates_sha: str) -> bool:
     """Whether an interrupted run (its run.json) began on these candidates; one from before it recorded them did."""
     return saved_run.get("candidates_sha256", candidates_sha) == candidates_sha
+
+
+def _check_gpu(asked: torch.device, accelerator) -> None:
+    """accelerate, not --device, picks the GPU (the current one, or the process's under accelerate launch): a
+    --device cuda:N it would not use is refused rather than ignored."""
+    if asked.type != "cuda" or asked.index is None or accelerator.num_processes > 1:
+        return
+    used = accelerator.device
+    used = torch.device("cuda", torch.cuda.current_device()) if used.index is None else used
+    if used != asked:
+        raise ConfigError(
+            f"rank-train would run on {used}, not {asked}: choose the GPU with CUDA_VISIBLE_DEVICES={asked.index} "
+            "and --device cuda."
+        )
 
 
 def _agreed_dtype(requested: str, accelerator) -> DtypeChoice:
