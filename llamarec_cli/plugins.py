@@ -91,14 +91,21 @@ def _warn_unknown(allowed: set[str], installed) -> None:
 
 
 def register_plugin(plugin: object, name: str) -> None:
-    """Register an in-process plugin (tests, notebooks)."""
+    """Register an in-process plugin (tests, notebooks). One already loaded (installed, so registered through its
+    entry point) is left as it is: a plugin's tests run the same whether it is installed or not."""
     load_plugins()
+    if pm.is_registered(plugin):
+        return
     pm.register(plugin, name=name)
     _infos[name] = PluginInfo(name, "(in-process)", "", builtin=False)
     _registries.clear()
 
 
 def unregister_plugin(name: str) -> None:
+    """Undo ``register_plugin``; a plugin it left as installed stays."""
+    info = _infos.get(name)
+    if info is None or info.distribution != "(in-process)":
+        return
     pm.unregister(name=name)
     _infos.pop(name, None)
     _registries.clear()
@@ -143,6 +150,12 @@ def retrievers() -> Registry:
                 )
             if not (isinstance(retriever.Config, type) and issubclass(retriever.Config, RetrieverConfig)):
                 raise PluginError(f"Retriever '{name}' of plugin '{plugin}': its Config is not a RetrieverConfig.")
+            missing = retriever.missing_methods()
+            if missing:
+                raise PluginError(
+                    f"Retriever '{name}' of plugin '{plugin}' does not implement {', '.join(missing)}: a retriever "
+                    "implements train_queries, queries and item_table (or else loss and score). See docs/plugins.md."
+                )
             registry.add(name, retriever, plugin)
 
         return register

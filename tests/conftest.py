@@ -68,39 +68,15 @@ def write_meta_2018(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def chain_interactions(users: int, items: int, seed: int = 0):
-    """Each user walks the item ids in order from a random start (i, i+1, ...): a pattern any sequential model
-    learns, so a test can tell a working trainer from a broken one."""
-    import numpy as np
-    import polars as pl
-
-    rng = np.random.default_rng(seed)
-    rows = []
-    for user in range(users):
-        start, length = int(rng.integers(items)), int(rng.integers(8, 16))
-        rows += [(f"u{user}", f"i{(start + t) % items}", 100 * user + t) for t in range(length)]
-    return pl.DataFrame(rows, schema=["user", "item", "timestamp"], orient="row")
-
-
 class ChainPlugin:
-    """A dataset plugin: 'chain' (150 users, 40 items) and 'chain-b' (another version, 160 users)."""
+    """A dataset plugin: 'chain' (150 users, 40 items; llamarec_cli.testing's, shipped for plugin authors) and
+    'chain-b' (another version, 160 users)."""
 
     @staticmethod
     def spec(name: str, users: int):
-        from llamarec_cli import DatasetSpec
+        from llamarec_cli.testing import chain_dataset
 
-        def titles(files, needed):
-            import polars as pl
-
-            return pl.DataFrame({"item": [f"i{i}" for i in range(40)], "title": [f"Item {i}" for i in range(40)]})
-
-        return DatasetSpec(
-            name=name,
-            description="a synthetic chain dataset",
-            read_interactions=lambda files: chain_interactions(users, 40),
-            read_titles=titles,
-            retrieval_defaults={"max_len": 20, "batch_size": 16},
-        )
+        return chain_dataset(name, users)
 
     from llamarec_cli import hookimpl
 

@@ -159,3 +159,11 @@ def test_a_cache_folder_that_is_a_file_is_one_line_naming_its_setting(tmp_path, 
     assert "is a file, not a folder. Choose another cache folder (LLAMAREC_CACHE_DIR)" in " ".join(
         result.output.split()
     )
+
+
+def test_retrieve_train_without_a_dataset_refuses_before_printing_the_config(tmp_path):
+    result = invoke("retrieve-train", "ml-100k", "--workdir", str(tmp_path))
+    assert result.exit_code == 1 and "No dataset 'ml-100k'" in result.output
+    assert "config (LRURecConfig)" not in result.output  # the table of a run that will not happen
+    shown = invoke("retrieve-train", "ml-100k", "--workdir", str(tmp_path), "--show-config")
+    assert shown.exit_code == 0 and "config (LRURecConfig)" in shown.output  # needs no dataset

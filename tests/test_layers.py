@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, ...]] = [
         "llamarec_cli.cli",
         "llamarec_cli.__main__",
         "llamarec_cli.builtins",  # the built-in plugin: llamarec's own datasets, retriever and commands
+        "llamarec_cli.testing",  # for plugin authors' tests: a synthetic dataset, a retriever's end-to-end check
         "llamarec_cli",  # the package itself: the public API that plugins import
     ),
 ]

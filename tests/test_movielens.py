@@ -170,6 +170,6 @@ def test_missing_raw_files_offline_names_the_files_and_where_to_put_them(tmp_pat
 
 def test_changed_release_gets_a_warning_not_silence(tmp_path, workdir, capsys):
     folder = write_ml(tmp_path / "raw", small_ratings(), small_movies())
-    dataset = preprocess("ml-100k", workdir=workdir, raw_dir=folder)
+    dataset = preprocess("ml-100k", workdir=workdir, raw_dir=str(folder))  # a library caller may pass a string
     assert dataset.manifest["statistics"]["interactions"] == 25
     assert "differs from the pinned release" in capsys.readouterr().err

@@ -50,7 +50,7 @@ def toy_plugin():
 
 
 def test_in_memory_dataset_plugin_preprocesses(toy_plugin, workdir):
-    dataset = preprocess("toy", workdir=workdir)
+    dataset = preprocess("toy", workdir=str(workdir))  # a plugin's test may pass strings
     assert dataset.manifest["statistics"] == {
         "users": USERS,
         "items": 6,

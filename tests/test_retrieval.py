@@ -232,13 +232,15 @@ def test_cli_trains_and_exports_with_json_output(chain, workdir):
 
 
 def test_cli_resume_shows_and_uses_the_interrupted_runs_config(chain, workdir):
-    train(workdir, flags={**FAST, "max_len": 10}, stop_after_steps=5)
+    train(workdir, flags={**FAST, "max_len": 10}, stop_after_steps=15)  # past the validation at step 10
     runner = CliRunner()
     result = runner.invoke(build_app(), ["retrieve-train", "chain", "-w", str(workdir), "--resume", "--show-config"])
     assert result.exit_code == 0, result.output
     assert re.search(r"max_len\s*│\s*10\s*│\s*flag", result.stdout), result.stdout
     result = runner.invoke(build_app(), ["retrieve-train", "chain", "-w", str(workdir), "--resume", "--max-len", "12"])
     assert result.exit_code == 1 and "continues a run with max_len=10" in result.stderr
+    result = runner.invoke(build_app(), ["retrieve-train", "chain", "-w", str(workdir), "--resume"])
+    assert result.exit_code == 0 and "Resuming at step 10, the last validation" in result.output, result.output
 
 
 def test_device_errors_are_clear(monkeypatch):

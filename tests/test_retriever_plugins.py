@@ -11,11 +11,13 @@ from conftest import REPO
 from test_docs import python_block_after
 
 from llamarec_cli import plugins
-from llamarec_cli.errors import PluginError
+from llamarec_cli.errors import ConfigError, PluginError
 from llamarec_cli.retrieval.checkpoint import retriever_dir
+from llamarec_cli.retrieval.contract import Retriever
 from llamarec_cli.retrieval.dropout import Dropout
-from llamarec_cli.stages.candidates import export_candidates, load_candidates
-from llamarec_cli.stages.retrieve_train import load_retriever, train_retriever
+from llamarec_cli.stages.candidates import export_candidates
+from llamarec_cli.stages.retrieve_train import train_retriever
+from llamarec_cli.testing import check_retriever
 
 
 def small_flags(cls) -> dict:
@@ -25,23 +27,20 @@ def small_flags(cls) -> dict:
 
 
 @pytest.mark.parametrize("name", plugins.retrievers().names())
-def test_every_registered_retriever_trains_saves_loads_and_exports(name, chain, workdir):
-    cls = plugins.retrievers().get(name)
-    manifest = train_retriever("chain", workdir=workdir, retriever=name, flags=small_flags(cls), device="cpu")
-    assert manifest["training"]["steps"] > 0 and 0 <= manifest["metrics"]["test"]["Recall@10"] <= 1
-    model, _ = load_retriever(workdir, chain, name)
-    assert type(model) is cls
-    histories = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4]])
-    with torch.no_grad():
-        scores = model.score(histories)
-    assert scores.shape == (2, chain.num_items + 1) and torch.isfinite(scores[:, 1:]).all()
-    export_candidates("chain", workdir=workdir, retriever=name, k=10, device="cpu")
-    frame, _ = load_candidates(workdir, chain, name)
-    assert frame.height == 2 * chain.users.height and frame["candidates"].list.len().min() == 10
-    if cls.has_item_table():  # the large-catalogue losses go through the contract, not one model's code
-        flags = small_flags(cls) | {"loss": "sampled", "uniform_negatives": 32, "max_epochs": 1}
-        sampled = train_retriever("chain", workdir=workdir, retriever=name, flags=flags, device="cpu")
-        assert sampled["config"]["loss"] == "sampled" and sampled["training"]["steps"] > 0
+def test_every_registered_retriever_keeps_the_contract_end_to_end(name, workdir):
+    """llamarec_cli.testing.check_retriever, the check plugin authors run: train, save, load, score, export."""
+    manifest = check_retriever(name, workdir)
+    assert 0 <= manifest["metrics"]["test"]["Recall@10"] <= 1
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in plugins.retrievers().names() if plugins.retrievers().get(n).has_item_table()]
+)
+def test_every_retriever_with_an_item_table_trains_with_the_sampled_loss(name, chain, workdir):
+    """The large-catalogue losses go through the contract, not one model's code."""
+    flags = small_flags(plugins.retrievers().get(name)) | {"loss": "sampled", "uniform_negatives": 32, "max_epochs": 1}
+    sampled = train_retriever("chain", workdir=workdir, retriever=name, flags=flags, device="cpu")
+    assert sampled["config"]["loss"] == "sampled" and sampled["training"]["steps"] > 0
 
 
 def test_plugin_guide_retriever_example_works(chain, workdir, tmp_path, monkeypatch):
@@ -61,7 +60,16 @@ def test_plugin_guide_retriever_example_works(chain, workdir, tmp_path, monkeypa
         assert (retriever_dir(workdir, "chain", "bag") / "model.safetensors").is_file()
     finally:
         plugins.unregister_plugin("bag")
+    # the guide's test of the same plugin with check_retriever, run as a plugin author would
+    (tmp_path / "guide_check.py").write_text(python_block_after(guide, "is the whole check"))
+    try:
+        import guide_check
+
+        guide_check.test_my_retriever(tmp_path / "check")
+        assert "bag" not in plugins.retrievers().names()  # registered for the test only
+    finally:
         sys.modules.pop("llamarec_bag", None)
+        sys.modules.pop("guide_check", None)
 
 
 def test_a_registered_non_retriever_is_refused_with_the_plugin_named():
@@ -91,3 +99,84 @@ def test_fast_dropout_keeps_the_rate_and_the_expectation():
     columns = (y != 0).float().view(-1, 4).mean(0)  # each 16-bit field of a 64-bit word is uniform
     assert torch.allclose(columns, torch.full((4,), 0.8), atol=0.01)
     assert torch.equal(layer.eval()(x), x)
+
+
+class Bag(Retriever):
+    """A bag-of-items retriever whose train_queries can be broken on purpose."""
+
+    broken: str = ""
+
+    def __init__(self, config, num_items):
+        super().__init__(config, num_items)
+        self.items = torch.nn.Embedding(num_items + 1, 8, padding_idx=0)
+
+    def train_queries(self, windows):
+        queries = self.items(windows[:, :-1]).reshape(-1, 8)
+        targets = windows[:, 1:].reshape(-1)  # padding positions included: targets of 0
+        if self.broken != "padding":
+            queries, targets = queries[targets > 0], targets[targets > 0]
+        if self.broken == "short":
+            targets = targets[:-1]
+        if self.broken == "float":
+            targets = targets.float()
+        return queries, targets
+
+    def queries(self, histories):
+        return self.items(histories[:, -1])
+
+    def item_table(self):
+        return self.items.weight, None
+
+
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        ("padding", "returned a target outside 1..40: keep only the positions that predict an item"),
+        ("short", "returned .* queries but .* targets"),
+        ("float", "must return item ids \\(int64\\) as targets, not torch.float32"),
+    ],
+)
+def test_a_broken_train_queries_is_named_not_a_deep_traceback(broken, message, workdir, monkeypatch):
+    from llamarec_cli import hookimpl
+
+    monkeypatch.setattr(Bag, "broken", broken)
+
+    class BagPlugin:
+        @hookimpl
+        def register_retrievers(self, register):
+            register("bag-test", Bag)
+
+    plugins.register_plugin(BagPlugin(), name="bag-test-plugin")
+    try:
+        with pytest.raises(ConfigError, match=f"Bag.train_queries {message}"):
+            check_retriever("bag-test", workdir)
+    finally:
+        plugins.unregister_plugin("bag-test-plugin")
+
+
+def test_a_retriever_that_implements_neither_route_is_refused_when_registered():
+    from llamarec_cli import hookimpl
+
+    class Half(Retriever):
+        def train_queries(self, windows): ...
+
+    class HalfPlugin:
+        @hookimpl
+        def register_retrievers(self, register):
+            register("half", Half)
+
+    plugins.register_plugin(HalfPlugin(), name="half-plugin")
+    try:
+        with pytest.raises(PluginError, match="'half' of plugin 'half-plugin' does not implement queries, item_table"):
+            plugins.retrievers()
+    finally:
+        plugins.unregister_plugin("half-plugin")
+
+
+def test_registering_an_installed_plugin_again_changes_nothing():
+    """A plugin's own tests call register_plugin whether or not the plugin is installed (then loaded already)."""
+    from llamarec_cli import builtins
+
+    plugins.register_plugin(builtins, name="my-test-name")
+    plugins.unregister_plugin("my-test-name")
+    assert "lrurec" in plugins.retrievers().names()

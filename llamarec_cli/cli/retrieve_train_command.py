@@ -58,6 +58,7 @@ def retrieve_train(
 ) -> None:
     """Train a stage-1 retriever (LRURec by default) with early stopping; save the best checkpoint and its metrics."""
     from ..config import check_resume_restart, parse_sets, with_sets
+    from ..data.artifact import load_dataset
     from ..stages.retrieve_train import retriever_class, train_retriever
     from .progress import RichReporter
 
@@ -67,7 +68,9 @@ def retrieve_train(
     check_resume_restart(resume, restart)
 
     root = settings.workdir(workdir)
-    config, sources = _effective_config(root, dataset, cls, retriever, flags, resume)
+    # a missing or stale dataset is refused before the config table is printed (--show-config needs none)
+    data = dataset if show_config else load_dataset(root, dataset)
+    config, sources = _effective_config(root, data, cls, retriever, flags, resume)
     if show_config:
         stdout.print(config_table(retriever, config, sources, with_help=True))
         return
@@ -76,7 +79,7 @@ def retrieve_train(
         stdout.print(config_table(retriever, config, sources, with_help=False))
     try:
         manifest = train_retriever(
-            dataset,
+            data,
             workdir=root,
             retriever=retriever,
             flags=flags,
@@ -105,16 +108,16 @@ def retrieve_train(
         _print_result(manifest, dataset, retriever, root)
 
 
-def _effective_config(root, dataset: str, cls, retriever: str, flags: dict, resume: bool):
+def _effective_config(root, dataset, cls, retriever: str, flags: dict, resume: bool):
     """What will run: the interrupted run's config on --resume (a flag may not change it), else the defaults, the
-    dataset's suggestions and the flags; each value with where it came from."""
+    dataset's suggestions and the flags; each value with where it came from. ``dataset``: a name, or loaded."""
     from ..stages.retrieve_train import resolve_config, resumed_config
 
     if resume:
         from ..data.artifact import load_dataset
 
         return resumed_config(root, load_dataset(root, dataset), retriever, flags)
-    return resolve_config(cls, dataset, flags)
+    return resolve_config(cls, getattr(dataset, "name", dataset), flags)
 
 
 def _print_result(manifest: dict, dataset: str, retriever: str, root) -> None:

@@ -44,7 +44,8 @@ __all__ = [
 
 
 class Retriever(nn.Module):
-    """Base class of stage-1 retrievers. Subclasses set ``Config`` and implement ``loss`` and ``score``."""
+    """Base class of stage-1 retrievers. Subclasses set ``Config`` and implement ``train_queries``, ``queries`` and
+    ``item_table`` (or else ``loss`` and ``score``): see the module's docstring."""
 
     Config: ClassVar[type[RetrieverConfig]] = RetrieverConfig
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
@@ -71,6 +72,33 @@ class Retriever(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def missing_methods(cls) -> list[str]:
+        """What a subclass must still implement: nothing, or the methods of the route it has begun (or both)."""
+        own = [n for n in ("train_queries", "queries", "item_table") if getattr(cls, n) is getattr(Retriever, n)]
+        custom = [n for n in ("loss", "score") if getattr(cls, n) is getattr(Retriever, n)]
+        if not own or not custom:
+            return []
+        return own if len(own) < 3 else own + custom
+
+    def checked_train_queries(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``train_queries``, its result checked: a wrong shape or type, or a padding position returned as a
+        target (a window's leading zeros), would otherwise train silently or fail deep in a loss."""
+        queries, targets = self.train_queries(windows)
+        name = f"{type(self).__name__}.train_queries"
+        if not (torch.is_tensor(queries) and torch.is_tensor(targets)) or queries.dim() != 2 or targets.dim() != 1:
+            raise ConfigError(f"{name} must return queries (P x d) and their targets (P); got other shapes.")
+        if queries.size(0) != targets.size(0):
+            raise ConfigError(f"{name} returned {queries.size(0)} queries but {targets.size(0)} targets.")
+        if targets.dtype not in (torch.int64, torch.int32):
+            raise ConfigError(f"{name} must return item ids (int64) as targets, not {targets.dtype}.")
+        if targets.numel() and not 1 <= int(targets.min()) <= int(targets.max()) <= self.num_items:
+            raise ConfigError(
+                f"{name} returned a target outside 1..{self.num_items}: keep only the positions that predict an "
+                "item (targets of 0 are the windows' left padding)."
+            )
+        return queries, targets
+
+    @classmethod
     def has_item_table(cls) -> bool:
         """Whether this retriever scores by queries and an item table (and so supports every loss)."""
         own = ("train_queries", "queries", "item_table")
@@ -79,7 +107,7 @@ class Retriever(nn.Module):
     def loss(self, windows: torch.Tensor) -> torch.Tensor:
         """Mean training loss of B x L training windows (item ids 1..N, left-padded with 0): by default the full
         softmax over the item table."""
-        return full_softmax(*self.train_queries(windows), *self.item_table())
+        return full_softmax(*self.checked_train_queries(windows), *self.item_table())
 
     def score(self, histories: torch.Tensor) -> torch.Tensor:
         """B x (N + 1) scores for the next item after each history (B x L, left-padded); column 0 is padding."""

@@ -107,7 +107,7 @@ class Objective(torch.nn.Module):
         model, loss = self.model, self.model.config.loss
         if loss == "full":
             return model.loss(windows)
-        queries, labels = model.train_queries(windows)
+        queries, labels = model.checked_train_queries(windows)
         table, bias = model.item_table()
         if loss == "chunked":
             return chunked_softmax(queries, labels, table, bias)
@@ -151,6 +151,11 @@ def fit(
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if resume and state_dir is not None and (state_dir / STATE_FILE).is_file():
         progress, best_state = _restore_state(state_dir, model, optimizer, device, rank, processes)
+        metric = RETRIEVER_EARLY_STOP_METRIC
+        reporter.note(
+            f"Resuming at step {progress.step:,}, the last validation; best validation {metric} so far "
+            f"{progress.best:.4f}, at step {progress.best_step:,}."
+        )
 
     def train_step(order: list[int], batch_index: int) -> float:
         rows = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]

@@ -42,6 +42,9 @@ def preprocess(
     """
     from .. import plugins  # lazily: the plugins load on first use
 
+    # a library caller (a plugin's test) may pass strings
+    workdir = Path(workdir)
+    raw_dir, from_split = (Path(p) if p is not None else None for p in (raw_dir, from_split))
     spec = plugins.datasets().get(name)
     ensure_writable(workdir, workdir=True)  # before hours of work, not after
     if from_split is not None:
