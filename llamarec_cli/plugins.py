@@ -91,10 +91,11 @@ def _warn_unknown(allowed: set[str], installed) -> None:
 
 
 def register_plugin(plugin: object, name: str) -> None:
-    """Register an in-process plugin (tests, notebooks). One already loaded (installed, so registered through its
-    entry point) is left as it is: a plugin's tests run the same whether it is installed or not."""
+    """Register an in-process plugin (tests, notebooks). The object an installed plugin's entry point names is loaded
+    already and left as it is, so a plugin's tests run the same installed or not."""
     load_plugins()
-    if pm.is_registered(plugin):
+    loaded_as = pm.get_name(plugin)
+    if loaded_as is not None and _infos.get(loaded_as, PluginInfo("", "", "", True)).distribution != "(in-process)":
         return
     pm.register(plugin, name=name)
     _infos[name] = PluginInfo(name, "(in-process)", "", builtin=False)
@@ -153,8 +154,8 @@ def retrievers() -> Registry:
             missing = retriever.missing_methods()
             if missing:
                 raise PluginError(
-                    f"Retriever '{name}' of plugin '{plugin}' does not implement {', '.join(missing)}: a retriever "
-                    "implements train_queries, queries and item_table (or else loss and score). See docs/plugins.md."
+                    f"Retriever '{name}' of plugin '{plugin}' does not implement {' nor '.join(missing)}. "
+                    "See docs/plugins.md."
                 )
             registry.add(name, retriever, plugin)
 

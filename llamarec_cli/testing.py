@@ -9,9 +9,9 @@
         plugins.register_plugin(llamarec_gru, name="gru")  # a no-op once the plugin is installed
         check_retriever("gru", tmp_path)
 
-``check_retriever`` trains the retriever for a few steps on "check-chain" (each user walks the item ids in order
-from a random start: a pattern any sequential model learns), then loads it back, scores histories and exports its
-candidates, as ``retrieve-train`` and ``candidates`` do. It runs in seconds on a CPU.
+``check_retriever`` trains the retriever for a few steps on a synthetic dataset (each user walks the item ids in
+order from a random start: a pattern any sequential model learns), then loads it back, scores histories and exports
+its candidates, as ``retrieve-train`` and ``candidates`` do. It runs in seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import polars as pl
 from .data.spec import DatasetSpec
 from .hookspecs import hookimpl
 
-CHECK_DATASET = "check-chain"
+CHECK_DATASET = "llamarec-testing-chain"  # a name no user dataset is likely to have
 
 
 def chain_interactions(users: int, items: int, seed: int = 0) -> pl.DataFrame:

@@ -119,6 +119,8 @@ class Bag(Retriever):
             targets = targets[:-1]
         if self.broken == "float":
             targets = targets.float()
+        if self.broken == "int32":  # not broken: made int64 for the losses
+            targets = targets.int()
         return queries, targets
 
     def queries(self, histories):
@@ -154,6 +156,39 @@ def test_a_broken_train_queries_is_named_not_a_deep_traceback(broken, message, w
         plugins.unregister_plugin("bag-test-plugin")
 
 
+def test_int32_targets_are_taken_as_item_ids(workdir, monkeypatch):
+    from llamarec_cli import hookimpl
+
+    monkeypatch.setattr(Bag, "broken", "int32")
+
+    class BagPlugin:
+        @hookimpl
+        def register_retrievers(self, register):
+            register("bag-test", Bag)
+
+    plugins.register_plugin(BagPlugin(), name="bag-test-plugin")
+    try:
+        assert check_retriever("bag-test", workdir)["training"]["steps"] > 0
+    finally:
+        plugins.unregister_plugin("bag-test-plugin")
+
+
+def test_a_retriever_may_mix_its_own_loss_or_score_with_the_default_one():
+    class OwnLoss(Bag):  # trains with its own loss, ranks through queries and the table
+        train_queries = Retriever.train_queries
+
+        def loss(self, windows):
+            return self.items.weight.sum()
+
+    class OwnScore(Bag):  # trains through the table, ranks with its own score
+        queries = Retriever.queries
+
+        def score(self, histories):
+            return torch.zeros(len(histories), self.num_items + 1)
+
+    assert OwnLoss.missing_methods() == [] and OwnScore.missing_methods() == [] and Bag.missing_methods() == []
+
+
 def test_a_retriever_that_implements_neither_route_is_refused_when_registered():
     from llamarec_cli import hookimpl
 
@@ -167,10 +202,29 @@ def test_a_retriever_that_implements_neither_route_is_refused_when_registered():
 
     plugins.register_plugin(HalfPlugin(), name="half-plugin")
     try:
-        with pytest.raises(PluginError, match="'half' of plugin 'half-plugin' does not implement queries, item_table"):
+        with pytest.raises(
+            PluginError,
+            match=r"'half' of plugin 'half-plugin' does not implement loss \(or train_queries and item_table\) nor",
+        ):
             plugins.retrievers()
     finally:
         plugins.unregister_plugin("half-plugin")
+
+
+def test_an_in_process_plugin_registered_twice_is_still_refused():
+    from llamarec_cli import hookimpl
+
+    class Once:
+        @hookimpl
+        def register_datasets(self, register): ...
+
+    plugin = Once()
+    plugins.register_plugin(plugin, name="once")
+    try:
+        with pytest.raises(ValueError):
+            plugins.register_plugin(plugin, name="twice")
+    finally:
+        plugins.unregister_plugin("once")
 
 
 def test_registering_an_installed_plugin_again_changes_nothing():

@@ -73,12 +73,19 @@ class Retriever(nn.Module):
 
     @classmethod
     def missing_methods(cls) -> list[str]:
-        """What a subclass must still implement: nothing, or the methods of the route it has begun (or both)."""
-        own = [n for n in ("train_queries", "queries", "item_table") if getattr(cls, n) is getattr(Retriever, n)]
-        custom = [n for n in ("loss", "score") if getattr(cls, n) is getattr(Retriever, n)]
-        if not own or not custom:
-            return []
-        return own if len(own) < 3 else own + custom
+        """What a subclass must still implement: training needs ``loss`` (its own, or the default one from
+        ``train_queries`` and ``item_table``), ranking needs ``score`` (its own, or from ``queries`` and
+        ``item_table``)."""
+
+        def has(*names: str) -> bool:
+            return all(getattr(cls, n) is not getattr(Retriever, n) for n in names)
+
+        missing = []
+        if not has("loss") and not has("train_queries", "item_table"):
+            missing.append("loss (or train_queries and item_table)")
+        if not has("score") and not has("queries", "item_table"):
+            missing.append("score (or queries and item_table)")
+        return missing
 
     def checked_train_queries(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``train_queries``, its result checked: a wrong shape or type, or a padding position returned as a
@@ -91,12 +98,14 @@ class Retriever(nn.Module):
             raise ConfigError(f"{name} returned {queries.size(0)} queries but {targets.size(0)} targets.")
         if targets.dtype not in (torch.int64, torch.int32):
             raise ConfigError(f"{name} must return item ids (int64) as targets, not {targets.dtype}.")
-        if targets.numel() and not 1 <= int(targets.min()) <= int(targets.max()) <= self.num_items:
-            raise ConfigError(
-                f"{name} returned a target outside 1..{self.num_items}: keep only the positions that predict an "
-                "item (targets of 0 are the windows' left padding)."
-            )
-        return queries, targets
+        if targets.numel():
+            low, high = torch.stack(torch.aminmax(targets)).tolist()  # one device sync, not two
+            if not 1 <= low <= high <= self.num_items:
+                raise ConfigError(
+                    f"{name} returned a target outside 1..{self.num_items}: keep only the positions that predict "
+                    "an item (targets of 0 are the windows' left padding)."
+                )
+        return queries, targets.long()  # the losses' cross-entropy needs int64
 
     @classmethod
     def has_item_table(cls) -> bool:
