@@ -234,3 +234,25 @@ def test_registering_an_installed_plugin_again_changes_nothing():
     plugins.register_plugin(builtins, name="my-test-name")
     plugins.unregister_plugin("my-test-name")
     assert "lrurec" in plugins.retrievers().names()
+
+
+def test_a_retriever_whose_plugin_is_gone_names_the_plugin(workdir):
+    from llamarec_cli import hookimpl
+    from llamarec_cli.errors import ArtifactError
+    from llamarec_cli.stages.retrieve_train import load_retriever
+    from llamarec_cli.testing import CHECK_DATASET
+
+    class BagPlugin:
+        @hookimpl
+        def register_retrievers(self, register):
+            register("bag-test", Bag)
+
+    plugins.register_plugin(BagPlugin(), name="bag-test-plugin")
+    try:
+        check_retriever("bag-test", workdir)
+    finally:
+        plugins.unregister_plugin("bag-test-plugin")
+    from llamarec_cli.data.artifact import load_dataset
+
+    with pytest.raises(ArtifactError, match="is 'bag-test' of plugin 'bag-test-plugin', which is not loaded now"):
+        load_retriever(workdir, load_dataset(workdir, CHECK_DATASET), "bag-test")

@@ -21,7 +21,7 @@ from .. import settings
 from ..artifacts import finish, read_json, verify_files
 from ..config import check_resume_restart
 from ..data.artifact import Dataset, load_dataset
-from ..errors import ArtifactError, ConfigError, LlamarecError, TrainingDivergedError
+from ..errors import ArtifactError, ConfigError, LlamarecError, TrainingDivergedError, UnknownNameError
 from ..files import write_json
 from ..layout import Workdir
 from ..retrieval.checkpoint import FORMAT, FORMAT_VERSION, partial_dir, read_manifest, retriever_dir
@@ -277,8 +277,14 @@ def write_checkpoint(workdir: Path, dataset: Dataset, name: str, model: Retrieve
 def load_retriever(workdir: Path, dataset: Dataset, name: str, device="cpu") -> tuple[Retriever, dict]:
     """A trained retriever that matches ``dataset`` (refused otherwise, with what to rerun) and its manifest."""
     manifest = read_manifest(workdir, dataset, name)
-    cls = retriever_class(name)
     folder = retriever_dir(workdir, dataset.name, name)
+    try:
+        cls = retriever_class(name)
+    except UnknownNameError:  # trained with a plugin since uninstalled: say which
+        raise ArtifactError(
+            f"The retriever in {folder} is '{name}' of plugin '{manifest.get('plugin', '?')}', which is not loaded "
+            f"now: install that plugin again (or let LLAMAREC_PLUGINS load it)."
+        ) from None
     rerun = rerun_command(dataset.name, name, workdir)
     device_ = resolve_device(device)  # a missing GPU is the user's flag, not the checkpoint's fault
     verify_files(folder, manifest, rerun)
