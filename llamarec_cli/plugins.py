@@ -94,9 +94,9 @@ def register_plugin(plugin: object, name: str) -> None:
     """Register an in-process plugin (tests, notebooks). The object an installed plugin's entry point names is loaded
     already and left as it is, so a plugin's tests run the same installed or not."""
     load_plugins()
-    loaded_as = pm.get_name(plugin)
-    if loaded_as is not None and _infos.get(loaded_as, PluginInfo("", "", "", True)).distribution != "(in-process)":
-        return
+    info = _infos.get(pm.get_name(plugin) or "")
+    if info is not None and info.distribution != "(in-process)":
+        return  # loaded through its entry point (or built in)
     pm.register(plugin, name=name)
     _infos[name] = PluginInfo(name, "(in-process)", "", builtin=False)
     _registries.clear()
