@@ -42,6 +42,9 @@ def test_pipeline_runs_every_stage_then_reuses_them(smollm2_dir, workdir, monkey
     again = runner.invoke(build_app(), ["pipeline", "-w", str(workdir), "--json", *REDUCED])
     assert again.exit_code == 0, again.output
     assert "the ranker exists" in again.output and "checkpoint exists" in again.output
+    more = runner.invoke(build_app(), ["pipeline", "-w", str(workdir), "--json", *REDUCED, "--retriever-epochs", "3"])
+    assert more.exit_code == 0, more.output  # the retriever is reused, and that is said
+    assert "trained with at most 1 epochs; --retriever-epochs 3 does not retrain it" in " ".join(more.output.split())
 
     other = runner.invoke(build_app(), ["pipeline", "-w", str(workdir), *REDUCED, "--negatives", "random"])
     assert other.exit_code == 1 and "negatives retrieved (now random)" in " ".join(other.output.split())

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import option
-from ..errors import ArtifactError, ConfigError
+from ..errors import ArtifactError, ConfigError, TrainingDivergedError
 from ..layout import Workdir
 from ..ranking.config import check_negatives
 
@@ -70,8 +70,8 @@ def run_pipeline(
     from .candidates import export_candidates, load_candidates
     from .evaluate import evaluate
     from .preprocess import preprocess
-    from .rank_train import ranker_dir, resumable_on, train_ranker
-    from .retrieve_train import train_retriever
+    from .rank_train import ResumeMismatchError, ranker_dir, resumable_on, train_ranker
+    from .retrieve_train import resumed_config, train_retriever
 
     budget = budget or Budget()
     layout = Workdir(workdir)
@@ -84,12 +84,23 @@ def run_pipeline(
         data = preprocess(dataset, workdir=workdir, raw_dir=raw_dir, log=log)
 
     release_memory()
+    folder = retriever_dir(workdir, dataset, "lrurec")
     try:
-        read_manifest(workdir, data, "lrurec")
-        log("2/5 retrieve-train: the LRURec checkpoint exists.")
+        epochs = read_manifest(workdir, data, "lrurec")["config"]["max_epochs"]
+        # reused whatever its budget (it may come from retrieve-train): say so when the flag asks for another
+        other = ""
+        if epochs != budget.retriever_epochs:
+            other = (
+                f" (trained with at most {epochs} epochs; --retriever-epochs {budget.retriever_epochs} does not "
+                f"retrain it: remove {folder} to train again)"
+            )
+        log(f"2/5 retrieve-train: the LRURec checkpoint exists{other}.")
     except ArtifactError:
-        resume = layout.resumable(retriever_dir(workdir, dataset, "lrurec"))
-        log(f"2/5 retrieve-train (LRURec, at most {budget.retriever_epochs} epochs){' — resuming' if resume else ''}")
+        resume = layout.resumable(folder)
+        epochs = resumed_config(workdir, data, "lrurec", {})[0].max_epochs if resume else budget.retriever_epochs
+        log(
+            f"2/5 retrieve-train (LRURec, at most {epochs} epochs){' — resuming its interrupted run' if resume else ''}"
+        )
         train_retriever(
             data,
             workdir=workdir,
@@ -117,9 +128,27 @@ def run_pipeline(
         # a run interrupted on candidates exported again since (step 3, after a retrained retriever) starts afresh
         resume = resumable_on(workdir, data.name, "default", candidates_sha)
         log(f"4/5 rank-train ({model}, {budget.train_examples} examples){' — resuming' if resume else ''}")
-        train_ranker(
-            data, workdir=workdir, config=config, device=device, resume=resume, restart=not resume, reporter=reporter
-        )
+        try:
+            train_ranker(
+                data,
+                workdir=workdir,
+                config=config,
+                device=device,
+                resume=resume,
+                restart=not resume,
+                reporter=reporter,
+            )
+        except ResumeMismatchError as exc:  # the advice in pipeline's own terms: it has no --resume or --restart
+            partial = layout.partial(ranker_dir(workdir, dataset, "default"))
+            raise ConfigError(
+                f"The interrupted ranker training ran with {', '.join(exc.changed)}: run the pipeline with those "
+                f"settings to continue it, or remove {partial} to start it afresh."
+            ) from None
+        except TrainingDivergedError:
+            raise TrainingDivergedError(
+                "The ranker's training diverged (its loss became NaN or infinite); nothing was saved. Run the pipeline "
+                f"again with a lower --lr (e.g. --lr {budget.lr / 10:g})."
+            ) from None
 
     release_memory()
     log("5/5 evaluate")

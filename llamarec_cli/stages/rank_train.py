@@ -809,12 +809,20 @@ def resumed_config(workdir: Path, dataset: str, name: str, flags: dict) -> tuple
 AFTER_TRAINING = {"fusion_val_examples"}  # settings used once training is over: --resume may change them
 
 
+class ResumeMismatchError(ConfigError):
+    """``--resume`` asked with settings other than the interrupted run's (``changed``: "key=saved value" items)."""
+
+    def __init__(self, changed: list[str]):
+        self.changed = changed
+        super().__init__(
+            f"--resume continues a run with {', '.join(changed)}; drop the flags that change it, or --restart."
+        )
+
+
 def _refuse_changes(saved: dict, config: RankerConfig) -> None:
     """``--resume`` continues the interrupted run with its settings: one that ``config`` changes is refused."""
     # a setting the saved run predates had its default then (a run from before `loss` existed trained the lm loss)
     saved = RankerConfig().to_dict() | saved
     changed = [f"{k}={v}" for k, v in saved.items() if config.to_dict().get(k) != v and k not in AFTER_TRAINING]
     if changed:
-        raise ConfigError(
-            f"--resume continues a run with {', '.join(changed)}; drop the flags that change it, or --restart."
-        )
+        raise ResumeMismatchError(changed)
