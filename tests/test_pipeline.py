@@ -61,3 +61,23 @@ def test_pipeline_runs_every_stage_then_reuses_them(smollm2_dir, workdir, monkey
     assert os.waitstatus_to_exitcode(status) == 0, output.decode()[-2000:]
     peak_gib = usage.ru_maxrss / 1024**2  # KiB on Linux
     assert peak_gib < 4, f"rank-train at batch 16 peaked at {peak_gib:.1f} GiB"
+
+
+def test_a_ranker_run_resumed_with_other_settings_gets_advice_the_pipeline_can_follow(chain, workdir, tiny_llama_dir):
+    """The pipeline has no --resume or --restart: the stage's own advice ("drop the flags ... or --restart") was
+    one the user could not follow."""
+    from conftest import fast_config
+
+    from llamarec_cli.errors import ConfigError
+    from llamarec_cli.stages.candidates import export_candidates
+    from llamarec_cli.stages.pipeline import Budget, run_pipeline
+    from llamarec_cli.stages.rank_train import train_ranker
+    from llamarec_cli.stages.retrieve_train import train_retriever
+
+    train_retriever("chain", workdir=workdir, device="cpu", flags={"hidden": 16, "val_every": 10, "max_epochs": 2})
+    export_candidates("chain", workdir=workdir, device="cpu")
+    config = fast_config(tiny_llama_dir, negatives="retrieved")
+    train_ranker("chain", workdir=workdir, config=config, device="cpu", stop_after_steps=3)  # interrupted
+    budget = Budget(retriever_epochs=2, train_examples=12, val_examples=8, eval_every=2, batch_size=4)
+    with pytest.raises(ConfigError, match="interrupted ranker training ran with .*run the pipeline with those"):
+        run_pipeline("chain", workdir=workdir, model=str(tiny_llama_dir), budget=budget, device="cpu")
