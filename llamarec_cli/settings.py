@@ -20,17 +20,12 @@ def workdir(option: Path | None = None) -> Path:
     return Path(option or os.environ.get(ENV_WORKDIR) or DEFAULT_WORKDIR)
 
 
-def command_for(command: str, workdir: Path | None) -> str:
-    """``command`` as it must be typed to act on ``workdir``: with --workdir unless a bare command finds it there (a
-    suggested command that the user copies must not act on another work directory)."""
-    if workdir is None or Path(workdir).resolve() == Path(workdir_default()).resolve():
+def command_for(command: str, folder: Path | None) -> str:
+    """``command`` as it must be typed to act on the work directory ``folder``: with --workdir unless a bare command
+    finds it there (a suggested command that the user copies must not act on another work directory)."""
+    if folder is None or Path(folder).resolve() == workdir().resolve():
         return command
-    return f"{command} --workdir {shlex.quote(str(workdir))}"
-
-
-def workdir_default() -> Path:
-    """Where a command without --workdir works: $LLAMAREC_WORKDIR, else ./llamarec-runs."""
-    return workdir(None)
+    return f"{command} --workdir {shlex.quote(str(folder))}"
 
 
 def raw_dir(option: Path | None = None) -> Path | None:

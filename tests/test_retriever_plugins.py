@@ -10,7 +10,7 @@ import torch
 from conftest import REPO
 from test_docs import python_block_after
 
-from llamarec_cli import plugins
+from llamarec_cli import hookimpl, plugins
 from llamarec_cli.errors import ConfigError, PluginError
 from llamarec_cli.retrieval.checkpoint import retriever_dir
 from llamarec_cli.retrieval.contract import Retriever
@@ -130,6 +130,19 @@ class Bag(Retriever):
         return self.items.weight, None
 
 
+class BagPlugin:
+    @hookimpl
+    def register_retrievers(self, register):
+        register("bag-test", Bag)
+
+
+@pytest.fixture
+def bag_registered():
+    plugins.register_plugin(BagPlugin(), name="bag-test-plugin")
+    yield
+    plugins.unregister_plugin("bag-test-plugin")
+
+
 @pytest.mark.parametrize(
     "broken, message",
     [
@@ -138,39 +151,15 @@ class Bag(Retriever):
         ("float", "must return item ids \\(int64\\) as targets, not torch.float32"),
     ],
 )
-def test_a_broken_train_queries_is_named_not_a_deep_traceback(broken, message, workdir, monkeypatch):
-    from llamarec_cli import hookimpl
-
+def test_a_broken_train_queries_is_named_not_a_deep_traceback(broken, message, bag_registered, workdir, monkeypatch):
     monkeypatch.setattr(Bag, "broken", broken)
-
-    class BagPlugin:
-        @hookimpl
-        def register_retrievers(self, register):
-            register("bag-test", Bag)
-
-    plugins.register_plugin(BagPlugin(), name="bag-test-plugin")
-    try:
-        with pytest.raises(ConfigError, match=f"Bag.train_queries {message}"):
-            check_retriever("bag-test", workdir)
-    finally:
-        plugins.unregister_plugin("bag-test-plugin")
+    with pytest.raises(ConfigError, match=f"Bag.train_queries {message}"):
+        check_retriever("bag-test", workdir)
 
 
-def test_int32_targets_are_taken_as_item_ids(workdir, monkeypatch):
-    from llamarec_cli import hookimpl
-
+def test_int32_targets_are_taken_as_item_ids(bag_registered, workdir, monkeypatch):
     monkeypatch.setattr(Bag, "broken", "int32")
-
-    class BagPlugin:
-        @hookimpl
-        def register_retrievers(self, register):
-            register("bag-test", Bag)
-
-    plugins.register_plugin(BagPlugin(), name="bag-test-plugin")
-    try:
-        assert check_retriever("bag-test", workdir)["training"]["steps"] > 0
-    finally:
-        plugins.unregister_plugin("bag-test-plugin")
+    assert check_retriever("bag-test", workdir)["training"]["steps"] > 0
 
 
 def test_a_retriever_may_mix_its_own_loss_or_score_with_the_default_one():
@@ -237,15 +226,9 @@ def test_registering_an_installed_plugin_again_changes_nothing():
 
 
 def test_a_retriever_whose_plugin_is_gone_names_the_plugin(workdir):
-    from llamarec_cli import hookimpl
     from llamarec_cli.errors import ArtifactError
     from llamarec_cli.stages.retrieve_train import load_retriever
     from llamarec_cli.testing import CHECK_DATASET
-
-    class BagPlugin:
-        @hookimpl
-        def register_retrievers(self, register):
-            register("bag-test", Bag)
 
     plugins.register_plugin(BagPlugin(), name="bag-test-plugin")
     try:
