@@ -81,3 +81,13 @@ def test_a_ranker_run_resumed_with_other_settings_gets_advice_the_pipeline_can_f
     budget = Budget(retriever_epochs=2, train_examples=12, val_examples=8, eval_every=2, batch_size=4)
     with pytest.raises(ConfigError, match="interrupted ranker training ran with .*run the pipeline with those"):
         run_pipeline("chain", workdir=workdir, model=str(tiny_llama_dir), budget=budget, device="cpu")
+
+
+def test_a_folder_with_only_a_tokenizer_is_refused_as_a_model_before_any_stage(workdir, llama2_tokenizer_dir):
+    """It used to pass the pipeline's check (the tokenizer loads) and fail after the retriever's training."""
+    result = CliRunner().invoke(
+        build_app(), ["pipeline", "ml-100k", "-w", str(workdir), "--model", str(llama2_tokenizer_dir), *REDUCED]
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert f"{llama2_tokenizer_dir} is not a model directory (no config.json)" in " ".join(result.output.split())
+    assert not (workdir / "ml-100k").exists()

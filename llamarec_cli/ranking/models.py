@@ -77,6 +77,14 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def model_source(name: str) -> str:
+    """``resolve_model``, and a local directory must hold a model (config.json), not only a tokenizer."""
+    source = resolve_model(name)
+    if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        raise ModelError(f"{source} is not a model directory (no config.json): {LOCAL_COPY}.")
+    return source
+
+
 MANIFEST = "llamarec-model.json"  # written last: a directory with it is complete
 
 
@@ -306,9 +314,7 @@ def load_model(
     dtype = choice.dtype
     bnb = quantization_config(quantization, dtype)
 
-    source = resolve_model(name)
-    if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
-        raise ModelError(f"{source} is not a model directory (no config.json): {LOCAL_COPY}.")
+    source = model_source(name)
     offline = settings.offline()
     _say_if_downloading(source, offline)  # before the hub is first asked: unreachable, it retries for ~25 s
     with _load_errors(source):  # the config first: a missing, gated or remote-code model fails before any download

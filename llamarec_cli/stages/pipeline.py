@@ -159,7 +159,7 @@ def _check_before_work(dataset: str, model: str, budget: Budget, device: str):
     """Every stage's options, checked before the first stage runs: a bad --batch-size or --model is refused in a
     second, not after preprocessing and an hour of retriever training. Returns the ranker's config."""
     from ..ranking.config import RankerConfig
-    from ..ranking.models import load_tokenizer
+    from ..ranking.models import load_tokenizer, model_source
     from ..training import resolve_device
     from .retrieve_train import resolve_config, retriever_class
 
@@ -178,7 +178,7 @@ def _check_before_work(dataset: str, model: str, budget: Budget, device: str):
         negatives=budget.negatives,
     )
     resolve_device(device)
-    load_tokenizer(model)  # the model exists (an alias is built now, as the ranker would build it later)
+    load_tokenizer(model_source(model))  # the model exists (an alias is built now, as the ranker will need it)
     return config
 
 
