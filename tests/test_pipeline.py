@@ -91,3 +91,15 @@ def test_a_folder_with_only_a_tokenizer_is_refused_as_a_model_before_any_stage(w
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert f"{llama2_tokenizer_dir} is not a model directory (no config.json)" in " ".join(result.output.split())
     assert not (workdir / "ml-100k").exists()
+
+
+def test_an_interrupted_pipeline_says_what_running_it_again_keeps(workdir, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("llamarec_cli.stages.pipeline.run_pipeline", interrupted)
+    result = CliRunner().invoke(build_app(), ["pipeline", "ml-100k", "-w", str(workdir), *REDUCED])
+    assert result.exit_code == 130
+    said = " ".join(result.output.split())
+    assert "Run the same command again" in said and "continues from its last validation" in said
+    assert "before its first validation starts over" in said

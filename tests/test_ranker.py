@@ -468,3 +468,22 @@ def test_validation_requests_train_apart_from_the_users_held_out(chain_with_cand
     config = fast_config(tiny_llama_dir, loss="letters", retriever_prior=1.0, **changes)
     manifest = train_ranker("chain", workdir=workdir, config=config, device="cpu", stop_after_steps=1)
     assert manifest["train_examples"] == len(val.examples) - 3 and manifest["val_examples"] == 3
+
+
+def test_a_budget_above_what_the_dataset_gives_is_said(chain_with_candidates, workdir, tiny_llama_dir):
+    """A huge --max-train-examples used to spend minutes finding examples without a word, then train on fewer."""
+    from llamarec_cli.training import Reporter
+
+    class Notes(Reporter):
+        def __init__(self):
+            self.lines = []
+
+        def note(self, message):
+            self.lines.append(message)
+
+    notes = Notes()
+    config = fast_config(tiny_llama_dir, negatives="retrieved", max_train_examples=10**9)
+    train_ranker("chain", workdir=workdir, config=config, device="cpu", reporter=notes, stop_after_steps=1)
+    assert any(line.startswith("Finding training requests whose true item lrurec retrieves") for line in notes.lines)
+    said = [line for line in notes.lines if "fewer than --max-train-examples 1,000,000,000" in line]
+    assert len(said) == 1 and said[0].split()[0].replace(",", "").isdigit(), notes.lines

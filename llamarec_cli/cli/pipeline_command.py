@@ -63,7 +63,11 @@ def pipeline(
             retriever_reporter=None if json_output else RichReporter,
         )
     except KeyboardInterrupt:
-        stderr.print("Interrupted. Run the same command again to continue where it stopped.")
+        stderr.print(
+            "Interrupted. Run the same command again: finished stages are reused and an interrupted training "
+            "continues from its last validation (steps since then are done again; one stopped before its first "
+            "validation starts over)."
+        )
         raise typer.Exit(130) from None
     if json_output:
         print_json(report)

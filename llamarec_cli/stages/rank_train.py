@@ -297,7 +297,14 @@ def _train_ranker(
     if config.negatives == "validation":
         examples = held_out_training_set(val, val_examples, config, dataset_name, accelerator.num_processes)
     else:
+        if config.negatives == "retrieved":  # scoring many training prefixes takes a while on a CPU: say so
+            reporter.note(f"Finding training requests whose true item {config.retriever} retrieves…")
         examples = _training_set(workdir, dataset, config, k, accelerator)
+    if config.max_train_examples and len(examples) < config.max_train_examples:
+        reporter.note(
+            f"{len(examples):,} training examples, all that {dataset_name} gives with --negatives "
+            f"{config.negatives} (fewer than --max-train-examples {config.max_train_examples:,})"
+        )
     run = _prepare_run(loaded, config, accelerator, len(examples))
 
     rerun = rank_train_command(dataset_name, name, workdir)
