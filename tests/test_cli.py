@@ -167,3 +167,40 @@ def test_retrieve_train_without_a_dataset_refuses_before_printing_the_config(tmp
     assert "config (LRURecConfig)" not in result.output  # the table of a run that will not happen
     shown = invoke("retrieve-train", "ml-100k", "--workdir", str(tmp_path), "--show-config")
     assert shown.exit_code == 0 and "config (LRURecConfig)" in shown.output  # needs no dataset
+
+
+def test_ctrl_c_in_a_command_without_its_own_advice_is_one_line_and_status_130(monkeypatch):
+    """Click's default was "Aborted!" and status 1."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("llamarec_cli.stages.tune_fusion.tune_fusion", interrupted)
+    result = invoke("tune-fusion", "chain")
+    assert result.exit_code == 130
+    assert result.output.strip() == "Interrupted. Run the same command again to start it over."
+
+
+def test_kill_stops_a_command_as_ctrl_c_does(tmp_path):
+    """SIGTERM (`kill`, a job scheduler) used to end the process without a word and without the cleanup."""
+    import signal
+
+    code = (
+        "import sys, time\n"
+        "import llamarec_cli.stages.tune_fusion as stage\n"
+        "def slow(*a, **k):\n"
+        "    print('started', flush=True)\n"
+        "    time.sleep(60)\n"
+        "stage.tune_fusion = slow\n"
+        "sys.argv = ['llamarec', 'tune-fusion', 'chain']\n"
+        "from llamarec_cli.cli import main\n"
+        "main()\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    assert process.stdout.readline().strip() == "started"
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.strip() == "Interrupted. Run the same command again to start it over."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -84,11 +85,19 @@ def storage_error(exc: OSError) -> LlamarecError | None:
     return None
 
 
+INTERRUPTED = 130  # the shell's exit status for Ctrl-C
+
+
 def _mapped(callback):
     @functools.wraps(callback)
     def run(*args, **kwargs):
         try:
             return callback(*args, **kwargs)
+        except KeyboardInterrupt:  # a command without advice of its own (the trainings and pipeline have some)
+            from .output import stderr
+
+            stderr.print("Interrupted. Run the same command again to start it over.")
+            raise typer.Exit(INTERRUPTED) from None
         except (LlamarecError, OSError) as exc:
             error = exc if isinstance(exc, LlamarecError) else storage_error(exc)
             if error is None or settings.debug():
@@ -97,6 +106,17 @@ def _mapped(callback):
             raise typer.Exit(error.exit_code) from None
 
     return run
+
+
+def _exiting_after_interrupt() -> None:
+    """The work is stopped and cleaned up: a second Ctrl-C during the exit would only print a traceback from the
+    libraries' exit handlers (torch's among them). A SIGTERM still ends the process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # `kill` stops a command as Ctrl-C does: no half-written artifact, and its advice
 
 
 def build_app() -> typer.Typer:
@@ -113,8 +133,13 @@ def main() -> None:
     from ..quiet import quiet_libraries
 
     quiet_libraries()  # the libraries' bars, warnings and logs; LLAMAREC_DEBUG=1 keeps them
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         build_app()(prog_name="llamarec")
+    except SystemExit as exc:
+        if exc.code == INTERRUPTED:
+            _exiting_after_interrupt()
+        raise
     except LlamarecError as exc:  # raised while loading plugins, before any command runs
         if settings.debug():
             raise
