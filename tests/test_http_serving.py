@@ -288,12 +288,14 @@ class StandIn:
         self.retriever_name, self.device = "lrurec", "cpu"
         self.delay, self.breaks_on = delay, breaks_on
         self.calls: list[int] = []
+        self.scored: list[list[int]] = []
 
     def user_history(self, user):
         return [1, 2, 3]
 
     def recommend_many(self, histories, batch_size=8, *, rank=True):
         self.calls.append(len(histories))
+        self.scored += histories
         time.sleep(self.delay)
         if any(self.breaks_on in h for h in histories):
             raise RuntimeError("secret internals at 0xdeadbeef")
@@ -349,6 +351,29 @@ def test_a_wait_over_the_timeout_is_a_503_not_a_hung_connection():
         assert response.status_code == 503 and time.monotonic() - began < 1.2
         assert response.headers["Retry-After"] == "1"
         assert one_error(response).startswith("No answer within 0.3 s: the server is busy.")
+
+
+def test_a_request_whose_client_disconnected_is_not_scored():
+    stand_in = StandIn(delay=1.0)
+    with serving(lambda: stand_in, max_batch=1) as base:
+        wait_ready(base)
+        port = int(base.rsplit(":", 1)[1])
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(httpx.post, f"{base}/recommend", json={"history": [1]}, timeout=30)
+            while not stand_in.calls:  # the first request is in the model for a second
+                time.sleep(0.01)
+            for item in (2, 3, 4):  # queued behind it, then their clients hang up
+                body = json.dumps({"history": [item]}).encode()
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+                    conn.sendall(
+                        b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                        + body
+                    )
+                    time.sleep(0.05)
+            assert first.result().status_code == 200
+        assert httpx.post(f"{base}/recommend", json={"history": [5]}).status_code == 200
+    assert stand_in.scored == [[1], [5]]
 
 
 def test_a_stalled_body_is_a_408():

@@ -278,6 +278,11 @@ def add_error_handlers(app: FastAPI, service: Service) -> None:
     async def not_ready(request: Request, exc: NotReadyError):
         return error(503, str(exc), {"Retry-After": "5"})
 
+    @app.exception_handler(ClientGone)
+    async def gone(request: Request, exc: ClientGone):  # nobody reads it: 499, as nginx logs such a request
+        log.info("A client disconnected before its answer: its request was dropped.")
+        return Response(status_code=499)
+
     @app.exception_handler(BusyError)
     async def busy(request: Request, exc: BusyError):
         return error(503, str(exc), {"Retry-After": "1"})
@@ -295,7 +300,7 @@ def add_routes(app: FastAPI, service: Service, max_history: int, max_body: int) 
     """POST /recommend, GET /health and GET /info; their docstrings are the OpenAPI page's text."""
 
     @app.post("/recommend", responses=ERRORS)
-    async def recommend(body: RecommendRequest, response: Response) -> dict:
+    async def recommend(body: RecommendRequest, request: Request, response: Response) -> dict:
         """The retriever's candidates and the ranker's order for a user or a history: the JSON of
         `llamarec serve-shell --json`. Requests that arrive together are scored in one batch."""
         recommender = service.ready()
@@ -306,7 +311,7 @@ def add_routes(app: FastAPI, service: Service, max_history: int, max_body: int) 
         rank = recommender.llm is not None and body.ranker is not False
         user = None if body.user is None else str(body.user)
         items = await history_items(recommender, body, max_history)
-        job = await service.batcher.submit((items, rank))
+        job = await unless_disconnected(request, service.batcher.submit((items, rank)))
         rec = job.future.result()
         response.headers["X-Batch-Size"] = str(job.batch)
         stages = {"queue": job.queued} | rec.seconds
@@ -327,6 +332,32 @@ def add_routes(app: FastAPI, service: Service, max_history: int, max_body: int) 
         """What is served and how: dataset, retriever, ranker, dtype, fusion, batching (with the batch sizes run so
         far), limits and versions."""
         return info_of(service, max_history, max_body)
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its answer."""
+
+
+async def unless_disconnected(request: Request, work):
+    """``work``'s result; if the client disconnects first, ``work`` is cancelled: a request still queued leaves the
+    queue instead of being scored for nobody (a batch already in the model finishes)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+    if not task.done() or task.cancelled():
+        raise ClientGone
+    return task.result()
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client disconnects (the body is read by now: what ``receive`` gives next is that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def history_items(recommender: Recommender, body: RecommendRequest, max_history: int) -> list[int]:
