@@ -204,3 +204,14 @@ def test_kill_stops_a_command_as_ctrl_c_does(tmp_path):
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert err.strip() == "Interrupted. Run the same command again to start it over."
+
+
+def test_the_plugins_list_names_everything_in_full_in_80_columns():
+    """A table cut names at 80 columns (a pipe's width): "retrieve-t…", "llamarec-b…"."""
+    result = invoke("plugins")
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert "…" not in result.output and max(map(len, lines)) <= 80
+    assert lines[0] == "llamarec (built in)"
+    names = " ".join(result.output.split())
+    assert "retrieve-train, candidates, rank-train, tune-fusion, evaluate, serve-shell" in names

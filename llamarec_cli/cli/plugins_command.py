@@ -32,19 +32,40 @@ def list_plugins(json_output: Json = False) -> None:
     if json_output:
         print_json(rows)
         return
-    from rich.table import Table
+    print_plugins(rows)
 
-    table = Table(title="llamarec plugins")
-    for column in ("plugin", "distribution", "datasets", "retrievers", "templates", "commands"):
-        table.add_column(column)
+
+KINDS = ("datasets", "retrievers", "templates", "commands")
+
+
+def print_plugins(rows: list[dict]) -> None:
+    """One block per plugin, its registrations wrapped between names: nothing is cut at any width (a table was, at
+    the 80 columns of a pipe)."""
+    import textwrap
+
+    from rich.markup import escape
+
+    def say(text: str) -> None:
+        stdout.print(escape(text), highlight=False, soft_wrap=True)
+
     for row in rows:
-        dist = f"{row['distribution']} {row['version']}".strip()
-        table.add_row(
-            row["name"],
-            dist,
-            *(", ".join(row[k]) for k in ("datasets", "retrievers", "templates", "commands")),
-        )
-    stdout.print(table)
+        source = "built in" if row["builtin"] else f"{row['distribution']} {row['version']}".strip()
+        say(f"{row['name']} ({source})")
+        kinds = [kind for kind in KINDS if row[kind]]
+        for kind in kinds:
+            label = f"  {kind:<10}  "
+            say(
+                textwrap.fill(
+                    ", ".join(row[kind]),
+                    width=max(stdout.width, 40),
+                    initial_indent=label,
+                    subsequent_indent=" " * len(label),
+                    break_long_words=False,
+                    break_on_hyphens=False,
+                )
+            )
+        if not kinds:
+            say("  registers nothing")
 
 
 def install(cli: typer.Typer) -> None:
