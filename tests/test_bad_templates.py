@@ -95,8 +95,12 @@ def test_a_template_that_is_not_utf8_is_named_with_its_line(tmp_path, encoding):
         load_template("mine", tmp_path)
     from llamarec_cli.cli import build_app
 
+    (tmp_path / "good.toml").write_text(VALID, encoding="utf-8")
     result = CliRunner().invoke(build_app(), ["templates", "list", "--templates-dir", str(tmp_path)])
-    assert result.exit_code != 0 and "not UTF-8 text" in result.output and "Traceback" not in result.output
+    listed = " ".join(result.output.split())
+    assert result.exit_code == 0 and "Traceback" not in result.output  # one broken file hides no other
+    assert "mine (directory" in listed and "broken, not usable:" in listed and "not UTF-8 text" in listed
+    assert "good (directory" in listed and "alpaca-short (packaged; the default)" in listed
 
 
 def test_valid_templates_still_load_and_render():
@@ -264,3 +268,43 @@ def test_huggingface_hub_imported_after_quiet_keeps_its_warnings_off():
     env = {k: v for k, v in os.environ.items() if k not in ("LLAMAREC_DEBUG", "HF_HUB_VERBOSITY")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0 and "Retrying" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("title_tokens = 0", "field 'title_tokens' must be a whole number >= 1"),  # every title would be blank
+        ("history_length = true", "field 'history_length' must be a whole number >= 0"),  # TOML true is no count
+        ("max_tokens = false", "field 'max_tokens' must be a whole number >= 1"),
+    ],
+)
+def test_a_count_that_would_blank_titles_or_is_a_boolean_is_refused(tmp_path, line, message):
+    field = line.split()[0]
+    text = "\n".join(line if row.startswith(field + " ") else row for row in VALID.splitlines())
+    with pytest.raises(DataFormatError, match=message):
+        load_template(write(tmp_path, text))
+
+
+def test_doubled_braces_are_literal_braces_in_every_field(tmp_path):
+    """The refusal of a placeholder in 'instruction' says to write {{ }}; those were then shown doubled."""
+    text = "\n".join(
+        'instruction = "Answer with {{letter}} only"' if row.startswith("instruction ") else row
+        for row in VALID.splitlines()
+    )
+    template = load_template(write(tmp_path, text))
+    assert template.instruction == "Answer with {letter} only"
+    assert "Answer with {letter} only" in template.render(["h"], ["c"])
+
+
+def test_a_bom_is_read_and_a_directory_is_named_as_one(tmp_path):
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbf" + VALID.encode("utf-8"))
+    assert load_template(tmp_path / "bom.toml").title_tokens > 0  # Notepad saves UTF-8 with a BOM
+    (tmp_path / "folder.toml").mkdir()
+    with pytest.raises(DataFormatError, match="folder.toml: is a directory, not a template file"):
+        load_template(tmp_path / "folder.toml")
+
+
+def test_a_bare_name_is_a_template_name_whatever_file_the_current_folder_holds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plain").write_text("junk that is no TOML", encoding="utf-8")
+    assert load_template("plain").name == "plain"  # the packaged one

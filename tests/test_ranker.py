@@ -487,3 +487,23 @@ def test_a_budget_above_what_the_dataset_gives_is_said(chain_with_candidates, wo
     assert any(line.startswith("Finding training requests whose true item lrurec retrieves") for line in notes.lines)
     said = [line for line in notes.lines if "fewer than --max-train-examples 1,000,000,000" in line]
     assert len(said) == 1 and said[0].split()[0].replace(",", "").isdigit(), notes.lines
+
+
+def test_a_bad_template_is_refused_before_the_config_is_shown_or_the_weights_load(
+    chain_with_candidates, workdir, tiny_llama_dir, tmp_path, monkeypatch
+):
+    shown = CliRunner().invoke(build_app(), ["rank-train", "chain", "--template", "nosuch", "--show-config"])
+    assert (
+        shown.exit_code != 0 and "Unknown prompt template 'nosuch'" in shown.output and "alpaca-short" in shown.output
+    )
+
+    split = tmp_path / "space.toml"  # the answer letter would not be one token after "Answer: "
+    split.write_text(load_template("plain").path.read_text().replace("Answer (the candidate's letter):\\n", "Answer: "))
+
+    def never(*args, **kwargs):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr("llamarec_cli.ranking.models.load_model", never)
+    config = fast_config(tiny_llama_dir, template=str(split))
+    with pytest.raises(VerbalizerError, match="exactly one new token"):
+        train_ranker("chain", workdir=workdir, config=config, device="cpu")

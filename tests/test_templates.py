@@ -118,3 +118,24 @@ def test_a_templates_dir_that_does_not_exist_is_refused(tmp_path):
 def test_a_user_without_a_dataset_is_refused_not_ignored():
     result = CliRunner().invoke(build_app(), ["templates", "show", "--user", "7"])
     assert result.exit_code == 2 and "--user 7 needs --dataset" in result.output
+
+
+def test_show_with_a_model_gives_the_prompt_that_model_reads(tmp_path, llama2_tokenizer_dir):
+    """Without a tokenizer, `show` cannot apply title_tokens or max_tokens: it says so, and --model applies them."""
+    plain = load_template("plain").path.read_text()
+    (tmp_path / "short.toml").write_text(plain.replace("title_tokens = 32", "title_tokens = 2"))
+    runner = CliRunner()
+    bare = runner.invoke(build_app(), ["templates", "show", str(tmp_path / "short.toml")])
+    assert bare.exit_code == 0 and "- History item 1" in bare.output
+    assert "Titles not cut to 2 tokens" in " ".join(bare.output.split())
+    args = ["templates", "show", str(tmp_path / "short.toml"), "--model", str(llama2_tokenizer_dir)]
+    read = runner.invoke(build_app(), args)
+    assert read.exit_code == 0, read.output
+    assert "- History item 1" not in read.output and "- History item\n" in read.output  # its first 2 tokens
+    assert read.output.endswith("⟨answer letter⟩\n") and "Titles not cut" not in read.output
+
+    (tmp_path / "space.toml").write_text(plain.replace("Answer (the candidate's letter):\\n", "Answer: "))
+    split = runner.invoke(
+        build_app(), ["templates", "show", str(tmp_path / "space.toml"), "--model", str(llama2_tokenizer_dir)]
+    )
+    assert split.exit_code != 0 and "exactly one new token" in " ".join(split.output.split())

@@ -15,6 +15,24 @@ def note(message: str) -> None:
     stderr.print(message, highlight=False, soft_wrap=True)
 
 
+def lines(text: str, first: str = "", rest: str | None = None) -> None:
+    """``text`` on stdout wrapped between words at the terminal's width (80 in a pipe), never inside a word or a
+    path: ``first`` begins the first line, ``rest`` (default: as many spaces) the others."""
+    import textwrap
+
+    from rich.markup import escape
+
+    wrapped = textwrap.fill(
+        text,
+        width=max(stdout.width, 40),
+        initial_indent=first,
+        subsequent_indent=" " * len(first) if rest is None else rest,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    stdout.print(escape(wrapped or first), highlight=False, soft_wrap=True)
+
+
 def print_json(data) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 

@@ -6,7 +6,7 @@ import typer
 
 from .. import plugins
 from .options import Json
-from .output import print_json, stdout
+from .output import lines, print_json
 
 EPILOG = "Examples:  llamarec plugins   ·   LLAMAREC_PLUGINS=llamarec-baselines llamarec plugins --json"
 
@@ -41,31 +41,14 @@ KINDS = ("datasets", "retrievers", "templates", "commands")
 def print_plugins(rows: list[dict]) -> None:
     """One block per plugin, its registrations wrapped between names: nothing is cut at any width (a table was, at
     the 80 columns of a pipe)."""
-    import textwrap
-
-    from rich.markup import escape
-
-    def say(text: str) -> None:
-        stdout.print(escape(text), highlight=False, soft_wrap=True)
-
     for row in rows:
         source = "built in" if row["builtin"] else f"{row['distribution']} {row['version']}".strip()
-        say(f"{row['name']} ({source})")
+        lines(f"{row['name']} ({source})")
         kinds = [kind for kind in KINDS if row[kind]]
         for kind in kinds:
-            label = f"  {kind:<10}  "
-            say(
-                textwrap.fill(
-                    ", ".join(row[kind]),
-                    width=max(stdout.width, 40),
-                    initial_indent=label,
-                    subsequent_indent=" " * len(label),
-                    break_long_words=False,
-                    break_on_hyphens=False,
-                )
-            )
+            lines(", ".join(row[kind]), first=f"  {kind:<10}  ")
         if not kinds:
-            say("  registers nothing")
+            lines("  registers nothing")
 
 
 def install(cli: typer.Typer) -> None:

@@ -60,6 +60,7 @@ def rank_train(
 ) -> None:
     """Fine-tune the LLM ranker with (Q)LoRA on the retriever's candidates; keep the best adapter (PEFT format)."""
     from ..config import check_resume_restart, parse_sets, with_sets
+    from ..ranking.templates import load_template
     from ..stages.rank_train import RANKER_EARLY_STOP_METRIC, ranker_dir, resumed_config, train_ranker
     from .progress import RichReporter
 
@@ -69,6 +70,7 @@ def rank_train(
         config, sources = resumed_config(settings.workdir(workdir), dataset, name, flags)
     else:
         config, sources = resolve_ranker_config(dataset, flags)
+    load_template(config.template, templates_dir)  # a missing or broken template: refused before anything else
     if show_config:
         stdout.print(config_table("ranker", config, sources, with_help=True))
         return

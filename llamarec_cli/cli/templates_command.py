@@ -8,7 +8,7 @@ import typer
 
 from .. import settings
 from .options import TemplatesDir, Workdir
-from .output import stdout
+from .output import lines, stderr
 
 templates_app = typer.Typer(
     help="Prompt templates: list them, or show one rendered for a user.",
@@ -19,18 +19,20 @@ templates_app = typer.Typer(
 
 @templates_app.command("list")
 def list_templates(templates_dir: TemplatesDir = None) -> None:
-    """List the templates found, in search order (directory option, plugins, packaged)."""
-    from rich.table import Table
-
+    """List the templates found, in search order (directory option, plugins, packaged); a broken file is listed
+    with its problem."""
+    from ..errors import DataFormatError
     from ..ranking.templates import DEFAULT_TEMPLATE, available_templates, read_template
 
-    table = Table(title="Prompt templates")
-    for column in ("name", "from", "description", "path"):
-        table.add_column(column)
     for name, (path, origin) in available_templates(templates_dir).items():
-        description = read_template(path, name).description
-        table.add_row(name + (" (default)" if name == DEFAULT_TEMPLATE else ""), origin, description, str(path))
-    stdout.print(table)
+        try:
+            about = read_template(path, name).description
+        except DataFormatError as exc:
+            about = f"broken, not usable: {exc}"
+        lines(f"{name} ({origin}{'; the default' if name == DEFAULT_TEMPLATE else ''})")
+        if about:
+            lines(about, first="  ")
+        lines(str(path), first="  ")
 
 
 @templates_app.command(
@@ -41,6 +43,14 @@ def show_template(
     dataset: Annotated[str | None, typer.Option("--dataset", help="Render for a user of this dataset.")] = None,
     user: Annotated[str | None, typer.Option("--user", help="The user whose test request to show.")] = None,
     retriever: Annotated[str, typer.Option("--retriever", "-r", help="Whose candidates to show.")] = "lrurec",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Show the prompt as this model reads it: titles cut to title_tokens and the prompt to max_tokens "
+            "of its tokens, and its answer letters checked (loads the tokenizer only).",
+        ),
+    ] = None,
     templates_dir: TemplatesDir = None,
     workdir: Workdir = None,
 ) -> None:
@@ -68,8 +78,29 @@ def show_template(
                     settings.workdir(workdir),
                 )
             )
-    print(template.render(history, candidates), end="")
-    print("⟨answer letter⟩")
+    text = template.render(history, candidates) if model is None else _as_read_by(model, template, history, candidates)
+    print(text, end="")
+    print("⟨answer letter⟩", flush=True)
+    if model is None:
+        stderr.print(
+            f"(Titles not cut to {template.title_tokens} tokens nor the prompt to {template.max_tokens}: tokens are "
+            "the model's; --model shows the prompt as a model reads it.)",
+            highlight=False,
+        )
+
+
+def _as_read_by(model: str, template, history: list[str], candidates: list[str]) -> str:
+    """The prompt as ``model``'s tokenizer leaves it (the text of the ids the model is given), after checking that
+    each answer letter is one token after it."""
+    from ..ranking.models import load_tokenizer
+    from ..ranking.prompts import Example, PromptEncoder
+
+    tokenizer = load_tokenizer(model)
+    titles = dict(enumerate(history + candidates))
+    encoder = PromptEncoder(tokenizer, template, titles)  # derives the verbalizer: a letter split in two is refused
+    encoder.verbalizer.ids(len(candidates))
+    example = Example(history=list(range(len(history))), candidates=list(range(len(history), len(titles))))
+    return tokenizer.decode(encoder.prompt_ids(example))
 
 
 def _user_request(workdir, dataset_name: str, user: int | None, retriever: str) -> tuple[list[str], list[str]]:

@@ -66,7 +66,9 @@ def read_template(path: Path, name: str | None = None) -> PromptTemplate:
     import tomllib
 
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM, as Notepad writes, is fine
+    except IsADirectoryError:
+        raise DataFormatError(path, "is a directory, not a template file") from None
     except OSError as exc:
         raise DataFormatError(path, f"cannot read the template ({exc.strerror or exc})") from exc
     except UnicodeDecodeError as exc:
@@ -86,8 +88,10 @@ def read_template(path: Path, name: str | None = None) -> PromptTemplate:
         if not isinstance(data[field_name], str):
             raise DataFormatError(path, f"field '{field_name}' must be a string")
     for field_name in NUMBER_FIELDS:
-        if not isinstance(data[field_name], int) or data[field_name] < 0:
-            raise DataFormatError(path, f"field '{field_name}' must be a whole number >= 0")
+        least = 0 if field_name == "history_length" else 1  # 0 titles' tokens would blank every title
+        value = data[field_name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise DataFormatError(path, f"field '{field_name}' must be a whole number >= {least}")
     for field_name, (required, allowed) in PLACEHOLDERS.items():
         found = _placeholders(path, field_name, data[field_name])
         if not required <= found <= allowed:
@@ -98,6 +102,7 @@ def read_template(path: Path, name: str | None = None) -> PromptTemplate:
     for field_name in ("instruction", "separator", "description"):
         if _placeholders(path, field_name, data[field_name], check=False):
             raise DataFormatError(path, f"field '{field_name}' cannot contain placeholders; use {{{{ }}}} for braces")
+        data[field_name] = data[field_name].format()  # {{ and }} are literal braces here too, as in every field
     if data["max_tokens"] < 16:
         raise DataFormatError(path, "field 'max_tokens' must be at least 16")
     return PromptTemplate(name=name or path.stem, path=path, **data)
@@ -179,10 +184,10 @@ def available_templates(templates_dir: Path | None = None) -> dict[str, tuple[Pa
 
 
 def load_template(name_or_path: str | Path = DEFAULT_TEMPLATE, templates_dir: Path | None = None) -> PromptTemplate:
-    """A template by explicit path (anything that names an existing .toml file) or by name."""
+    """A template by explicit path (ending in .toml, or with a folder in it) or by name."""
     candidate = Path(name_or_path)
-    if candidate.suffix == ".toml" or candidate.is_file():
-        if not candidate.is_file():
+    if candidate.suffix == ".toml" or len(candidate.parts) > 1:  # a path; a bare word is a name, whatever is in cwd
+        if not candidate.exists():
             raise DataFormatError(candidate, "no such template file")
         return read_template(candidate)
     found = available_templates(templates_dir)

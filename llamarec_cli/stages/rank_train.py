@@ -247,8 +247,9 @@ def _train_ranker(
 ) -> dict:
     from accelerate import Accelerator
 
-    from ..ranking.models import load_model
+    from ..ranking.models import load_model, load_tokenizer
     from ..ranking.templates import load_template
+    from ..ranking.verbalizer import derive_verbalizer
 
     check_resume_restart(resume, restart)
     reporter = reporter or Reporter()
@@ -279,6 +280,8 @@ def _train_ranker(
         reporter = Reporter()  # one progress bar, from the main process
     torch.manual_seed(config.seed)
     template = load_template(config.template, templates_dir)
+    # the answer letters on the tokenizer alone: a template that splits them is refused before the weights load
+    derive_verbalizer(load_tokenizer(config.model, trust_remote_code), template).ids(k)
     choice = _agreed_dtype(_resumed_dtype(partial, config, accelerator.device) if resume else config.dtype, accelerator)
     if resume:
         choice = dataclasses.replace(choice, reason=f"dtype {choice.dtype}, as the interrupted run trained")
