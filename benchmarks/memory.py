@@ -83,6 +83,21 @@ def run(command: list[str], env: dict, stages: tuple[str, ...] = ()) -> dict:
     return result
 
 
+def ranking_of(report: Path) -> dict:
+    """What the pipeline's closing table says (its evaluate report): each order's subset NDCG@10 and its paired
+    difference to the retriever's order, the α used and the users."""
+    data = json.loads(report.read_text())
+    return {
+        "users": data["subset_users"],
+        "alpha": data["fusion"]["alpha"] if data.get("fusion") else None,
+        "ndcg10": {order: metrics["NDCG@10"] for order, metrics in data["subset"].items()},
+        "paired": {
+            order: {k: d[k] for k in ("difference", "half_width", "better", "worse")}
+            for order, d in data["paired_by_order"].items()
+        },
+    }
+
+
 PIPELINE_STAGES = ("1/5", "2/5", "3/5", "4/5", "5/5")
 STAGE_NAMES = dict(zip(PIPELINE_STAGES, ("preprocess", "retrieve-train", "candidates", "rank-train", "evaluate")))
 
@@ -107,6 +122,21 @@ def markdown(data: dict) -> str:
         for stage, gib in p["stages"].items():
             lines.append(f"| {stage} {STAGE_NAMES[stage]} | {gib:.2f} GiB |")
         lines.append("")
+        if "ranking" in p:
+            r = p["ranking"]
+            lines += [
+                f"The pipeline's closing table ({r['users']} test users of the retrieval subset, α = {r['alpha']}):",
+                "",
+                "| order | subset NDCG@10 | minus the retriever's order (95%, paired) | users up / down |",
+                "|---|---|---|---|",
+            ]
+            for order, ndcg in r["ndcg10"].items():
+                d = r["paired"].get(order)
+                paired = (
+                    f"{d['difference']:+.4f} ± {d['half_width']:.4f} | {d['better']} / {d['worse']}" if d else " | "
+                )
+                lines.append(f"| {order} | {ndcg:.4f} | {paired} |")
+            lines.append("")
     lines += ["| command | seconds | peak RSS |", "|---|---|---|"]
     for r in data["commands"]:
         lines.append(f"| `{r['command']}` | {r['seconds']:.0f} | {r['peak_rss_gib']:.2f} GiB |")
@@ -134,6 +164,7 @@ def main() -> None:
     if not args.skip_pipeline:
         shutil.rmtree(workdir, ignore_errors=True)
         data["pipeline"] = run([*LLAMAREC, "pipeline", "-w", str(workdir)], env, PIPELINE_STAGES)
+        data["pipeline"]["ranking"] = ranking_of(workdir / "ml-100k" / "reports" / "evaluate-default.json")
     ranker = ["--model", "smollm2-135m", "--max-train-examples", "32", "--max-val-examples", "8", "--name", "b16"]
     for command in (
         ["rank-train", "ml-100k", *ranker, "--batch-size", "16", "--negatives", "retrieved", "--restart"],
