@@ -370,7 +370,7 @@ def test_templates_commands_list_and_render_for_a_user(chain_with_candidates, wo
     missing = runner.invoke(
         build_app(), ["templates", "show", "--dataset", "chain", "--user", "999", "-w", str(workdir)]
     )
-    assert missing.exit_code == 2 and "User 999 has no test request" in missing.output
+    assert missing.exit_code == 2 and "No user '999' in chain" in missing.output
 
 
 def test_the_letters_loss_is_cross_entropy_over_the_letters_read_when_ranking(tokenizer, tiny):
