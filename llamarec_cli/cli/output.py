@@ -15,9 +15,9 @@ def note(message: str) -> None:
     stderr.print(message, highlight=False, soft_wrap=True)
 
 
-def lines(text: str, first: str = "", rest: str | None = None) -> None:
+def lines(text: str, first: str = "") -> None:
     """``text`` on stdout wrapped between words at the terminal's width (80 in a pipe), never inside a word or a
-    path: ``first`` begins the first line, ``rest`` (default: as many spaces) the others."""
+    path: ``first`` begins the first line, as many spaces the others."""
     import textwrap
 
     from rich.markup import escape
@@ -26,7 +26,7 @@ def lines(text: str, first: str = "", rest: str | None = None) -> None:
         text,
         width=max(stdout.width, 40),
         initial_indent=first,
-        subsequent_indent=" " * len(first) if rest is None else rest,
+        subsequent_indent=" " * len(first),
         break_long_words=False,
         break_on_hyphens=False,
     )
