@@ -9,6 +9,19 @@ class LlamarecError(Exception):
     exit_code = 1
 
 
+def as_typed(text: str, limit: int = 80) -> str:
+    """What a user typed, fit to be echoed in one line: control characters (a terminal's colour codes) written out,
+    a long text cut (a megabyte sent as a title must not come back in the error)."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+class UnknownUserError(LlamarecError):
+    """A user id the dataset does not have."""
+
+    exit_code = 2
+
+
 class UnknownNameError(LlamarecError, KeyError):
     """A dataset, retriever or template name that nothing registered."""
 

@@ -42,10 +42,16 @@ def cache_dir() -> Path:
     return Path(base) / "llamarec"
 
 
+def _flag(variable: str) -> bool:
+    """An on/off environment variable read as huggingface_hub reads HF_HUB_OFFLINE: 1, true, yes or on (any case)
+    mean on; anything else (0, false, no, off, empty) off."""
+    return os.environ.get(variable, "").strip().upper() in ("1", "TRUE", "YES", "ON")
+
+
 def offline() -> bool:
     """$LLAMAREC_OFFLINE=1 (or HF_HUB_OFFLINE=1): never try the network."""
-    return any(os.environ.get(v, "") not in ("", "0") for v in (ENV_OFFLINE, "HF_HUB_OFFLINE"))
+    return _flag(ENV_OFFLINE) or _flag("HF_HUB_OFFLINE")
 
 
 def debug() -> bool:
-    return os.environ.get(ENV_DEBUG, "") not in ("", "0")
+    return _flag(ENV_DEBUG)

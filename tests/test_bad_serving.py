@@ -190,3 +190,36 @@ def test_the_one_shot_cli_on_bad_titles(retriever_only, history, code, expected)
 def test_an_unknown_user_is_echoed_cut_and_with_control_characters_written_out(retriever_only):
     result = CliRunner().invoke(build_app(), [*retriever_only, "--user", "\x1b[31m" + "u" * 1000])
     assert result.exit_code != 0 and "No user '\\x1b[31m" in result.output and "u" * 200 not in result.output
+
+
+@pytest.mark.parametrize(
+    "command, option, message",
+    [
+        ("serve-shell", ["--fusion", "7"], "--fusion must be"),
+        ("serve-shell", ["--dtype", "foo"], "Unknown dtype 'foo'"),
+        ("serve-shell", ["--device", "gpu"], "gpu"),
+        ("evaluate", ["--dtype", "foo"], "Unknown dtype 'foo'"),  # with --ranker none it was ignored, status 0
+        ("serve", ["--fusion", "7"], "--fusion must be"),  # it was found after the port was bound
+        ("serve", ["--wait-ms", "40000", "--timeout", "30"], "every request would time out"),
+    ],
+)
+def test_loading_options_are_checked_before_anything_loads(chain, workdir, command, option, message):
+    args = [command, "chain", "-w", str(workdir), "--ranker", "none", *option]
+    result = CliRunner().invoke(build_app(), [*args, "--port", "0"] if command == "serve" else args)
+    assert result.exit_code != 0 and "Traceback" not in result.output and "Listening on" not in result.output
+    assert message in " ".join(result.output.split()), result.output
+
+
+@pytest.mark.parametrize("value", ["inf", "1e12"])
+def test_a_serve_timeout_out_of_range_is_refused(value):
+    result = CliRunner().invoke(build_app(), ["serve", "chain", "--timeout", value])
+    assert result.exit_code == 2 and "Traceback" not in result.output  # inf was an OverflowError
+
+
+def test_an_unknown_user_is_refused_before_the_ranker_loads(retriever_only, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the models were loaded")
+
+    monkeypatch.setattr("llamarec_cli.serving.recommender.Recommender.__init__", never)
+    result = CliRunner().invoke(build_app(), [*retriever_only, "--user", "99999"])
+    assert result.exit_code == 2 and "No user '99999' in chain" in result.output

@@ -215,3 +215,17 @@ def test_the_plugins_list_names_everything_in_full_in_80_columns():
     assert lines[0] == "llamarec (built in)"
     names = " ".join(result.output.split())
     assert "retrieve-train, candidates, rank-train, tune-fusion, evaluate, serve-shell" in names
+
+
+@pytest.mark.parametrize(
+    "value, on", [("1", True), ("true", True), ("YES", True), ("on", True), ("0", False), ("false", False),
+                  ("no", False), ("off", False), ("", False)]
+)  # fmt: skip
+def test_on_off_variables_read_false_as_off(monkeypatch, value, on):
+    """LLAMAREC_OFFLINE=false used to turn offline mode on (anything but "" and "0" did)."""
+    from llamarec_cli import settings
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("LLAMAREC_OFFLINE", value)
+    monkeypatch.setenv("LLAMAREC_DEBUG", value)
+    assert settings.offline() is on and settings.debug() is on

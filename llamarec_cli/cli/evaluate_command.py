@@ -7,7 +7,18 @@ from typing import Annotated
 import typer
 
 from .. import settings
-from .options import DatasetName, Device, Dtype, Fusion, Json, RankedRetriever, TemplatesDir, TrustRemoteCode, Workdir
+from .options import (
+    DatasetName,
+    Device,
+    Dtype,
+    Fusion,
+    Json,
+    RankedRetriever,
+    TemplatesDir,
+    TrustRemoteCode,
+    Workdir,
+    check_loading_options,
+)
 from .output import note, print_json, stderr, stdout
 
 EPILOG = (
@@ -43,6 +54,8 @@ def evaluate(
 ) -> None:
     """Rank the test users' candidates and report the subset and overall metrics, ranker next to retriever."""
     from ..stages.evaluate import evaluate as run
+
+    check_loading_options(device, dtype, fusion)
 
     report = run(
         dataset,

@@ -67,3 +67,17 @@ Fusion = Annotated[
 Ranker = Annotated[str, typer.Option("--ranker", help="A trained ranker's --name, or none.")]
 Adapter = Annotated[str | None, typer.Option("--adapter", help="none: the base model zero-shot.")]
 Model = Annotated[str | None, typer.Option("--model", help="Base model for --adapter none.")]
+
+
+def check_loading_options(device: str, dtype: str | None, fusion: str | None) -> None:
+    """--device, --dtype and --fusion checked before anything loads (serve: before the port is bound), whether or
+    not a ranker will read them."""
+    from ..errors import ConfigError
+    from ..precision import DTYPES
+    from ..ranking.fusion import resolve_alpha
+    from ..training import resolve_device
+
+    resolve_device(device)
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigError(f"Unknown dtype '{dtype}'. Use one of: {', '.join(DTYPES)}.")
+    resolve_alpha(fusion, None)

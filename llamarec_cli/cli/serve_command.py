@@ -9,7 +9,19 @@ import typer
 
 from .. import settings
 from ..serving.batcher import MAX_BATCH, MAX_HISTORY, TIMEOUT_S, WAIT_MS
-from .options import Adapter, DatasetName, Device, Dtype, Fusion, Model, RankedRetriever, Ranker, TemplatesDir, Workdir
+from .options import (
+    Adapter,
+    DatasetName,
+    Device,
+    Dtype,
+    Fusion,
+    Model,
+    RankedRetriever,
+    Ranker,
+    TemplatesDir,
+    Workdir,
+    check_loading_options,
+)
 from .output import note, stderr
 
 EPILOG = (
@@ -42,10 +54,14 @@ def serve(
         int, typer.Option("--max-batch", min=1, help="Most requests scored together in one model call.")
     ] = MAX_BATCH,
     wait_ms: Annotated[
-        float, typer.Option("--wait-ms", min=0, help="How long a batch's first request waits for others (ms).")
+        float,
+        typer.Option("--wait-ms", min=0, max=60_000, help="How long a batch's first request waits for others (ms)."),
     ] = WAIT_MS,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.001, help="Seconds a request may wait for its answer before a 503.")
+        float,
+        typer.Option(
+            "--timeout", min=0.001, max=86_400, help="Seconds a request may wait for its answer before a 503."
+        ),
     ] = TIMEOUT_S,
     max_history: Annotated[
         int, typer.Option("--max-history", min=1, help="Most titles and item ids in a request's history.")
@@ -64,6 +80,11 @@ def serve(
 
     The retriever and ranker load once, as for serve-shell; requests that arrive together are scored in one batch."""
     uvicorn, create_app = _serving_extra()
+    check_loading_options(device, dtype, fusion)
+    if wait_ms / 1000 >= timeout:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--wait-ms {wait_ms:g} is at least --timeout {timeout:g} s: every request would time out.")
     sock = listen(host, port)
     url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
     options = dict(retriever=retriever, ranker=ranker, adapter=adapter, model=model, dtype=dtype, device=device,

@@ -19,6 +19,7 @@ from .options import (
     Ranker,
     TemplatesDir,
     Workdir,
+    check_loading_options,
 )
 from .output import note, print_json, stderr, stdout
 
@@ -61,6 +62,11 @@ def serve_shell(
     if top > CANDIDATES:  # as the shell's `top` command does: show them all, and say so
         stderr.print(f"--top {top}: there are {CANDIDATES} candidates; showing all {CANDIDATES}.", highlight=False)
         top = CANDIDATES
+    check_loading_options(device, dtype, fusion)
+    if user is not None:  # an unknown user is refused before minutes of loading a model
+        from ..data.artifact import load_dataset
+
+        load_dataset(settings.workdir(workdir), dataset).require_user(user)
     recommender = Recommender(
         dataset,
         workdir=settings.workdir(workdir),

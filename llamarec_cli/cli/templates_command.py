@@ -113,14 +113,7 @@ def _user_request(workdir, dataset_name: str, user: int | None, retriever: str) 
     dataset = load_dataset(workdir, dataset_name)
     candidates, _ = load_candidates(workdir, dataset, retriever)
     rows = candidates.filter(pl.col("split") == "test")
-    internal = rows["user"][0] if user is None else dataset.user_id(user)
-    if internal is None:
-        from ..serving.recommender import as_typed
-
-        sample = ", ".join(dataset.users["original_id"].head(3).to_list())
-        raise ConfigError(
-            f"No user '{as_typed(user)}' in {dataset_name} ({dataset.users.height:,} users, e.g. {sample})."
-        )
+    internal = rows["user"][0] if user is None else dataset.require_user(user)
     row = rows.filter(pl.col("user") == internal)
     if row.is_empty():
         raise ConfigError(f"User {user} has no test request in {dataset_name} (give an original or internal user id).")

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from .. import settings
-from ..errors import ArtifactError
+from ..errors import ArtifactError, UnknownUserError, as_typed
 from ..files import replace_dir, sha256_of
 from ..layout import Workdir
 from ..workspace import writing
@@ -99,6 +99,16 @@ class Dataset:
         if str(user).isdigit() and self.users.filter(pl.col("user") == int(user)).height:
             return int(user)
         return None
+
+    def require_user(self, user: str) -> int:
+        """``user_id``, or one line naming the dataset's size and some of its users."""
+        internal = self.user_id(user)
+        if internal is None:
+            sample = ", ".join(self.users["original_id"].head(3).to_list())
+            raise UnknownUserError(
+                f"No user '{as_typed(str(user))}' in {self.name} ({self.users.height:,} users, e.g. {sample})."
+            )
+        return internal
 
     def sequences(self, split: str) -> dict[int, list[int]]:
         """user -> items of one split ("train", "val", "test") in time order."""

@@ -7,8 +7,8 @@ answers cannot drift apart.
 
 from __future__ import annotations
 
-from ..errors import LlamarecError
-from .recommender import Match, Recommendation, Recommender, as_typed, normalize
+from ..errors import LlamarecError, as_typed
+from .recommender import Match, Recommendation, Recommender, normalize
 
 
 class HistoryError(LlamarecError):

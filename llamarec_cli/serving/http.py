@@ -27,10 +27,10 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
 from .. import version
-from ..errors import LlamarecError
+from ..errors import LlamarecError, UnknownUserError
 from .answer import answer_json, resolve_history
 from .batcher import MAX_BATCH, MAX_HISTORY, TIMEOUT_S, WAIT_MS, Batcher, BusyError
-from .recommender import CANDIDATES, Recommender, UnknownUserError
+from .recommender import CANDIDATES, Recommender
 
 log = logging.getLogger("llamarec.serve")
 

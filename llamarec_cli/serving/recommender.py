@@ -18,18 +18,6 @@ import torch
 
 from ..errors import LlamarecError
 
-
-def as_typed(text: str, limit: int = 80) -> str:
-    """What a user typed, fit to be echoed in one line: control characters (a terminal's colour codes) written out,
-    a long text cut (a megabyte sent as a title must not come back in the error)."""
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
-
-
-class UnknownUserError(LlamarecError):
-    exit_code = 2
-
-
 CANDIDATES = 20  # the retriever's candidates a ranker orders: one letter each, (A) to (T)
 
 
@@ -183,14 +171,7 @@ class Recommender:
 
     def user_history(self, user: str) -> list[int]:
         """By the dataset's original user id, or else the internal number."""
-        internal = self.dataset.user_id(user)
-        if internal is None:
-            sample = ", ".join(self.dataset.users["original_id"].head(3).to_list())
-            users = self.dataset.users.height
-            raise UnknownUserError(
-                f"No user '{as_typed(user)}' in {self.dataset.name} ({users:,} users, e.g. {sample})."
-            )
-        return self.histories[internal]
+        return self.histories[self.dataset.require_user(user)]
 
     def recommend(self, history: list[int]) -> Recommendation:
         return self.recommend_many([history])[0]
