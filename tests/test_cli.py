@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -229,3 +230,12 @@ def test_on_off_variables_read_false_as_off(monkeypatch, value, on):
     monkeypatch.setenv("LLAMAREC_OFFLINE", value)
     monkeypatch.setenv("LLAMAREC_DEBUG", value)
     assert settings.offline() is on and settings.debug() is on
+
+
+@pytest.mark.parametrize("command", ["retrieve-train", "rank-train"])
+def test_show_config_with_json_is_json(command):
+    """It printed the table on stdout."""
+    result = invoke(command, "ml-100k", "--show-config", "--json", "--set", "seed=7")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["seed"] == {"value": 7, "from": "flag"} and shown["batch_size"]["from"] in ("dataset", "retriever")

@@ -119,6 +119,14 @@ def test_a_huge_size_is_one_line(chain, workdir, setting):
     assert result.exit_code == 2 and "Error: Cannot build lrurec" in result.output, result.output
 
 
+def test_more_uniform_negatives_than_items_is_one_line(chain, workdir):
+    """--uniform-negatives 999999999999 started training, then failed in the loss with a traceback."""
+    args = ["retrieve-train", "chain", "--loss", "sampled", "--uniform-negatives", "999999999999", "-w", str(workdir)]
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 2, result.output
+    assert "--uniform-negatives 999,999,999,999 is more than chain's" in " ".join(result.output.split())
+
+
 # --- runs that diverge -----------------------------------------------------------------------------------------------
 
 
@@ -336,6 +344,21 @@ def test_storage_errors_become_one_line_naming_the_path(code):
     assert isinstance(error, WorkdirError) and "/work/x/model.safetensors" in str(error)
     assert "previous artifact is unchanged" in str(error)
     assert storage_error(OSError(errno.EBADF, "bad file descriptor")) is None  # a bug: shown, not disguised
+
+
+def test_a_cache_folder_that_cannot_be_created_is_one_line(monkeypatch, tmp_path):
+    """LLAMAREC_CACHE_DIR=/proc/nope: FileNotFoundError from mkdir was a traceback."""
+    import errno
+
+    monkeypatch.setenv("LLAMAREC_CACHE_DIR", "/proc/nope")
+    error = storage_error(FileNotFoundError(errno.ENOENT, "No such file or directory", "/proc/nope/raw/ml-100k"))
+    assert isinstance(error, WorkdirError)
+    assert str(error) == (
+        "Cannot create /proc/nope/raw/ml-100k: No such file or directory. Choose another cache folder "
+        "(LLAMAREC_CACHE_DIR)."
+    )
+    elsewhere = FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "gone"))
+    assert storage_error(elsewhere) is None  # a missing file outside the cache: a bug, shown
 
 
 def os_message(code):

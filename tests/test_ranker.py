@@ -507,3 +507,16 @@ def test_a_bad_template_is_refused_before_the_config_is_shown_or_the_weights_loa
     config = fast_config(tiny_llama_dir, template=str(split))
     with pytest.raises(VerbalizerError, match="exactly one new token"):
         train_ranker("chain", workdir=workdir, config=config, device="cpu")
+
+
+def test_a_lora_rank_above_the_model_width_is_refused_before_the_weights_load(
+    chain_with_candidates, workdir, tiny_llama_dir, monkeypatch
+):
+    """--lora-r 1000000000 passed every check, loaded the model, then failed in peft allocating terabytes."""
+
+    def never(*args, **kwargs):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr("llamarec_cli.ranking.models.load_model", never)
+    with pytest.raises(ConfigError, match="--lora-r 1,000,000,000 is above the model's hidden size"):
+        train_ranker("chain", workdir=workdir, config=fast_config(tiny_llama_dir, lora_r=10**9), device="cpu")

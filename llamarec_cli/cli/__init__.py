@@ -55,13 +55,16 @@ STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quot
 ACCESS_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
+def _in_cache(path) -> bool:
+    try:
+        return path is not None and Path(path).resolve().is_relative_to(settings.cache_dir().resolve())
+    except (OSError, ValueError):
+        return False
+
+
 def _setting_for(path) -> str:
     """The setting that chose where ``path`` is: the cache's or the work directory's."""
-    try:
-        in_cache = path is not None and Path(path).resolve().is_relative_to(settings.cache_dir().resolve())
-    except (OSError, ValueError):
-        in_cache = False
-    return f"cache folder ({settings.ENV_CACHE_DIR})" if in_cache else f"--workdir (or {settings.ENV_WORKDIR})"
+    return f"cache folder ({settings.ENV_CACHE_DIR})" if _in_cache(path) else f"--workdir (or {settings.ENV_WORKDIR})"
 
 
 def storage_error(exc: OSError) -> LlamarecError | None:
@@ -76,6 +79,10 @@ def storage_error(exc: OSError) -> LlamarecError | None:
         return WorkdirError(
             f"Cannot write {where}: {exc.strerror}. Choose a writable {_setting_for(exc.filename)}; "
             "the previous artifact is unchanged."
+        )
+    if exc.errno == errno.ENOENT and _in_cache(exc.filename):  # e.g. LLAMAREC_CACHE_DIR under /proc
+        return WorkdirError(
+            f"Cannot create {where}: {exc.strerror}. Choose another cache folder ({settings.ENV_CACHE_DIR})."
         )
     if exc.errno == errno.ENOTDIR:
         return WorkdirError(

@@ -12,7 +12,7 @@ from ..ranking.config import RankerConfig
 from .config_flags import config_flags
 from .options import DatasetName, Device, Json, TemplatesDir, TrustRemoteCode, Workdir
 from .output import print_json, stderr, stdout
-from .retrieve_train_command import config_table
+from .retrieve_train_command import config_table, print_config
 
 EPILOG = (
     "Examples:  llamarec rank-train ml-100k --model smollm2-135m --max-train-examples 512   ·   "
@@ -72,7 +72,7 @@ def rank_train(
         config, sources = resolve_ranker_config(dataset, flags)
     load_template(config.template, templates_dir)  # a missing or broken template: refused before anything else
     if show_config:
-        stdout.print(config_table("ranker", config, sources, with_help=True))
+        print_config("ranker", config, sources, json_output)
         return
     if not json_output:
         stdout.print(config_table("ranker", config, sources, with_help=False))

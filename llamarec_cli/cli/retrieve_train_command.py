@@ -72,7 +72,7 @@ def retrieve_train(
     data = dataset if show_config else load_dataset(root, dataset)
     config, sources = _effective_config(root, data, cls, retriever, flags, resume)
     if show_config:
-        stdout.print(config_table(retriever, config, sources, with_help=True))
+        print_config(retriever, config, sources, json_output)
         return
     main = main_process()  # under accelerate launch, the main process alone speaks
     if not json_output and main:
@@ -132,6 +132,17 @@ def _print_result(manifest: dict, dataset: str, retriever: str, root) -> None:
         f"{training['steps_per_second']:.1f} steps/s, {training['wall_seconds']:.0f} s. "
         f"Saved to {retriever_dir(root, dataset, retriever)}"
     )
+
+
+def print_config(name: str, config, sources, json_output: bool) -> None:
+    """--show-config: the table with each setting's meaning, or with --json each setting's value and origin."""
+    import dataclasses
+
+    if json_output:
+        print_json({f.name: {"value": getattr(config, f.name), "from": sources.get(f.name, "default")}
+                    for f in dataclasses.fields(config)})  # fmt: skip
+    else:
+        stdout.print(config_table(name, config, sources, with_help=True))
 
 
 def config_table(name: str, config, sources, with_help: bool):

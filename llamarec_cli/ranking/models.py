@@ -406,6 +406,23 @@ def _require(module: str, install: str) -> None:
 # --- LoRA ---------------------------------------------------------------------------------------------------------
 
 
+def check_lora_rank(rank: int, name: str, trust_remote_code: bool = False) -> None:
+    """A LoRA rank above the model's width adds nothing and costs memory in proportion (a huge one fails deep in
+    peft): refused from the model's config, before its weights load."""
+    from transformers import AutoConfig
+
+    source = model_source(name)
+    with _load_errors(source):
+        config = AutoConfig.from_pretrained(
+            source, trust_remote_code=trust_remote_code, local_files_only=settings.offline()
+        )
+    width = getattr(config, "hidden_size", None)
+    if width is not None and rank > width:
+        raise ConfigError(
+            f"--lora-r {rank:,} is above the model's hidden size ({width:,}): use at most {width:,} (LlamaRec uses 8)."
+        )
+
+
 def lora_target_modules(model, names: list[str] | None = None) -> list[str]:
     """The module names to wrap with LoRA: ``names`` (a leaf name such as ``q_proj``, or a dotted suffix), each
     checked to match a linear layer of ``model``; by default q_proj and v_proj, which Llama-like models have."""

@@ -247,7 +247,7 @@ def _train_ranker(
 ) -> dict:
     from accelerate import Accelerator
 
-    from ..ranking.models import load_model, load_tokenizer
+    from ..ranking.models import check_lora_rank, load_model, load_tokenizer
     from ..ranking.templates import load_template
     from ..ranking.verbalizer import derive_verbalizer
 
@@ -282,6 +282,7 @@ def _train_ranker(
     template = load_template(config.template, templates_dir)
     # the answer letters on the tokenizer alone: a template that splits them is refused before the weights load
     derive_verbalizer(load_tokenizer(config.model, trust_remote_code), template).ids(k)
+    check_lora_rank(config.lora_r, config.model, trust_remote_code)
     choice = _agreed_dtype(_resumed_dtype(partial, config, accelerator.device) if resume else config.dtype, accelerator)
     if resume:
         choice = dataclasses.replace(choice, reason=f"dtype {choice.dtype}, as the interrupted run trained")

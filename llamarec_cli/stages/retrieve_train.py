@@ -234,6 +234,11 @@ def _start_or_resume(workdir, dataset, cls, retriever, flags, resume, restart) -
     if resume:
         return resumed_config(workdir, dataset, retriever, flags)
     config, sources = resolve_config(cls, dataset.name, flags)
+    if config.loss == "sampled" and config.uniform_negatives > dataset.num_items:
+        raise ConfigError(
+            f"--uniform-negatives {config.uniform_negatives:,} is more than {dataset.name}'s {dataset.num_items:,} "
+            "items: at most that many (or --loss full, which scores them all)."
+        )
     partial = partial_dir(workdir, dataset.name, retriever)
     # Only a run that saved training state is worth keeping; one that failed before its first validation is not.
     if Workdir.state(partial).is_file() and not restart:
