@@ -43,7 +43,7 @@ def parse_value(config_class: type, key: str, text: str):
     """Turn ``--set key=value`` text into the field's type, with a clear error naming the known keys."""
     types_ = field_types(config_class)
     if key not in types_:
-        raise ConfigError(f"{config_class.__name__} has no setting '{key}'. Known settings: {', '.join(types_)}.")
+        raise ConfigError(unknown_setting(key, list(types_)))
     kind = types_[key]
     if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:  # e.g. int | None
         options = [t for t in typing.get_args(kind) if t is not type(None)]
@@ -57,7 +57,18 @@ def parse_value(config_class: type, key: str, text: str):
             return text.lower() in ("true", "1", "yes")
         return kind(text)
     except ValueError:
-        raise ConfigError(f"Setting '{key}' needs a {kind.__name__} value (got '{text}').") from None
+        raise ConfigError(f"Setting '{key}' needs {KINDS.get(kind, kind.__name__)} (got '{text}').") from None
+
+
+KINDS = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+
+
+def unknown_setting(key: str, known: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"No setting '{key}'.{hint} Known settings: {', '.join(known)}."
 
 
 def parse_sets(config_class: type, items: list[str]) -> dict:
@@ -103,9 +114,7 @@ def build_config(config_class: type, layers: list[tuple[str, dict]]) -> tuple[An
         for key, value in layer_values.items():
             if key not in known:
                 if layer == "flag":
-                    raise ConfigError(
-                        f"{config_class.__name__} has no setting '{key}'. Known settings: {', '.join(known)}."
-                    )
+                    raise ConfigError(unknown_setting(key, list(known)))
                 continue
             values[key], sources[key] = value, layer
     try:
@@ -148,8 +157,11 @@ class RetrieverConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        if self.lr <= 0 or self.weight_decay < 0 or self.clip <= 0:
-            raise ConfigError("lr and clip must be positive and weight_decay not negative")
+        for name in ("lr", "clip"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive (got {getattr(self, name)})")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be 0 or more (got {self.weight_decay})")
         check_seed(self.seed)
 
     def to_dict(self) -> dict[str, Any]:

@@ -103,3 +103,19 @@ def test_an_interrupted_pipeline_says_what_running_it_again_keeps(workdir, monke
     said = " ".join(result.output.split())
     assert "Run the same command again" in said and "continues from its last validation" in said
     assert "before its first validation starts over" in said
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--retriever-epochs", "0", "--retriever-epochs must be at least 1 (got 0)."),  # was "max_epochs must be..."
+        ("--train-examples", "0", "--train-examples must be at least 1 (got 0)."),
+        ("--val-examples", "-3", "--val-examples must be at least 1 (got -3)."),
+        ("--lr", "0", "--lr must be a positive number (got 0.0)."),  # was "lr and clip must be positive, ..."
+        ("--lr", "nan", "--lr must be a positive number (got nan)."),
+    ],
+)
+def test_a_bad_budget_is_refused_in_the_pipelines_own_flag_names(workdir, option, value, message):
+    result = CliRunner().invoke(build_app(), ["pipeline", "ml-100k", "-w", str(workdir), option, value])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert not (workdir / "ml-100k").exists()

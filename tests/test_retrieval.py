@@ -139,7 +139,7 @@ def test_user_flags_beat_dataset_and_retriever_defaults(monkeypatch):
     config, sources = resolve_config(cls, "beauty", {"batch_size": 8})
     assert (config.batch_size, config.dropout) == (8, 0.3)
     assert sources["batch_size"] == "flag" and sources["dropout"] == "retriever" and sources["lr"] == "default"
-    with pytest.raises(ConfigError, match="no setting 'heads'.*hidden"):
+    with pytest.raises(ConfigError, match="No setting 'heads'.*hidden"):
         resolve_config(cls, "beauty", {"heads": 2})
     with pytest.raises(ConfigError, match="dropout"):
         resolve_config(cls, "beauty", {"dropout": 1.5})
@@ -148,9 +148,9 @@ def test_user_flags_beat_dataset_and_retriever_defaults(monkeypatch):
 def test_set_values_are_typed():
     assert parse_value(LRURecConfig, "hidden", "32") == 32
     assert parse_value(LRURecConfig, "lr", "3e-4") == 3e-4
-    with pytest.raises(ConfigError, match="needs a int value"):
+    with pytest.raises(ConfigError, match="Setting 'hidden' needs a whole number"):
         parse_value(LRURecConfig, "hidden", "big")
-    with pytest.raises(ConfigError, match="Known settings"):
+    with pytest.raises(ConfigError, match="No setting 'hiden'. Did you mean 'hidden'\\? Known settings"):
         parse_value(LRURecConfig, "hiden", "32")
 
 

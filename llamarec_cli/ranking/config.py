@@ -96,8 +96,13 @@ class RankerConfig:
         for name in ("max_train_examples", "max_val_examples", "fusion_val_examples", "tokens_per_pass"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        if self.lr <= 0 or self.clip <= 0 or not 0 <= self.lora_dropout < 1 or self.warmup_steps < 0:
-            raise ConfigError("lr and clip must be positive, lora_dropout in [0, 1) and warmup_steps >= 0")
+        for name in ("lr", "clip"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive (got {getattr(self, name)})")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout must be in [0, 1) (got {self.lora_dropout})")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be 0 or more (got {self.warmup_steps})")
         check_seed(self.seed)
         if self.negatives not in NEGATIVES:
             raise ConfigError(f"Unknown negatives '{self.negatives}'. Use one of: {', '.join(NEGATIVES)}.")

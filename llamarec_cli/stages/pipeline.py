@@ -47,6 +47,17 @@ class Budget:
     )
     test_examples: int | None = option(None, "Rank a sample of this many test users.")
 
+    def check(self) -> None:
+        """Each value refused in the pipeline's own flag names (the stages' configs would name their fields)."""
+        import math
+
+        for name in ("retriever_epochs", "train_examples", "val_examples", "eval_every", "batch_size", "test_examples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {value}).")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr must be a positive number (got {self.lr}).")
+
 
 def run_pipeline(
     dataset: str,
@@ -164,8 +175,7 @@ def _check_before_work(dataset: str, model: str, budget: Budget, device: str):
     from .retrieve_train import resolve_config, retriever_class
 
     check_negatives(budget.negatives)
-    if budget.test_examples is not None and budget.test_examples < 1:
-        raise ConfigError(f"--test-examples must be at least 1 (got {budget.test_examples}).")
+    budget.check()
     resolve_config(retriever_class("lrurec"), dataset, {"max_epochs": budget.retriever_epochs})
     config = RankerConfig(
         model=model,
