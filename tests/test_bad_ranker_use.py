@@ -67,6 +67,13 @@ def test_a_fusion_without_a_ranker_is_refused(chain_with_candidates, workdir):
     assert "ranker" not in evaluate("chain", workdir=workdir, ranker="none", fusion="none")  # what none means
 
 
+@pytest.mark.parametrize("options", [{"adapter": "none", "model": ""}, {"adapter": ""}, {"adapter": " "}])
+def test_an_empty_model_or_adapter_is_refused_not_read_as_the_default(chain_with_candidates, workdir, options):
+    """--adapter none --model '' went on to download Llama 2 7B (13 GB); --adapter '' used the trained one."""
+    with pytest.raises(ConfigError, match=r"--(model|adapter) is empty"):
+        evaluate("chain", workdir=workdir, device="cpu", **options)
+
+
 def test_a_sampled_evaluate_compares_both_orders_on_the_same_users(trained):
     report = evaluate("chain", workdir=trained, device="cpu", max_examples=3)
     for who in ("retriever", "ranker"):

@@ -13,6 +13,7 @@ from .options import (
     Dtype,
     Fusion,
     Json,
+    Model,
     RankedRetriever,
     TemplatesDir,
     TrustRemoteCode,
@@ -36,7 +37,7 @@ def evaluate(
     adapter: Annotated[
         str | None, typer.Option("--adapter", help="none: rank zero-shot with the base model; or a PEFT adapter dir.")
     ] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Base model for --adapter none.")] = None,
+    model: Model = None,
     template: Annotated[str | None, typer.Option("--template", help="Prompt template for --adapter none.")] = None,
     templates_dir: TemplatesDir = None,
     retriever: RankedRetriever = None,

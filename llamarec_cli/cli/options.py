@@ -66,7 +66,15 @@ Fusion = Annotated[
 # what serve-shell and serve load: a trained ranker, or a base model zero-shot
 Ranker = Annotated[str, typer.Option("--ranker", help="A trained ranker's --name, or none.")]
 Adapter = Annotated[str | None, typer.Option("--adapter", help="none: the base model zero-shot.")]
-Model = Annotated[str | None, typer.Option("--model", help="Base model for --adapter none.")]
+Model = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Base model for --adapter none: an alias, a local directory or a hub id "
+        "\\[default: meta-llama/Llama-2-7b-hf, the paper's; smollm2-135m runs on a CPU].",
+        show_default=False,
+    ),
+]
 
 
 def check_loading_options(device: str, dtype: str | None, fusion: str | None) -> None:

@@ -105,6 +105,13 @@ class Ranker:
     dtype_reason: str  # why, in one line
 
 
+def check_given(**options: str | None) -> None:
+    """An empty --model or --adapter is refused: '' would read as the default (Llama 2 7B, the trained adapter)."""
+    for name, value in options.items():
+        if value is not None and not value.strip():
+            raise ConfigError(f"--{name} is empty: leave it out for its default, or name one.")
+
+
 def load_ranker(
     dataset,
     workdir: Path,
@@ -125,6 +132,7 @@ def load_ranker(
     from ..ranking.prompts import PromptEncoder
     from ..ranking.templates import DEFAULT_TEMPLATE, load_template
 
+    check_given(model=model, adapter=adapter)
     manifest = None
     if adapter != "none":
         manifest = load_ranker_manifest(workdir, dataset, ranker)
@@ -243,6 +251,7 @@ def evaluate(
     ``max_examples``: rank a seeded sample of the subset (a quick estimate, marked as such in the report).
     ``fusion``: auto (the α stored with the ranker), none, or an α in [0, 1]; the fused order is reported beside the
     pure ranker's."""
+    check_given(model=model, adapter=adapter)
     for option, value in (("--batch-size", batch_size), ("--max-examples", max_examples)):
         if value is not None and value < 1:
             raise ConfigError(f"{option} must be at least 1 (got {value}).")
