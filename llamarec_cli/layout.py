@@ -61,6 +61,11 @@ class Workdir:
         return folder / f"{retriever}.parquet", folder / f"{retriever}.json"
 
     def ranker(self, dataset: str, name: str) -> Path:
+        if name == "none":  # what --ranker none means to evaluate, serve and serve-shell: no ranker
+            raise ConfigError(
+                "'none' is no ranker's name: --ranker none means the retriever alone. Give a trained ranker's name "
+                "(rank-train --name), or choose another."
+            )
         return self.root / plain("dataset", dataset) / "ranker" / plain("ranker", name)
 
     def reports(self, dataset: str) -> Path:

@@ -239,3 +239,17 @@ def test_show_config_with_json_is_json(command):
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert shown["seed"] == {"value": 7, "from": "flag"} and shown["batch_size"]["from"] in ("dataset", "retriever")
+
+
+@pytest.mark.parametrize(
+    "args", [["rank-train", "chain", "--name", "none"], ["tune-fusion", "chain", "--ranker", "none"]]
+)
+def test_none_is_no_rankers_name(args, chain, workdir):
+    """rank-train --name none trained a ranker that evaluate and serve could never use (they read none as no ranker),
+    and tune-fusion --ranker none advised exactly that."""
+    result = (
+        invoke(*args, "-w", str(workdir), "--device", "cpu")
+        if args[0] == "rank-train"
+        else invoke(*args, "-w", str(workdir))
+    )
+    assert result.exit_code == 2 and "'none' is no ranker's name" in " ".join(result.output.split()), result.output
