@@ -53,6 +53,13 @@ def float_fields(config_class):
 BAD_FLOATS = ["nan", "inf", "-inf", "NaN"]
 
 
+@pytest.mark.parametrize("value", [",", " , ,"])
+def test_a_lora_target_that_names_no_module_is_refused(value):
+    """It was stored as given and read as the default targets."""
+    with pytest.raises(ConfigError, match="names no module"):
+        RankerConfig(lora_target=value)
+
+
 @pytest.mark.parametrize("config_class", [LRURecConfig, RankerConfig])
 @pytest.mark.parametrize("text", BAD_FLOATS)
 def test_a_non_finite_setting_is_refused_up_front(config_class, text):

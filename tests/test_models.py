@@ -382,3 +382,23 @@ def test_smollm2_conversion_is_a_plain_working_checkpoint(smollm2_dir, monkeypat
     with torch.no_grad():
         out = loaded.model.generate(**batch, max_new_tokens=8, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, batch.input_ids.shape[1] :])
+
+
+def test_a_model_not_in_the_cache_is_announced_once_before_the_hub_is_asked(monkeypatch, capsys):
+    """pipeline checks the model with its tokenizer first: the hub's retries took 40 s without a word."""
+    import transformers
+
+    from llamarec_cli.ranking import models
+
+    def unreachable(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.delenv("LLAMAREC_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", unreachable)
+    monkeypatch.setattr(models, "_ANNOUNCED", set())
+    for _ in range(2):
+        with pytest.raises(ModelError):
+            load_tokenizer("someone/not-cached-anywhere")
+    said = capsys.readouterr().err
+    assert said.count("Downloading someone/not-cached-anywhere from the Hugging Face hub") == 1

@@ -104,6 +104,10 @@ class RankerConfig:
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps must be 0 or more (got {self.warmup_steps})")
         check_seed(self.seed)
+        if self.lora_target.strip() and not self.lora_targets:
+            raise ConfigError(
+                f"lora_target '{self.lora_target}' names no module: e.g. q_proj,v_proj (or leave it out)."
+            )
         if self.negatives not in NEGATIVES:
             raise ConfigError(f"Unknown negatives '{self.negatives}'. Use one of: {', '.join(NEGATIVES)}.")
         if self.loss not in LOSSES:
