@@ -48,6 +48,8 @@ def test_another_retriever_than_the_rankers_is_refused(trained):
     with pytest.raises(ConfigError, match="ranks the candidates of 'lrurec', not 'sasrec'"):
         evaluate("chain", workdir=trained, retriever="sasrec", device="cpu")
     assert evaluate("chain", workdir=trained, retriever="lrurec", device="cpu", max_examples=2)["ranker"]
+    with pytest.raises(UnknownNameError, match="Unknown retriever 'foo'"):  # not "train a ranker on 'foo'"
+        evaluate("chain", workdir=trained, retriever="foo", device="cpu")
 
 
 def test_candidates_exported_again_after_training_are_refused_by_evaluate_as_by_tune_fusion(trained):

@@ -136,6 +136,9 @@ def test_unreachable_source_explains_what_to_place_where(server, tmp_path):
     (tmp_path / "mine").mkdir()
     with pytest.raises(RawDataMissingError) as info:
         resolve_raw_files(spec_with(raw), raw_dir=tmp_path / "mine")
+    (tmp_path / "archive.zip").write_bytes(b"PK")  # the archive itself given: its folder is what is meant
+    with pytest.raises(ConfigError, match=f"archive.zip .*is a file: give the folder that holds it, {tmp_path}"):
+        resolve_raw_files(spec_with(raw), raw_dir=tmp_path / "archive.zip")
     message = str(info.value)
     assert "Raw files for 'local' are missing: r.csv" in message
     assert str(tmp_path / "mine") in message and "HTTP 404" in message

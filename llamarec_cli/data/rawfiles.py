@@ -90,7 +90,10 @@ def resolve_raw_files(spec: DatasetSpec, raw_dir: Path | None = None) -> RawFile
     """Local paths of every raw file of ``spec``, downloading into the cache what is missing."""
     if raw_dir is not None and not raw_dir.is_dir():
         # otherwise a mistyped path would silently fall back to the cached (possibly other) files
-        raise ConfigError(f"The raw directory {raw_dir} (--raw-dir or LLAMAREC_RAW_DIR) is not a folder.")
+        where = (
+            f"is a file: give the folder that holds it, {raw_dir.parent}" if raw_dir.is_file() else "is not a folder"
+        )
+        raise ConfigError(f"The raw directory {raw_dir} (--raw-dir or LLAMAREC_RAW_DIR) {where}.")
     cache = cache_folder(spec)
     found: dict[str, Path] = {}
     missing: list[RawFile] = []

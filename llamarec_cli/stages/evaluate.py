@@ -36,7 +36,7 @@ from .rank_train import (
     subset_metrics,
     target_ranks,
 )
-from .retrieve_train import DEFAULT_RETRIEVER
+from .retrieve_train import DEFAULT_RETRIEVER, retriever_class
 
 REPORT_KS = (5, 10)  # the cut-offs the ranker report shows (evaluation.metrics.KS: those computed)
 NAMES = ("MRR", "NDCG", "Recall")
@@ -62,6 +62,8 @@ def ranker_plan(
     ranker). Options the plan would ignore are refused: a retriever other than the trained ranker's, a ``fusion``
     without a ranker, a bad ``fusion``."""
     stored = manifest = None
+    if retriever is not None:
+        retriever_class(retriever)  # an unknown name lists the known ones (before any advice that names it)
     if ranker != "none" and adapter != "none":
         manifest = load_ranker_manifest(workdir, dataset, ranker)
         trained_on, stored = manifest["config"]["retriever"], manifest.get("fusion")
