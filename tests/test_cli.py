@@ -253,3 +253,18 @@ def test_none_is_no_rankers_name(args, chain, workdir):
         else invoke(*args, "-w", str(workdir))
     )
     assert result.exit_code == 2 and "'none' is no ranker's name" in " ".join(result.output.split()), result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["rank-train", "ml-100k", "--device", "gpu"], "Unknown device 'gpu'"),
+        (["rank-train", "ml-100k", "--name", "../x"], "A ranker name is letters"),
+        (["rank-train", "ml-100k", "--set", "retriever=foo"], "Unknown retriever 'foo'"),
+        (["retrieve-train", "ml-100k", "--device", "gpu"], "Unknown device 'gpu'"),
+    ],
+)
+def test_show_config_refuses_what_the_run_would_refuse(args, message):
+    """It showed the config with status 0; the run then failed."""
+    result = invoke(*args, "--show-config")
+    assert result.exit_code == 2 and message in result.output, result.output

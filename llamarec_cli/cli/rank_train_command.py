@@ -60,8 +60,11 @@ def rank_train(
 ) -> None:
     """Fine-tune the LLM ranker with (Q)LoRA on the retriever's candidates; keep the best adapter (PEFT format)."""
     from ..config import check_resume_restart, parse_sets, with_sets
+    from ..layout import plain
     from ..ranking.templates import load_template
     from ..stages.rank_train import RANKER_EARLY_STOP_METRIC, ranker_dir, resumed_config, train_ranker
+    from ..stages.retrieve_train import retriever_class
+    from ..training import resolve_device
     from .progress import RichReporter
 
     flags = with_sets(flags, parse_sets(RankerConfig, set_ or []))
@@ -70,7 +73,11 @@ def rank_train(
         config, sources = resumed_config(settings.workdir(workdir), dataset, name, flags)
     else:
         config, sources = resolve_ranker_config(dataset, flags)
-    load_template(config.template, templates_dir)  # a missing or broken template: refused before anything else
+    # what the run would refuse is refused before anything else, --show-config included
+    load_template(config.template, templates_dir)
+    plain("ranker", name)
+    retriever_class(config.retriever)
+    resolve_device(device)
     if show_config:
         print_config("ranker", config, sources, json_output)
         return

@@ -72,6 +72,9 @@ def retrieve_train(
     data = dataset if show_config else load_dataset(root, dataset)
     config, sources = _effective_config(root, data, cls, retriever, flags, resume)
     if show_config:
+        from ..training import resolve_device
+
+        resolve_device(device)  # what the run would refuse, --show-config refuses
         print_config(retriever, config, sources, json_output)
         return
     main = main_process()  # under accelerate launch, the main process alone speaks
