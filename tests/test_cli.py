@@ -157,8 +157,11 @@ def test_a_cache_folder_that_is_a_file_is_one_line_naming_its_setting(tmp_path, 
     monkeypatch.setenv("LLAMAREC_CACHE_DIR", str(tmp_path / "cache"))
     result = invoke("preprocess", "ml-100k", "--raw-dir", str(raw), "--workdir", str(tmp_path / "runs"))
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "is a file, not a folder. Choose another cache folder (LLAMAREC_CACHE_DIR)" in " ".join(
-        result.output.split()
+    said = " ".join(result.output.split())
+    assert f"LLAMAREC_CACHE_DIR={tmp_path / 'cache'} is a file, not a folder: point it at a folder." in said
+    missing = invoke("preprocess", "ml-100k", "--workdir", str(tmp_path / "runs"))  # the advice named <file>/raw/
+    assert missing.exit_code == 1 and "is a file, not a folder: point it at a folder" in " ".join(
+        missing.output.split()
     )
 
 

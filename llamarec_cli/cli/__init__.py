@@ -58,7 +58,7 @@ ACCESS_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS)
 def _in_cache(path) -> bool:
     try:
         return path is not None and Path(path).resolve().is_relative_to(settings.cache_dir().resolve())
-    except (OSError, ValueError):
+    except (OSError, ValueError, LlamarecError):  # LlamarecError: the cache setting names a file
         return False
 
 
