@@ -42,7 +42,7 @@ def export_candidates(
 ) -> dict:
     """Write the top-k candidates and return the manifest (metrics and hit-rate@k per split)."""
     if k < 1:
-        raise ArtifactError(f"--k must be at least 1 (got {k}).")
+        raise ConfigError(f"--k must be at least 1 (got {k}).")
     dataset = load_dataset(workdir, dataset_name)  # a name, or the Dataset the pipeline loaded
     dataset_name = dataset.name
     if k >= dataset.num_items:  # the lists would hold every unseen item and hit-rate@k say nothing
