@@ -37,12 +37,7 @@ def raw_dir(option: Path | None = None) -> Path | None:
 def cache_dir() -> Path:
     """$LLAMAREC_CACHE_DIR, else $XDG_CACHE_HOME/llamarec, else ~/.cache/llamarec."""
     if os.environ.get(ENV_CACHE_DIR):
-        folder = Path(os.environ[ENV_CACHE_DIR])
-        if folder.exists() and not folder.is_dir():  # else advice would say to put files under a file
-            from .errors import WorkdirError
-
-            raise WorkdirError(f"{ENV_CACHE_DIR}={folder} is a file, not a folder: point it at a folder.")
-        return folder
+        return Path(os.environ[ENV_CACHE_DIR])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "llamarec"
 

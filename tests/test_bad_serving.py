@@ -223,3 +223,18 @@ def test_an_unknown_user_is_refused_before_the_ranker_loads(retriever_only, monk
     monkeypatch.setattr("llamarec_cli.serving.recommender.Recommender.__init__", never)
     result = CliRunner().invoke(build_app(), [*retriever_only, "--user", "99999"])
     assert result.exit_code == 2 and "No user '99999' in chain" in result.output
+
+
+def test_ctrl_c_leaves_the_interactive_shell_as_quit_does(retriever_only, monkeypatch):
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("llamarec_cli.serving.shell.Shell.cmdloop", interrupted)
+    result = CliRunner().invoke(build_app(), retriever_only)
+    assert result.exit_code == 0 and "Interrupted" not in result.output
+
+
+def test_evaluate_with_the_retriever_alone_needs_no_device(chain_with_candidates, workdir):
+    """Nothing runs on the device: a machine without a GPU may say --device cuda (the check refused it)."""
+    args = ["evaluate", "chain", "-w", str(workdir), "--ranker", "none", "--device", "cuda"]
+    assert CliRunner().invoke(build_app(), args).exit_code == 0

@@ -285,15 +285,14 @@ def test_a_count_that_would_blank_titles_or_is_a_boolean_is_refused(tmp_path, li
         load_template(write(tmp_path, text))
 
 
-def test_doubled_braces_are_literal_braces_in_every_field(tmp_path):
-    """The refusal of a placeholder in 'instruction' says to write {{ }}; those were then shown doubled."""
+def test_a_placeholder_where_none_is_filled_in_is_refused_with_true_advice(tmp_path):
+    """The advice was "use {{ }} for braces", which these fields show doubled: they are used as written."""
     text = "\n".join(
-        'instruction = "Answer with {{letter}} only"' if row.startswith("instruction ") else row
+        'instruction = "Answer with {letter} only"' if row.startswith("instruction ") else row
         for row in VALID.splitlines()
     )
-    template = load_template(write(tmp_path, text))
-    assert template.instruction == "Answer with {letter} only"
-    assert "Answer with {letter} only" in template.render(["h"], ["c"])
+    with pytest.raises(DataFormatError, match="field 'instruction' is used as written: it cannot contain"):
+        load_template(write(tmp_path, text))
 
 
 def test_a_bom_is_read_and_a_directory_is_named_as_one(tmp_path):
@@ -308,3 +307,5 @@ def test_a_bare_name_is_a_template_name_whatever_file_the_current_folder_holds(t
     monkeypatch.chdir(tmp_path)
     (tmp_path / "plain").write_text("junk that is no TOML", encoding="utf-8")
     assert load_template("plain").name == "plain"  # the packaged one
+    (tmp_path / "mine").write_text(VALID, encoding="utf-8")
+    assert load_template("mine").path == Path("mine")  # a bare file name that names no template: the file

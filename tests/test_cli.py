@@ -157,12 +157,12 @@ def test_a_cache_folder_that_is_a_file_is_one_line_naming_its_setting(tmp_path, 
     monkeypatch.setenv("LLAMAREC_CACHE_DIR", str(tmp_path / "cache"))
     result = invoke("preprocess", "ml-100k", "--raw-dir", str(raw), "--workdir", str(tmp_path / "runs"))
     assert result.exit_code == 1 and "Traceback" not in result.output
-    said = " ".join(result.output.split())
-    assert f"LLAMAREC_CACHE_DIR={tmp_path / 'cache'} is a file, not a folder: point it at a folder." in said
-    missing = invoke("preprocess", "ml-100k", "--workdir", str(tmp_path / "runs"))  # the advice named <file>/raw/
-    assert missing.exit_code == 1 and "is a file, not a folder: point it at a folder" in " ".join(
-        missing.output.split()
+    assert "is a file, not a folder. Choose another cache folder (LLAMAREC_CACHE_DIR)" in " ".join(
+        result.output.split()
     )
+    missing = invoke("preprocess", "ml-100k", "--workdir", str(tmp_path / "runs"))  # the advice named <file>/raw/
+    said = " ".join(missing.output.split())
+    assert missing.exit_code == 1 and f"The cache folder {tmp_path / 'cache'} (LLAMAREC_CACHE_DIR) is a file" in said
 
 
 def test_retrieve_train_without_a_dataset_refuses_before_printing_the_config(tmp_path):
@@ -263,6 +263,7 @@ def test_none_is_no_rankers_name(args, chain, workdir):
     [
         (["rank-train", "ml-100k", "--device", "gpu"], "Unknown device 'gpu'"),
         (["rank-train", "ml-100k", "--name", "../x"], "A ranker name is letters"),
+        (["rank-train", "ml-100k", "--name", "none"], "'none' is no ranker's name"),
         (["rank-train", "ml-100k", "--set", "retriever=foo"], "Unknown retriever 'foo'"),
         (["retrieve-train", "ml-100k", "--device", "gpu"], "Unknown device 'gpu'"),
     ],
@@ -271,3 +272,14 @@ def test_show_config_refuses_what_the_run_would_refuse(args, message):
     """It showed the config with status 0; the run then failed."""
     result = invoke(*args, "--show-config")
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_under_a_multi_process_launch_sigterm_is_left_to_the_launcher(monkeypatch):
+    """torchrun / accelerate launch stop the other processes with SIGTERM when one fails: each printing resume
+    advice would bury the real error."""
+    from llamarec_cli.cli import _launched
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _launched()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not _launched()

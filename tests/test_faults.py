@@ -366,6 +366,10 @@ def test_a_cache_folder_that_cannot_be_created_is_one_line(monkeypatch, tmp_path
     )
     elsewhere = FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "gone"))
     assert storage_error(elsewhere) is None  # a missing file outside the cache: a bug, shown
+    (tmp_path / "cache").mkdir()
+    monkeypatch.setenv("LLAMAREC_CACHE_DIR", str(tmp_path / "cache"))
+    gone = FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "cache" / "raw" / "x.csv"))
+    assert storage_error(gone) is None  # a file gone from a cache that exists: a bug too, not bad advice
 
 
 def os_message(code):

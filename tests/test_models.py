@@ -401,4 +401,5 @@ def test_a_model_not_in_the_cache_is_announced_once_before_the_hub_is_asked(monk
         with pytest.raises(ModelError):
             load_tokenizer("someone/not-cached-anywhere")
     said = capsys.readouterr().err
-    assert said.count("Downloading someone/not-cached-anywhere from the Hugging Face hub") == 1
+    assert said.count("Fetching the tokenizer of someone/not-cached-anywhere from the Hugging Face hub") == 1
+    assert "Downloading" not in said  # the weights are announced when they load, not with the tokenizer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import signal
 import sys
 from pathlib import Path
@@ -58,7 +59,7 @@ ACCESS_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS)
 def _in_cache(path) -> bool:
     try:
         return path is not None and Path(path).resolve().is_relative_to(settings.cache_dir().resolve())
-    except (OSError, ValueError, LlamarecError):  # LlamarecError: the cache setting names a file
+    except (OSError, ValueError):
         return False
 
 
@@ -80,7 +81,8 @@ def storage_error(exc: OSError) -> LlamarecError | None:
             f"Cannot write {where}: {exc.strerror}. Choose a writable {_setting_for(exc.filename)}; "
             "the previous artifact is unchanged."
         )
-    if exc.errno == errno.ENOENT and _in_cache(exc.filename):  # e.g. LLAMAREC_CACHE_DIR under /proc
+    if exc.errno == errno.ENOENT and _in_cache(exc.filename) and not settings.cache_dir().is_dir():
+        # the cache folder could not be made (LLAMAREC_CACHE_DIR under /proc); a file gone from it is a bug, shown
         return WorkdirError(
             f"Cannot create {where}: {exc.strerror}. Choose another cache folder ({settings.ENV_CACHE_DIR})."
         )
@@ -117,13 +119,19 @@ def _mapped(callback):
 
 def _exiting_after_interrupt() -> None:
     """The work is stopped and cleaned up: a second Ctrl-C during the exit would only print a traceback from the
-    libraries' exit handlers (torch's among them). A SIGTERM still ends the process."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    libraries' exit handlers (torch's among them); it ends the process at once, quietly, as a SIGTERM does."""
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(INTERRUPTED))
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _terminate(signum, frame):
     raise KeyboardInterrupt  # `kill` stops a command as Ctrl-C does: no half-written artifact, and its advice
+
+
+def _launched() -> bool:
+    """Under torchrun / accelerate launch: the launcher sends SIGTERM to the other processes when one fails, and
+    expects them to die (an interruption message from each would bury the real error)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def build_app() -> typer.Typer:
@@ -140,7 +148,8 @@ def main() -> None:
     from ..quiet import quiet_libraries
 
     quiet_libraries()  # the libraries' bars, warnings and logs; LLAMAREC_DEBUG=1 keeps them
-    signal.signal(signal.SIGTERM, _terminate)
+    if not _launched():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         build_app()(prog_name="llamarec")
     except SystemExit as exc:

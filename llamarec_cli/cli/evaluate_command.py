@@ -56,7 +56,7 @@ def evaluate(
     """Rank the test users' candidates and report the subset and overall metrics, ranker next to retriever."""
     from ..stages.evaluate import evaluate as run
 
-    check_loading_options(device, dtype, fusion)
+    check_loading_options(None if ranker == "none" else device, dtype, fusion)  # the retriever alone runs nothing
 
     report = run(
         dataset,

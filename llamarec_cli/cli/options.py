@@ -77,15 +77,16 @@ Model = Annotated[
 ]
 
 
-def check_loading_options(device: str, dtype: str | None, fusion: str | None) -> None:
-    """--device, --dtype and --fusion checked before anything loads (serve: before the port is bound), whether or
-    not a ranker will read them."""
+def check_loading_options(device: str | None, dtype: str | None, fusion: str | None) -> None:
+    """--device (None: not used), --dtype and --fusion checked before anything loads (serve: before the port is
+    bound), whether or not a ranker will read the last two."""
     from ..errors import ConfigError
     from ..precision import DTYPES
     from ..ranking.fusion import resolve_alpha
     from ..training import resolve_device
 
-    resolve_device(device)
+    if device is not None:
+        resolve_device(device)
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"Unknown dtype '{dtype}'. Use one of: {', '.join(DTYPES)}.")
     resolve_alpha(fusion, None)

@@ -60,7 +60,6 @@ def rank_train(
 ) -> None:
     """Fine-tune the LLM ranker with (Q)LoRA on the retriever's candidates; keep the best adapter (PEFT format)."""
     from ..config import check_resume_restart, parse_sets, with_sets
-    from ..layout import plain
     from ..ranking.templates import load_template
     from ..stages.rank_train import RANKER_EARLY_STOP_METRIC, ranker_dir, resumed_config, train_ranker
     from ..stages.retrieve_train import retriever_class
@@ -75,7 +74,7 @@ def rank_train(
         config, sources = resolve_ranker_config(dataset, flags)
     # what the run would refuse is refused before anything else, --show-config included
     load_template(config.template, templates_dir)
-    plain("ranker", name)
+    ranker_dir(settings.workdir(workdir), dataset, name)  # a name that is a path, or none, is refused
     retriever_class(config.retriever)
     resolve_device(device)
     if show_config:

@@ -90,7 +90,10 @@ def serve_shell(
             print_recommendation(stdout, rec, top, f"User {user}" if user is not None else "Your history")
         return
     history_file = settings.cache_dir() / "serve-shell-history"
-    Shell(recommender, stdout, top=top, history_file=history_file).cmdloop()
+    try:
+        Shell(recommender, stdout, top=top, history_file=history_file).cmdloop()
+    except KeyboardInterrupt:  # Ctrl-C leaves the shell as quit does: nothing to redo, no "Interrupted"
+        stdout.print()
 
 
 def install(cli: typer.Typer) -> None:

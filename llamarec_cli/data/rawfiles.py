@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 
 from .. import settings
-from ..errors import ConfigError, DataFormatError, LlamarecError, RawDataMissingError
+from ..errors import ConfigError, DataFormatError, LlamarecError, RawDataMissingError, WorkdirError
 from ..files import sha256_of
 from .spec import DatasetSpec, RawFile, RawFiles
 
@@ -118,6 +118,11 @@ def resolve_raw_files(spec: DatasetSpec, raw_dir: Path | None = None) -> RawFile
 
 
 def _download_missing(spec: DatasetSpec, missing: list[RawFile], cache: Path, raw_dir: Path | None):
+    if settings.cache_dir().exists() and not settings.cache_dir().is_dir():  # the advice below would name a file
+        raise WorkdirError(
+            f"The cache folder {settings.cache_dir()} ({settings.ENV_CACHE_DIR}) is a file: point it at a folder, "
+            "or give the raw files with --raw-dir DIR."
+        )
     wanted = []
     for archive in sorted({r.archive for r in missing if r.archive}):
         members = " and ".join(r.name for r in missing if r.archive == archive)

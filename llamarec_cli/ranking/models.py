@@ -231,7 +231,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     source = resolve_model(name_or_path)
-    _say_if_downloading(source, settings.offline())
+    _say_if_downloading(source, settings.offline(), "tokenizer")
     with _load_errors(source):
         tokenizer = AutoTokenizer.from_pretrained(
             source, trust_remote_code=trust_remote_code, local_files_only=settings.offline()
@@ -340,22 +340,26 @@ def load_model(
     return LoadedModel(model, tokenizer, source, quantization, dtype, str(torch_device), choice.reason)
 
 
-_ANNOUNCED: set[str] = set()  # once per model and process: the tokenizer and the weights load one after the other
+_ANNOUNCED: set[tuple[str, str]] = set()  # (model, what): said once per process
 
 
-def _say_if_downloading(source: str, offline: bool) -> None:
-    """The libraries' download bars are off (llamarec_cli/quiet.py): say in one line that a long download starts."""
-    if offline or Path(source).is_dir() or settings.debug() or source in _ANNOUNCED:
+def _say_if_downloading(source: str, offline: bool, what: str = "weights") -> None:
+    """The libraries' download bars are off (llamarec_cli/quiet.py): say in one line that a download from the hub
+    starts (the weights: a long one), before the hub is first asked (unreachable, it retries for ~25 s)."""
+    if offline or Path(source).is_dir() or settings.debug() or (source, what) in _ANNOUNCED:
         return
-    _ANNOUNCED.add(source)
+    _ANNOUNCED.add((source, what))
     from huggingface_hub import try_to_load_from_cache
 
-    for weights in ("model.safetensors", "model.safetensors.index.json"):
-        if isinstance(try_to_load_from_cache(source, weights), str):
-            return
+    files = ("tokenizer_config.json",) if what == "tokenizer" else ("model.safetensors", "model.safetensors.index.json")
+    if any(isinstance(try_to_load_from_cache(source, file), str) for file in files):
+        return
+    if what == "tokenizer":
+        said = f"Fetching the tokenizer of {source} from the Hugging Face hub."
+    else:
+        said = f"Downloading {source} from the Hugging Face hub into its cache (once; Llama 2 7B is about 13 GB)."
     print(
-        f"Downloading {source} from the Hugging Face hub into its cache (once; Llama 2 7B is about 13 GB). "
-        "LLAMAREC_DEBUG=1 shows the download's progress; offline, LLAMAREC_OFFLINE=1 fails at once.",
+        f"{said} LLAMAREC_DEBUG=1 shows the download's progress; offline, LLAMAREC_OFFLINE=1 fails at once.",
         file=sys.stderr,
         flush=True,
     )

@@ -101,8 +101,11 @@ def read_template(path: Path, name: str | None = None) -> PromptTemplate:
             raise DataFormatError(path, f"field '{field_name}' {problem} (it may use {may})")
     for field_name in ("instruction", "separator", "description"):
         if _placeholders(path, field_name, data[field_name], check=False):
-            raise DataFormatError(path, f"field '{field_name}' cannot contain placeholders; use {{{{ }}}} for braces")
-        data[field_name] = data[field_name].format()  # {{ and }} are literal braces here too, as in every field
+            raise DataFormatError(
+                path,
+                f"field '{field_name}' is used as written: it cannot contain {{placeholders}} (only layout, input, "
+                "history_item and candidate_item are filled in)",
+            )
     if data["max_tokens"] < 16:
         raise DataFormatError(path, "field 'max_tokens' must be at least 16")
     return PromptTemplate(name=name or path.stem, path=path, **data)
@@ -184,13 +187,15 @@ def available_templates(templates_dir: Path | None = None) -> dict[str, tuple[Pa
 
 
 def load_template(name_or_path: str | Path = DEFAULT_TEMPLATE, templates_dir: Path | None = None) -> PromptTemplate:
-    """A template by explicit path (ending in .toml, or with a folder in it) or by name."""
+    """A template by path (ending in .toml, or with a folder in it), by name, or else by a bare file name."""
     candidate = Path(name_or_path)
-    if candidate.suffix == ".toml" or len(candidate.parts) > 1:  # a path; a bare word is a name, whatever is in cwd
+    if candidate.suffix == ".toml" or len(candidate.parts) > 1:
         if not candidate.exists():
             raise DataFormatError(candidate, "no such template file")
         return read_template(candidate)
     found = available_templates(templates_dir)
-    if str(name_or_path) not in found:
-        raise UnknownNameError("prompt template", str(name_or_path), list(found))
-    return read_template(found[str(name_or_path)][0], name=str(name_or_path))
+    if str(name_or_path) in found:  # a template's name wins over a file of that name in the current folder
+        return read_template(found[str(name_or_path)][0], name=str(name_or_path))
+    if candidate.is_file():  # a bare file name (a ranker trained with one stores it so)
+        return read_template(candidate)
+    raise UnknownNameError("prompt template", str(name_or_path), list(found))
