@@ -346,8 +346,8 @@ _ANNOUNCED: set[tuple[str, str]] = set()  # (model, what): said once per process
 def _say_if_downloading(source: str, offline: bool, what: str = "weights") -> None:
     """The libraries' download bars are off (llamarec_cli/quiet.py): say in one line that a download from the hub
     starts (the weights: a long one), before the hub is first asked (unreachable, it retries for ~25 s)."""
-    if offline or Path(source).is_dir() or settings.debug() or (source, what) in _ANNOUNCED:
-        return
+    if offline or Path(source).is_dir() or settings.debug() or {(source, what), (source, "weights")} & _ANNOUNCED:
+        return  # the weights' line covers the tokenizer fetched with them
     _ANNOUNCED.add((source, what))
     from huggingface_hub import try_to_load_from_cache
 
