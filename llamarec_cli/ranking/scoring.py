@@ -6,7 +6,8 @@ activations (32 prompts x 600 tokens x 1,536 MLP features is 59 MB in bf16) out 
 element-wise work runs at memory speed. On the same 32 ml-100k requests in bf16 (2026-12-07, 2 threads; medians of
 3 rounds): one at a time 5.72 requests/s; batch 8 cut at 1,024 tokens 5.74, at 4,096 7.11; batch 32 cut at 4,096
 7.29, at 16,384 6.61, in one pass of 32 5.29. A training pass keeps to ``CPU_TOKENS_PER_PASS`` (its activations
-are kept for the backward pass), and so does a server (serving/recommender.py). GPUs take the whole batch.
+are kept for the backward pass), and so do its validations and a server (serving/recommender.py). GPUs take the whole
+batch.
 """
 
 from __future__ import annotations

@@ -503,6 +503,8 @@ class _Trainer:
         Returns (stopped early, interrupted)."""
         config, accelerator = self.config, self.run.accelerator
         self.pad = pad_id(self.encoder.tokenizer)
+        # training and its validations alike: beside the training state, a 4,096-token scoring pass (evaluate's)
+        # raised rank-train's peak by 0.85 GiB (benchmarks/results/memory.md)
         self.token_cap = pass_token_cap(accelerator.device, config.tokens_per_pass)
         progress = self.progress
         if progress.validations and progress.bad >= config.patience:  # resumed after it stopped early (while α was
@@ -558,7 +560,7 @@ class _Trainer:
         (``patience`` validations without gain)."""
         run, config, progress, accelerator = self.run, self.config, self.progress, self.run.accelerator
         scores = score_subset(
-            run.model, self.encoder, self.val_examples, config.eval_batch_size, accelerator, config.tokens_per_pass
+            run.model, self.encoder, self.val_examples, config.eval_batch_size, accelerator, self.token_cap
         )
         if any(s.isnan().any() for s in scores):  # NaN letters would tie, and ties keep the retriever's order
             self.diverged(f"The letter logits became NaN at step {progress.step}")
@@ -589,7 +591,7 @@ class _Trainer:
             )
             _load_adapter(run.unwrapped, self.partial / "adapter")
             scores = score_subset(
-                run.model, self.encoder, missing, config.eval_batch_size, run.accelerator, config.tokens_per_pass
+                run.model, self.encoder, missing, config.eval_batch_size, run.accelerator, self.token_cap
             )
             known |= {e.user: s.tolist() for e, s in zip(missing, scores, strict=True)}
         return [torch.tensor(known[e.user]) for e in examples]
