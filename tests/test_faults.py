@@ -131,7 +131,9 @@ def test_more_uniform_negatives_than_items_is_one_line(chain, workdir):
     args = ["retrieve-train", "chain", "--loss", "sampled", "--uniform-negatives", "999999999999", "-w", str(workdir)]
     result = CliRunner().invoke(build_app(), args)
     assert result.exit_code == 2, result.output
-    assert "--uniform-negatives 999,999,999,999 is more than chain's" in " ".join(result.output.split())
+    assert "--uniform-negatives 999,999,999,999 is more than the 1,048,576 a step can draw" in " ".join(
+        result.output.split()
+    )
 
 
 # --- runs that diverge -----------------------------------------------------------------------------------------------

@@ -229,15 +229,18 @@ def rerun_command(dataset: str, retriever: str, workdir: Path | None) -> str:
     return settings.command_for(f"llamarec retrieve-train {dataset}{named}", workdir)
 
 
+MAX_UNIFORM_NEGATIVES = 1 << 20  # a step's draw; a far larger one fails in torch (10^12: a traceback in the loss)
+
+
 def _start_or_resume(workdir, dataset, cls, retriever, flags, resume, restart) -> tuple[RetrieverConfig, dict]:
     """The config to train with: the interrupted run's (--resume) or a fresh one, whose partial folder is made."""
     if resume:
         return resumed_config(workdir, dataset, retriever, flags)
     config, sources = resolve_config(cls, dataset.name, flags)
-    if config.loss == "sampled" and config.uniform_negatives > dataset.num_items:
+    if config.loss == "sampled" and config.uniform_negatives > MAX_UNIFORM_NEGATIVES:  # drawn with replacement
         raise ConfigError(
-            f"--uniform-negatives {config.uniform_negatives:,} is more than {dataset.name}'s {dataset.num_items:,} "
-            "items: at most that many (or --loss full, which scores them all)."
+            f"--uniform-negatives {config.uniform_negatives:,} is more than the {MAX_UNIFORM_NEGATIVES:,} a step can "
+            f"draw; {dataset.name} has {dataset.num_items:,} items, which --loss full scores all of."
         )
     partial = partial_dir(workdir, dataset.name, retriever)
     # Only a run that saved training state is worth keeping; one that failed before its first validation is not.
