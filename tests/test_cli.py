@@ -283,3 +283,48 @@ def test_under_a_multi_process_launch_sigterm_is_left_to_the_launcher(monkeypatc
     assert _launched()
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert not _launched()
+
+
+def test_a_mistyped_command_line_is_one_red_line_and_where_to_look(tmp_path):
+    """Typer showed a usage line and a boxed message, also under --json."""
+    result = run_cli("evaluate", "ml-100k", "--bogus", "--json", tmp_path=tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "Error: No such option: --bogus",
+        "Try 'llamarec evaluate -h' for help.",
+    ]
+    bare = run_cli(tmp_path=tmp_path)  # no command: the help, as before
+    assert bare.returncode == 2 and "Commands" in bare.stdout + bare.stderr and "Error" not in bare.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["preprocess", "ml-100k", "-w", ""],
+        ["preprocess", "ml-100k", "--raw-dir", " "],
+        ["preprocess", "ml-100k", "--from-split", ""],
+        ["pipeline", "--raw-dir", ""],
+        ["templates", "list", "--templates-dir", ""],
+    ],
+)
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(args, tmp_path):
+    """-w "$UNSET" wrote every artifact into the current folder: Path("") is "."."""
+    result = run_cli(*args, tmp_path=tmp_path)
+    assert result.returncode == 2 and "is empty: name a path" in result.stderr, result.stderr
+
+
+def test_templates_dir_must_be_a_folder(tmp_path):
+    file = tmp_path / "file.toml"
+    file.write_text("")
+    result = run_cli("templates", "list", "--templates-dir", str(file), tmp_path=tmp_path)
+    assert result.returncode == 2 and f"{file} is not a folder" in result.stderr, result.stderr
+
+
+def test_evaluate_without_a_ranker_refuses_the_rankers_options(chain_with_candidates, workdir):
+    """--ranker none ignored --template, --quantization, --dtype without a word."""
+    result = invoke(
+        "evaluate", "chain", "-w", str(workdir), "--ranker", "none", "--template", "plain", "--dtype", "bf16"
+    )
+    assert result.exit_code == 2, result.output
+    assert "--template, --dtype are for the ranker" in " ".join(result.output.split())
+    assert invoke("evaluate", "chain", "-w", str(workdir), "--ranker", "none").exit_code == 0

@@ -139,3 +139,11 @@ def test_show_with_a_model_gives_the_prompt_that_model_reads(tmp_path, llama2_to
         build_app(), ["templates", "show", str(tmp_path / "space.toml"), "--model", str(llama2_tokenizer_dir)]
     )
     assert split.exit_code != 0 and "exactly one new token" in " ".join(split.output.split())
+
+
+def test_a_template_file_ending_in_upper_case_toml_is_found(tmp_path):
+    """Mine.TOML (as some editors save it) was skipped in --templates-dir, and loaded by path only by name."""
+    (tmp_path / "Mine.TOML").write_text(VALID.replace("Compact prompt", "Upper case"), encoding="utf-8")
+    assert "Mine" in available_templates(tmp_path)
+    assert "Upper case" in load_template("Mine", tmp_path).description
+    assert "Upper case" in load_template(tmp_path / "Mine.TOML").description

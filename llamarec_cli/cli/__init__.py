@@ -50,6 +50,21 @@ def report_error(exc: LlamarecError) -> None:
     Console(stderr=True, soft_wrap=True).print(Text(f"Error: {exc}", style="bold red"))
 
 
+def report_usage_error(exc: typer.TyperException) -> None:
+    """A mistyped command line as the other errors are shown (one red line), then where to read the usage, instead
+    of Typer's usage line and boxed message."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `llamarec` alone: the help is already shown
+        return
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(stderr=True, soft_wrap=True)
+    console.print(Text(f"Error: {exc.format_message()}", style="bold red"))
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        console.print(Text(f"Try '{ctx.command_path} -h' for help."))
+
+
 # Failures of the machine rather than of llamarec: one line that names the path, not a traceback. Every artifact is
 # written beside the old one and swapped in whole, so the old one is still there.
 STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}
@@ -151,13 +166,17 @@ def main() -> None:
     if not _launched():
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        build_app()(prog_name="llamarec")
-    except SystemExit as exc:
-        if exc.code == INTERRUPTED:
-            _exiting_after_interrupt()
-        raise
+        code = build_app()(prog_name="llamarec", standalone_mode=False)
+    except typer.TyperException as exc:  # a mistyped command line (Typer's click exceptions)
+        report_usage_error(exc)
+        code = exc.exit_code
+    except typer.Abort:  # Ctrl-D at a prompt
+        code = 1
     except LlamarecError as exc:  # raised while loading plugins, before any command runs
         if settings.debug():
             raise
         report_error(exc)
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
+    if code == INTERRUPTED:
+        _exiting_after_interrupt()
+    sys.exit(code if isinstance(code, int) else 0)  # a command's return value is not an exit status

@@ -7,11 +7,29 @@ from typing import Annotated
 
 import typer
 
+
+def path(value: str) -> Path:
+    """A path option's value; '' is refused: Path('') is the current folder, so `-w "$UNSET"` would otherwise write
+    every artifact there."""
+    if not value.strip():
+        raise typer.BadParameter("is empty: name a path, or leave the option out for its default.")
+    return Path(value)
+
+
+def folder(value: str) -> Path:
+    """An existing folder (checked before any model loads, not after)."""
+    found = path(value)
+    if not found.is_dir():
+        raise typer.BadParameter(f"{value} is not a folder." if found.exists() else f"{value} does not exist.")
+    return found
+
+
 Workdir = Annotated[
     Path | None,
     typer.Option(
         "--workdir",
         "-w",
+        parser=path,
         envvar="LLAMAREC_WORKDIR",
         show_envvar=True,
         help="Work directory for every artifact \\[default: ./llamarec-runs].",
@@ -37,8 +55,7 @@ TemplatesDir = Annotated[
     typer.Option(
         "--templates-dir",
         envvar="LLAMAREC_TEMPLATES_DIR",
-        exists=True,  # refused before any model loads, not after
-        file_okay=False,
+        parser=folder,
         show_envvar=True,
         help="A directory of prompt templates (*.toml), searched before plugin and packaged ones.",
     ),

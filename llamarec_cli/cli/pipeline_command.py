@@ -10,7 +10,7 @@ import typer
 from .. import settings
 from ..stages.pipeline import Budget
 from .config_flags import config_flags
-from .options import Device, Json, Workdir
+from .options import Device, Json, Workdir, path
 from .output import print_json, stderr
 
 EPILOG = (
@@ -33,7 +33,9 @@ def pipeline(
     model: Annotated[str, typer.Option("--model", help="Ranker base model: alias, hub id or path.")] = "smollm2-135m",
     raw_dir: Annotated[
         Path | None,
-        typer.Option("--raw-dir", envvar="LLAMAREC_RAW_DIR", show_envvar=True, help="Folder with the raw files."),
+        typer.Option(
+            "--raw-dir", parser=path, envvar="LLAMAREC_RAW_DIR", show_envvar=True, help="Folder with the raw files."
+        ),
     ] = None,
     device: Device = "auto",
     workdir: Workdir = None,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import settings
-from .options import Json, Workdir
+from .options import Json, Workdir, path
 from .output import print_json, stderr, stdout
 
 EPILOG = (
@@ -24,6 +24,7 @@ def preprocess(
         Path | None,
         typer.Option(
             "--raw-dir",
+            parser=path,
             envvar="LLAMAREC_RAW_DIR",
             show_envvar=True,
             help="Folder with the raw files (or their original archive). Else the cache, else a download.",
@@ -31,7 +32,9 @@ def preprocess(
     ] = None,
     from_split: Annotated[
         Path | None,
-        typer.Option("--from-split", help="Import a ready split in the LlamaRec JSON form instead of raw files."),
+        typer.Option(
+            "--from-split", parser=path, help="Import a ready split in the LlamaRec JSON form instead of raw files."
+        ),
     ] = None,
     unescape_titles: Annotated[
         bool, typer.Option("--unescape-titles", help="Turn HTML entities in titles (&amp;) into characters.")

@@ -176,8 +176,9 @@ def available_templates(templates_dir: Path | None = None) -> dict[str, tuple[Pa
         # A mistyped --templates-dir would otherwise fall back to the packaged templates without a word.
         if not Path(templates_dir).is_dir():
             raise ConfigError(f"templates directory {templates_dir} does not exist or is not a directory")
-        for path in sorted(Path(templates_dir).glob("*.toml")):
-            found.setdefault(path.stem, (path, f"directory {templates_dir}"))
+        for path in sorted(Path(templates_dir).iterdir()):
+            if path.suffix.lower() == ".toml":  # Template.TOML too, as some editors save it
+                found.setdefault(path.stem, (path, f"directory {templates_dir}"))
     registry = plugins.prompt_templates()
     for name in registry.names():
         found.setdefault(name, (Path(registry.get(name)), f"plugin {registry.owner(name)}"))
@@ -189,7 +190,7 @@ def available_templates(templates_dir: Path | None = None) -> dict[str, tuple[Pa
 def load_template(name_or_path: str | Path = DEFAULT_TEMPLATE, templates_dir: Path | None = None) -> PromptTemplate:
     """A template by path (ending in .toml, or with a folder in it), by name, or else by a bare file name."""
     candidate = Path(name_or_path)
-    if candidate.suffix == ".toml" or len(candidate.parts) > 1:
+    if candidate.suffix.lower() == ".toml" or len(candidate.parts) > 1:
         if not candidate.exists():
             raise DataFormatError(candidate, "no such template file")
         return read_template(candidate)

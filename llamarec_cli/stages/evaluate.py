@@ -114,6 +114,16 @@ def check_given(**options: str | None) -> None:
             raise ConfigError(f"--{name} is empty: leave it out for its default, or name one.")
 
 
+def check_unused_without_ranker(**options) -> None:
+    """With --ranker none nothing is ranked: options for the ranker are refused rather than silently ignored."""
+    given = [f"--{name.replace('_', '-')}" for name, value in options.items() if value is not None]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for the ranker, and --ranker none ranks "
+            f"nothing (the retriever's order alone): drop {'it' if len(given) == 1 else 'them'}, or name a ranker."
+        )
+
+
 def load_ranker(
     dataset,
     workdir: Path,
@@ -254,6 +264,15 @@ def evaluate(
     ``fusion``: auto (the α stored with the ranker), none, or an α in [0, 1]; the fused order is reported beside the
     pure ranker's."""
     check_given(model=model, adapter=adapter)
+    if ranker == "none":
+        check_unused_without_ranker(
+            adapter=adapter,
+            model=model,
+            template=template,
+            templates_dir=templates_dir,
+            quantization=quantization,
+            dtype=dtype,
+        )
     for option, value in (("--batch-size", batch_size), ("--max-examples", max_examples)):
         if value is not None and value < 1:
             raise ConfigError(f"{option} must be at least 1 (got {value}).")
