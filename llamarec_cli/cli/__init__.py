@@ -116,7 +116,7 @@ def _mapped(callback):
     @functools.wraps(callback)
     def run(*args, **kwargs):
         try:
-            return callback(*args, **kwargs)
+            callback(*args, **kwargs)  # what a command returns is no exit status (main() reads it as one)
         except KeyboardInterrupt:  # a command without advice of its own (the trainings and pipeline have some)
             from .output import stderr
 
@@ -179,4 +179,4 @@ def main() -> None:
         code = exc.exit_code
     if code == INTERRUPTED:
         _exiting_after_interrupt()
-    sys.exit(code if isinstance(code, int) else 0)  # a command's return value is not an exit status
+    sys.exit(code or 0)  # None: the command ended normally; else typer.Exit's status
