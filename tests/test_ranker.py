@@ -27,6 +27,7 @@ from llamarec_cli.ranking.verbalizer import VerbalizerError, derive_verbalizer
 from llamarec_cli.stages.candidates import load_candidates
 from llamarec_cli.stages.evaluate import evaluate, fused_name, load_ranker
 from llamarec_cli.stages.rank_train import label_loss, ranker_dir, train_ranker
+from llamarec_cli.training import Reporter
 
 TITLES = {i: f"Movie number {i} ({1990 + i % 30})" for i in range(1, 41)}
 LLAMA_LETTER_A = 29909  # the piece "A" after "\n"; tokenizer.encode("A") alone is "▁A" (319), the reference's bug
@@ -470,23 +471,32 @@ def test_validation_requests_train_apart_from_the_users_held_out(chain_with_cand
     assert manifest["train_examples"] == len(val.examples) - 3 and manifest["val_examples"] == 3
 
 
+class Notes(Reporter):
+    """The notes a training says before it starts."""
+
+    def __init__(self):
+        self.lines = []
+
+    def note(self, message):
+        self.lines.append(message)
+
+
 def test_a_budget_above_what_the_dataset_gives_is_said(chain_with_candidates, workdir, tiny_llama_dir):
     """A huge --max-train-examples used to spend minutes finding examples without a word, then train on fewer."""
-    from llamarec_cli.training import Reporter
-
-    class Notes(Reporter):
-        def __init__(self):
-            self.lines = []
-
-        def note(self, message):
-            self.lines.append(message)
-
     notes = Notes()
     config = fast_config(tiny_llama_dir, negatives="retrieved", max_train_examples=10**9)
     train_ranker("chain", workdir=workdir, config=config, device="cpu", reporter=notes, stop_after_steps=1)
     assert any(line.startswith("Finding training requests whose true item lrurec retrieves") for line in notes.lines)
     said = [line for line in notes.lines if "fewer than --max-train-examples 1,000,000,000" in line]
     assert len(said) == 1 and said[0].split()[0].replace(",", "").isdigit(), notes.lines
+
+
+def test_a_batch_above_the_training_examples_is_said(chain_with_candidates, workdir, tiny_llama_dir):
+    """--batch-size 10^20 trained one step an epoch without a word."""
+    notes = Notes()
+    config = fast_config(tiny_llama_dir, batch_size=10**20)
+    train_ranker("chain", workdir=workdir, config=config, device="cpu", reporter=notes, stop_after_steps=1)
+    assert any("A step's batch of 100,000,000,000,000,000,000 is more than the" in line for line in notes.lines)
 
 
 def test_a_bad_template_is_refused_before_the_config_is_shown_or_the_weights_load(

@@ -253,3 +253,12 @@ def test_device_errors_are_clear(monkeypatch):
     assert resolve_device("auto").type == "cpu"
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         resolve_device("cuda")
+
+
+def test_a_batch_above_the_training_windows_is_said(chain, workdir):
+    """--set batch_size=10^20 trained one step an epoch without a word."""
+    flags = ["--set", "hidden=16", "--set", "max_epochs=1", "--set", "batch_size=100000000000000000000"]
+    result = CliRunner().invoke(build_app(), ["retrieve-train", "chain", "-w", str(workdir), "--device", "cpu", *flags])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "batch_size 100,000,000,000,000,000,000 is more than the" in said and "one step over all" in said

@@ -143,6 +143,11 @@ def fit(
     rank, processes = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     # The epoch's last, partial batch, unless it has fewer windows than there are processes to share it.
     batches_per_epoch = len(windows) // config.batch_size + (len(windows) % config.batch_size >= processes)
+    if config.batch_size > len(windows):  # a typo of a few zeros would otherwise train one step an epoch unsaid
+        reporter.note(
+            f"batch_size {config.batch_size:,} is more than the {len(windows):,} training windows: each epoch "
+            "is one step over all of them."
+        )
     if processes > 1:
         objective = accelerator.prepare(objective)  # DDP: the same initial weights everywhere, gradients averaged
         torch.manual_seed(config.seed * 1_000_003 + rank)  # each process its own dropout and negatives

@@ -310,6 +310,11 @@ def _train_ranker(
             f"{config.negatives} (fewer than --max-train-examples {config.max_train_examples:,})"
         )
     run = _prepare_run(loaded, config, accelerator, len(examples))
+    if run.global_batch > len(examples):  # a typo of a few zeros would otherwise train one step an epoch unsaid
+        reporter.note(
+            f"A step's batch of {run.global_batch:,} is more than the {len(examples):,} training examples: each "
+            "epoch is one step over all of them."
+        )
 
     rerun = rank_train_command(dataset_name, name, workdir)
     trainer = _Trainer(run, config, encoder, examples, val_examples, partial, rerun, reporter)
