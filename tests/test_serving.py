@@ -153,3 +153,16 @@ def test_a_ranker_trained_with_a_templates_dir_is_served_with_it(
     base = ["serve-shell", "chain", "-w", str(workdir), "--user", "u3", "--json", "--device", "cpu"]
     result = runner.invoke(build_app(), [*base, "--templates-dir", str(mine)])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("user", ["3", "03"])
+def test_an_internal_number_is_no_users_id(chain, workdir, user):
+    """User ids are the dataset's own: "3" (or "03") served internal user 3, another user, when no user 3 existed
+    (a MovieLens user filtered out)."""
+    from llamarec_cli.data.artifact import load_dataset
+    from llamarec_cli.errors import UnknownUserError
+
+    dataset = load_dataset(workdir, "chain")
+    assert dataset.user_id(user) is None and dataset.user_id("u3") is not None
+    with pytest.raises(UnknownUserError, match=f"No user '{user}' in chain"):
+        dataset.require_user(user)

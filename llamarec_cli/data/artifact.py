@@ -92,13 +92,10 @@ class Dataset:
         return dict(zip(self.items["item"].to_list(), self.items["title"].to_list()))
 
     def user_id(self, user: str) -> int | None:
-        """The internal id of a user given by the dataset's original id, or else by the internal number."""
+        """The internal id of a user given by the dataset's original id. Only by that: the internal numbers are
+        other users' ids (in MovieLens, user 3 filtered out and internal number 3 is user 4)."""
         found = self.users.filter(pl.col("original_id") == str(user))["user"]
-        if found.len():
-            return int(found[0])
-        if str(user).isdigit() and self.users.filter(pl.col("user") == int(user)).height:
-            return int(user)
-        return None
+        return int(found[0]) if found.len() else None
 
     def require_user(self, user: str) -> int:
         """``user_id``, or one line naming the dataset's size and some of its users."""
