@@ -18,7 +18,7 @@ from llamarec_cli.retrieval.checkpoint import partial_dir, retriever_dir
 from llamarec_cli.retrieval.contract import ConfigError, parse_value
 from llamarec_cli.retrieval.data import eval_set, pad_left, training_windows
 from llamarec_cli.retrieval.lru import LRURec, LRURecConfig
-from llamarec_cli.stages.candidates import export_candidates, load_candidates
+from llamarec_cli.stages.candidates import candidates_paths, export_candidates, load_candidates
 from llamarec_cli.stages.retrieve_train import resolve_config, retriever_class, train_retriever
 
 FAST = {"hidden": 16, "val_every": 10, "patience": 3, "max_epochs": 12}
@@ -262,3 +262,13 @@ def test_a_batch_above_the_training_windows_is_said(chain, workdir):
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     assert "batch_size 100,000,000,000,000,000,000 is more than the" in said and "one step over all" in said
+
+
+def test_a_retriever_scoring_nan_exports_nothing(chain, workdir, monkeypatch):
+    """NaN scores were dropped as padding: empty candidate lists, metrics of 0 and exit 0."""
+    train(workdir)
+    queries = LRURec.queries
+    monkeypatch.setattr(LRURec, "queries", lambda self, histories: queries(self, histories) * float("nan"))
+    with pytest.raises(ArtifactError, match="Retriever 'lrurec' scores items NaN or \\+inf for 150 of 150 val users"):
+        export_candidates("chain", workdir=workdir, k=5, device="cpu")
+    assert not any(path.exists() for path in candidates_paths(workdir, "chain", "lrurec"))

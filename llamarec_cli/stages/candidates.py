@@ -26,7 +26,7 @@ from ..retrieval.checkpoint import retriever_dir
 from ..retrieval.data import eval_set
 from ..retrieval.evaluate import top_k
 from ..workspace import ensure_writable
-from .retrieve_train import DEFAULT_RETRIEVER, launched_accelerator, load_retriever
+from .retrieve_train import DEFAULT_RETRIEVER, launched_accelerator, load_retriever, rerun_command
 
 FORMAT = "llamarec.candidates"
 FORMAT_VERSION = 1
@@ -60,6 +60,7 @@ def export_candidates(
     for split in SPLITS:
         data = eval_set(dataset, split)
         items, scores, metrics = top_k(model, data, device_, k, accelerator)
+        check_scores(scores, retriever, split, dataset_name, workdir)
         frame = pl.DataFrame(
             {
                 "split": pl.Series([split] * len(data), dtype=pl.Enum(SPLITS)),
@@ -94,6 +95,19 @@ def export_candidates(
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return manifest
+
+
+def check_scores(scores: torch.Tensor, retriever: str, split: str, dataset: str, workdir: Path) -> None:
+    """-inf marks the padding of a user with fewer than k unseen items; NaN or +inf is a broken retriever, whose
+    candidates would be dropped as padding (empty lists, metrics of 0) without a word."""
+    broken = scores.isnan() | scores.isposinf()
+    if bool(broken.any()):
+        users = int(broken.any(dim=1).sum())
+        raise ArtifactError(
+            f"Retriever '{retriever}' scores items NaN or +inf for {users:,} of {len(scores):,} {split} users of "
+            f"{dataset}: its queries or scores are not finite numbers (a diverged or broken model). Nothing was "
+            f"exported. Retrain it: {rerun_command(dataset, retriever, workdir)}"
+        )
 
 
 def candidate_lists(items: torch.Tensor, scores: torch.Tensor) -> pl.DataFrame:
