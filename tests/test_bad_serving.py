@@ -238,3 +238,21 @@ def test_evaluate_with_the_retriever_alone_needs_no_device(chain_with_candidates
     """Nothing runs on the device: a machine without a GPU may say --device cuda (the check refused it)."""
     args = ["evaluate", "chain", "-w", str(workdir), "--ranker", "none", "--device", "cuda"]
     assert CliRunner().invoke(build_app(), args).exit_code == 0
+
+
+def test_a_ranker_is_not_served_beside_a_retrained_retriever(chain_with_candidates, workdir, tiny_llama_dir):
+    """evaluate refused it, but serve and serve-shell retrieved with the new retriever and fused its scores with the
+    α the ranker learned beside the old one."""
+    from conftest import fast_config
+
+    from llamarec_cli.errors import ArtifactError
+    from llamarec_cli.serving.recommender import Recommender
+    from llamarec_cli.stages.rank_train import train_ranker
+
+    train_ranker("chain", workdir=workdir, config=fast_config(tiny_llama_dir), device="cpu")
+    Recommender("chain", workdir=workdir, device="cpu")  # as trained: served
+    train_retriever("chain", workdir=workdir, device="cpu", flags={"hidden": 16, "max_epochs": 2, "seed": 3})
+    with pytest.raises(ArtifactError, match="earlier training.*Rerun: llamarec candidates chain"):
+        Recommender("chain", workdir=workdir, device="cpu")
+    result = CliRunner().invoke(build_app(), ["serve-shell", "chain", "-w", str(workdir), "--user", "u3"])
+    assert result.exit_code != 0 and "earlier training" in result.output

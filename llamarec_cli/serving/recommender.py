@@ -125,16 +125,18 @@ class Recommender:
         templates_dir: Path | None = None,
     ):
         from ..data.artifact import load_dataset
-        from ..stages.evaluate import load_ranker, ranker_plan
+        from ..stages.evaluate import load_ranker, ranked_candidates, ranker_plan
         from ..stages.retrieve_train import load_retriever
         from ..training import resolve_device
 
         resolve_device(device)  # a bad --device is refused before minutes of loading, with the accepted values
         self.dataset = load_dataset(workdir, dataset_name)
         # α: the weight of the ranker's log-probabilities against the retriever's (ranking/fusion.py); None: ranker only
-        retriever, self.alpha, self.alpha_source, _ = ranker_plan(
+        retriever, self.alpha, self.alpha_source, trained = ranker_plan(
             workdir, self.dataset, ranker, adapter, retriever, fusion
         )
+        if trained:  # retrieval is live here, but a retrained retriever is not the one the ranker learned beside
+            ranked_candidates(workdir, self.dataset, retriever, ranker, trained)
         self.retriever_name = retriever
         self.retriever, _ = load_retriever(workdir, self.dataset, retriever, device)
         self.device = next(self.retriever.parameters()).device

@@ -94,6 +94,16 @@ def check_candidates_unchanged(manifest: dict, candidates_manifest: dict, datase
         )
 
 
+def ranked_candidates(workdir: Path, dataset, retriever: str, ranker: str, trained: dict | None):
+    """The retriever's candidates and their manifest, refused when stale (the retriever or dataset changed since)
+    or, for a trained ranker, exported again since it trained beside them (``ranker_plan``'s manifest)."""
+    candidates, manifest = load_candidates(workdir, dataset, retriever)
+    if trained:
+        rerun = rank_train_command(dataset.name, ranker, workdir)
+        check_candidates_unchanged(trained, manifest, dataset.name, ranker, rerun)
+    return candidates, manifest
+
+
 def fused_name(alpha: float) -> str:
     return f"fused (α={alpha:g})"
 
@@ -282,10 +292,7 @@ def evaluate(
     dataset_name = dataset.name
     ensure_writable(Workdir(workdir).reports(dataset_name))  # before minutes of ranking, not after
     retriever, alpha, alpha_source, trained = ranker_plan(workdir, dataset, ranker, adapter, retriever, fusion)
-    candidates, candidates_manifest = load_candidates(workdir, dataset, retriever)
-    if trained:
-        rerun = rank_train_command(dataset_name, ranker, workdir)
-        check_candidates_unchanged(trained, candidates_manifest, dataset_name, ranker, rerun)
+    candidates, candidates_manifest = ranked_candidates(workdir, dataset, retriever, ranker, trained)
     subset = valid_subset(dataset, candidates, "test")
     examples = sample(subset.examples, max_examples, seed=0)
     retriever_ranks = [e.target_index + 1.0 for e in examples]
