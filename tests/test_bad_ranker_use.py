@@ -125,3 +125,29 @@ def test_an_unknown_retriever_lists_the_known_ones_rather_than_a_command_that_fa
 def test_rank_train_on_cpu_0_is_the_cpu(chain_with_candidates, workdir, tiny_llama_dir):
     config = fast_config(tiny_llama_dir, max_train_examples=4)
     assert train_ranker("chain", workdir=workdir, config=config, device="cpu:0")["device"] == "cpu"
+
+
+def test_a_ranker_is_refused_on_titles_changed_since_it_trained(chain_with_candidates, workdir, tiny_llama_dir):
+    """The dataset's checksum covers the interactions only: preprocess again with other titles (other raw files,
+    --unescape-titles) and the ranker was scored on prompts of titles it never read, without a word."""
+    import dataclasses
+
+    import polars as pl
+
+    from llamarec_cli import hookimpl, plugins
+    from llamarec_cli.stages.preprocess import preprocess
+    from llamarec_cli.testing import chain_dataset
+
+    train_ranker("chain", workdir=workdir, config=fast_config(tiny_llama_dir), device="cpu")
+    renamed = pl.DataFrame({"item": [f"i{i}" for i in range(40)], "title": [f"Renamed {i}" for i in range(40)]})
+
+    class RenamedChain:
+        @hookimpl
+        def register_datasets(self, register):
+            register(dataclasses.replace(chain_dataset("chain", 150), read_titles=lambda files, needed: renamed))
+
+    plugins.unregister_plugin("chain-plugin")
+    plugins.register_plugin(RenamedChain(), name="chain-plugin")  # the chain fixture unregisters it
+    preprocess("chain", workdir=workdir)
+    with pytest.raises(ArtifactError, match="trained on other titles of chain.*Rerun: llamarec rank-train chain"):
+        evaluate("chain", workdir=workdir, device="cpu", max_examples=2)

@@ -87,6 +87,11 @@ class Dataset:
         return self.manifest["files"]["interactions.parquet"]
 
     @property
+    def titles_checksum(self) -> str:
+        """Identifies the item titles (items.parquet), which ``checksum`` leaves out: a ranker reads them."""
+        return self.manifest["files"]["items.parquet"]
+
+    @property
     def titles(self) -> dict[int, str]:
         """item id -> title."""
         return dict(zip(self.items["item"].to_list(), self.items["title"].to_list()))

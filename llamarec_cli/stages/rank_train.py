@@ -328,6 +328,7 @@ def _train_ranker(
             {
                 "config": config.to_dict(),
                 "dataset_checksum": dataset.checksum,
+                "titles_checksum": dataset.titles_checksum,
                 "candidates_sha256": candidates_sha,
                 "dtype": loaded.dtype,
             },
@@ -365,7 +366,7 @@ def _manifest(
     """What the ranker's manifest records: its inputs (each with a checksum), settings, training and validation."""
     config, run, progress, val_examples = trainer.config, trainer.run, trainer.progress, trainer.val_examples
     return {
-        "dataset": {"name": dataset.name, "checksum": dataset.checksum},
+        "dataset": {"name": dataset.name, "checksum": dataset.checksum, "titles_checksum": dataset.titles_checksum},
         "config": config.to_dict(),
         "model": {
             "name": config.model,
@@ -698,7 +699,10 @@ def _check_partial(
         if not state_path.is_file():
             raise ArtifactError(f"Nothing to resume for ranker '{name}' on {dataset.name}. Start a run: {rerun}")
         saved = read_json(partial / "run.json", f"{rerun} --restart")
-        if saved.get("dataset_checksum") != dataset.checksum:
+        if saved.get("dataset_checksum") != dataset.checksum or saved.get("titles_checksum") not in (
+            None,  # a run begun before titles were recorded
+            dataset.titles_checksum,
+        ):
             raise ArtifactError(f"The interrupted run in {partial} was on another dataset version. {rerun} --restart")
         # its training and validation requests came from the candidates (and the retriever behind them) of then
         if not _on_candidates(saved, candidates_sha):
@@ -801,6 +805,12 @@ def load_ranker_manifest(workdir: Path, dataset: Dataset, name: str) -> dict:
             f"dataset '{trained_on}'" if trained_on != dataset.name else f"another version of dataset '{trained_on}'"
         )
         raise ArtifactError(f"Ranker '{name}' was trained on {which}. Rerun: {rerun}")
+    if manifest["dataset"].get("titles_checksum", dataset.titles_checksum) != dataset.titles_checksum:
+        raise ArtifactError(  # (a ranker trained before titles were recorded is not checked)
+            f"Ranker '{name}' was trained on other titles of {dataset.name}: they changed since (preprocess ran "
+            f"again, e.g. with other raw files or --unescape-titles), and its prompts would show titles it never "
+            f"read. Rerun: {rerun}"
+        )
     return manifest
 
 
