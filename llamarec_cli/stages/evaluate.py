@@ -99,7 +99,7 @@ def ranked_candidates(workdir: Path, dataset, retriever: str, ranker: str, train
     or, for a trained ranker, exported again since it trained beside them (``ranker_plan``'s manifest)."""
     candidates, manifest = load_candidates(workdir, dataset, retriever)
     if trained:
-        rerun = rank_train_command(dataset.name, ranker, workdir)
+        rerun = rank_train_command(dataset.name, ranker, workdir, trained["config"])
         check_candidates_unchanged(trained, manifest, dataset.name, ranker, rerun)
     return candidates, manifest
 
@@ -162,7 +162,9 @@ def load_ranker(
             check_adapter_folder(Path(adapter))
         else:  # a corrupted or swapped adapter is refused before the model loads
             verify_files(
-                ranker_dir(workdir, dataset.name, ranker), manifest, rank_train_command(dataset.name, ranker, workdir)
+                ranker_dir(workdir, dataset.name, ranker),
+                manifest,
+                rank_train_command(dataset.name, ranker, workdir, manifest["config"]),
             )
         if model and model != manifest["config"]["model"]:
             raise ArtifactError(
@@ -190,7 +192,7 @@ def load_ranker(
         if list(encoder.verbalizer.token_ids) != manifest["letter_token_ids"]:
             raise ArtifactError(
                 f"Ranker '{ranker}' was trained on other letter token ids than this tokenizer and template give. "
-                f"Rerun: {rank_train_command(dataset.name, ranker, workdir)}"
+                f"Rerun: {rank_train_command(dataset.name, ranker, workdir, config)}"
             )
         from peft import PeftModel
         from safetensors import SafetensorError
@@ -201,7 +203,7 @@ def load_ranker(
         except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
             raise ArtifactError(
                 f"The adapter in {folder} cannot be loaded ({str(exc).splitlines()[0] if str(exc) else exc!r}). "
-                f"Rerun: {rank_train_command(dataset.name, ranker, workdir)}"
+                f"Rerun: {rank_train_command(dataset.name, ranker, workdir, config)}"
             ) from exc
         if loaded.quantization == "none":
             # Exact in fp32. In bf16, W + BA is rounded once, an error of the order of the base weights' own

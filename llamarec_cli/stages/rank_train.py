@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -772,9 +773,25 @@ def _resumed_dtype(partial: Path, config: RankerConfig, device: torch.device) ->
     return "fp32" if config.dtype == "auto" and device.type == "cpu" else config.dtype
 
 
-def rank_train_command(dataset: str, name: str, workdir: Path | None) -> str:
+def rank_train_command(dataset: str, name: str, workdir: Path | None, trained: dict | None = None) -> str:
+    """The command that trains ranker ``name``; given the ``trained`` config (a manifest's), with every setting of it
+    that the defaults would not give: copied as is, a bare command would train Llama 2 7B on lrurec's candidates."""
+    from .. import plugins
+
     named = "" if name == "default" else f" --name {name}"
-    return settings.command_for(f"llamarec rank-train {dataset}{named}", workdir)
+    settings_given = ""
+    if trained:
+        registry = plugins.datasets()
+        defaults = RankerConfig().to_dict() | (
+            dict(registry.get(dataset).ranking_defaults) if dataset in registry else {}
+        )
+        changed = {k: v for k, v in trained.items() if k in defaults and v != defaults[k] and v is not None}
+        settings_given = "".join(f" --set {shlex.quote(f'{k}={_as_setting(v)}')}" for k, v in changed.items())
+    return settings.command_for(f"llamarec rank-train {dataset}{named}{settings_given}", workdir)
+
+
+def _as_setting(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def load_ranker_manifest(workdir: Path, dataset: Dataset, name: str) -> dict:
@@ -799,17 +816,18 @@ def load_ranker_manifest(workdir: Path, dataset: Dataset, name: str) -> dict:
             raise TypeError
     except (KeyError, TypeError, ConfigError):
         raise ArtifactError(f"{path} is damaged (a field is missing or invalid). Rerun: {rerun}") from None
+    retrain = rank_train_command(dataset.name, name, workdir, manifest["config"])
     if not same:
         trained_on = manifest["dataset"].get("name", dataset.name)
         which = (
             f"dataset '{trained_on}'" if trained_on != dataset.name else f"another version of dataset '{trained_on}'"
         )
-        raise ArtifactError(f"Ranker '{name}' was trained on {which}. Rerun: {rerun}")
+        raise ArtifactError(f"Ranker '{name}' was trained on {which}. Rerun: {retrain}")
     if manifest["dataset"].get("titles_checksum", dataset.titles_checksum) != dataset.titles_checksum:
         raise ArtifactError(  # (a ranker trained before titles were recorded is not checked)
             f"Ranker '{name}' was trained on other titles of {dataset.name}: they changed since (preprocess ran "
             f"again, e.g. with other raw files or --unescape-titles), and its prompts would show titles it never "
-            f"read. Rerun: {rerun}"
+            f"read. Rerun: {retrain}"
         )
     return manifest
 

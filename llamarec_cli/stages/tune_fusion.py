@@ -59,7 +59,11 @@ def tune_fusion(
         config = dataclasses.replace(RankerConfig(**manifest["config"]), fusion_val_examples=val_examples)
         candidates, candidates_manifest = load_candidates(workdir, dataset, config.retriever)
         check_candidates_unchanged(
-            manifest, candidates_manifest, dataset.name, ranker, rank_train_command(dataset.name, ranker, workdir)
+            manifest,
+            candidates_manifest,
+            dataset.name,
+            ranker,
+            rank_train_command(dataset.name, ranker, workdir, manifest["config"]),
         )
         val = valid_subset(dataset, candidates, "val", manifest["k"])
         early_stopping = sample(val.examples, config.max_val_examples, config.seed)
