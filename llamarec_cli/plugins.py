@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
@@ -71,10 +72,29 @@ def load_plugins() -> None:
                 f"Plugin '{ep.name}' from {dist_name} failed to load: {exc!r}. "
                 f"Reinstall or uninstall it, or exclude it with {ENV_FILTER}."
             ) from exc
-        pm.register(plugin, name=ep.name)
+        with _fitting(f"Plugin '{ep.name}' from {dist_name}"):
+            pm.register(plugin, name=ep.name)
         version = ep.dist.version if ep.dist else "?"
         _infos[ep.name] = PluginInfo(ep.name, dist_name, version, builtin=False)
-    pm.check_pending()
+    with _fitting("A plugin"):
+        pm.check_pending()  # a hook llamarec does not have (a misspelt name)
+
+
+@contextmanager
+def _fitting(who: str):
+    """pluggy's check of a plugin's hooks (their names and arguments) as one line that names the plugin."""
+    from pluggy import PluginValidationError
+
+    try:
+        yield
+    except PluginValidationError as exc:
+        name = pm.get_name(exc.plugin) if pm.is_registered(exc.plugin) else None
+        who = f"Plugin '{name}'" if name and who == "A plugin" else who
+        problem = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise PluginError(
+            f"{who} does not fit llamarec's hooks ({problem}). See docs/plugins.md for the hooks and their "
+            f"arguments; or exclude the plugin with {ENV_FILTER}."
+        ) from exc
 
 
 def _warn_unknown(allowed: set[str], installed) -> None:
@@ -177,7 +197,12 @@ def install_commands(cli) -> None:
     owners: dict[str, str] = {}
     for impl in pm.hook.register_commands.get_hookimpls():
         before, groups_before = len(cli.registered_commands), len(cli.registered_groups)
-        impl.function(cli=cli)
+        try:
+            impl.function(cli=cli)
+        except LlamarecError:
+            raise
+        except Exception as exc:  # a broken third-party plugin must not look like a llamarec bug
+            raise PluginError(f"Plugin '{impl.plugin_name}' failed in register_commands: {exc!r}") from exc
         names = [c.name or c.callback.__name__.replace("_", "-") for c in cli.registered_commands[before:]]
         names += [g.name for g in cli.registered_groups[groups_before:]]  # e.g. `templates`
         for name in names:

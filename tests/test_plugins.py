@@ -203,3 +203,25 @@ def test_plugin_that_fails_while_registering_is_named():
             plugins.datasets()
     finally:
         plugins.unregister_plugin("broken")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("def register_datasets(register):", "def register_datasets(register, extra):"),
+         "Plugin 'toy' from llamarec-toy does not fit llamarec's hooks (Plugin 'toy' for hook 'register_datasets'"),
+        (("def register_commands(cli):", "def register_command(cli):"),
+         "Plugin 'toy' does not fit llamarec's hooks (unknown hook 'register_command'"),
+        (("@cli.command()", "raise KeyError('no cli')\n    @cli.command()"),
+         "Plugin 'toy' failed in register_commands: KeyError('no cli')"),
+    ],
+    ids=["wrong-arguments", "misspelt-hook", "raises-in-register-commands"],
+)  # fmt: skip
+def test_a_plugin_that_does_not_fit_the_hooks_is_one_line_naming_it(installed_plugin, edit, message):
+    """pluggy's validation errors and a failing register_commands were tracebacks, for every command (--help too)."""
+    module = installed_plugin / "llamarec_toy.py"
+    module.write_text(module.read_text().replace(*edit))
+    result = run_cli(["--help"], installed_plugin)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {message}"), lines
