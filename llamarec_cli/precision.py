@@ -21,6 +21,7 @@ from . import settings
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 FAST_ENOUGH = 2.0  # bf16 / fp32 multiply rate above which bf16 pays for its conversions on a CPU
 PROBE_FILE = "cpu-dtype.json"
+PROBED = ("fp32_gflops", "bf16_gflops", "attention_sdpa_ms", "attention_blocks_ms")
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ def choose_dtype(requested: str, device) -> DtypeChoice:
 
 
 def cpu_probe() -> dict:
-    """This machine's fp32 and bf16 matrix-multiply rates (GFLOP/s), measured once and cached."""
+    """This machine's fp32 and bf16 matrix-multiply rates (GFLOP/s) and bf16 attention times (ms), measured once and
+    cached."""
     path = settings.cache_dir() / PROBE_FILE
     key = machine_key()
     try:
@@ -67,8 +69,15 @@ def cpu_probe() -> dict:
     if not isinstance(cached, dict):
         cached = {}
     entry = cached.get(key)
-    if not (isinstance(entry, dict) and _positive(entry.get("fp32_gflops")) and _positive(entry.get("bf16_gflops"))):
-        entry = {"fp32_gflops": matmul_gflops("fp32"), "bf16_gflops": matmul_gflops("bf16")}
+    if not (isinstance(entry, dict) and all(_positive(entry.get(field)) for field in PROBED)):
+        from .ranking.attention import attention_ms
+
+        entry = {
+            "fp32_gflops": matmul_gflops("fp32"),
+            "bf16_gflops": matmul_gflops("bf16"),
+            "attention_sdpa_ms": attention_ms("sdpa"),  # which bf16 attention scores faster (ranking/attention.py)
+            "attention_blocks_ms": attention_ms("blocks"),
+        }
         cached[key] = entry
         try:  # a read-only cache only costs the probe again next time
             path.parent.mkdir(parents=True, exist_ok=True)

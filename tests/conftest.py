@@ -30,6 +30,10 @@ def isolated_env(tmp_path, monkeypatch):
     from llamarec_cli import precision
 
     monkeypatch.setattr(precision, "matmul_gflops", lambda dtype, **kw: {"fp32": 100.0, "bf16": 50.0}[dtype])
+    # and so is bf16 attention: the fused kernel (tests of the blocks, test_attention.py, choose them themselves)
+    from llamarec_cli.ranking import attention
+
+    monkeypatch.setattr(attention, "attention_ms", lambda kind, **kw: {"sdpa": 10.0, "blocks": 20.0}[kind])
 
 
 @pytest.fixture

@@ -403,3 +403,19 @@ def test_a_model_not_in_the_cache_is_announced_once_before_the_hub_is_asked(monk
     said = capsys.readouterr().err
     assert said.count("Fetching the tokenizer of someone/not-cached-anywhere from the Hugging Face hub") == 1
     assert "Downloading" not in said  # the weights are announced when they load, not with the tokenizer
+
+
+@pytest.mark.parametrize("in_cache", [True, False])
+def test_truncated_weights_are_one_line_that_says_what_to_do(tiny_llama_dir, tmp_path, in_cache):
+    """A truncated model.safetensors (a full disk, a killed copy) ended in a SafetensorError traceback."""
+    import shutil
+
+    from llamarec_cli import settings
+
+    folder = (settings.cache_dir() / "models" / "tiny") if in_cache else (tmp_path / "copy")
+    shutil.copytree(tiny_llama_dir, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    advice = "delete that folder and run again to rebuild it" if in_cache else "Cannot load the model in"
+    with pytest.raises(ModelError, match=advice):
+        load_model(str(folder), device="cpu")

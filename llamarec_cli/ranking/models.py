@@ -332,6 +332,11 @@ def load_model(
             local_files_only=offline,
         )
     model.eval()
+    if torch_device.type == "cpu" and dtype == "bf16":
+        from . import attention
+
+        if attention.pays_here():
+            model.set_attn_implementation(attention.register())
     if quantization == "4bit" and torch_device.type == "cpu":
         _keep_4bit_trainable(model)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -368,11 +373,13 @@ def _say_if_downloading(source: str, offline: bool, what: str = "weights") -> No
 @contextmanager
 def _load_errors(source: str):
     """Turn transformers' and huggingface_hub's many-line failures into one line that says how to provide the model."""
+    from safetensors import SafetensorError
+
     try:
         yield
     except ModelError:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated or damaged weights file
         raise ModelError(_explain(source, exc)) from exc
 
 
@@ -386,6 +393,8 @@ def _explain(source: str, exc: BaseException) -> str:
     first = str(causes[0]).strip().splitlines()[0] if str(causes[0]).strip() else type(causes[0]).__name__
     if any("trust_remote_code" in str(c) for c in causes):
         return f"Model '{source}' needs its own code from the hub to load: pass --trust-remote-code if you trust it."
+    if Path(source).is_dir() and _in_model_cache(Path(source)):  # an alias llamarec converted: it can rebuild it
+        return f"The converted model in {source} is damaged ({first}): delete that folder and run again to rebuild it."
     if Path(source).is_dir():
         return f"Cannot load the model in {source} ({first}): {LOCAL_COPY}."
     licence = f"log in with `hf auth login` and accept the licence on https://huggingface.co/{source}"
@@ -405,6 +414,13 @@ def _explain(source: str, exc: BaseException) -> str:
     if isinstance(causes[0], OSError):
         return f"Cannot load model '{source}' ({first}): {licence}, or {LOCAL_COPY}."
     return f"Cannot load model '{source}': {first}"
+
+
+def _in_model_cache(folder: Path) -> bool:
+    try:
+        return folder.resolve().is_relative_to((settings.cache_dir() / "models").resolve())
+    except OSError:
+        return False
 
 
 def _require(module: str, install: str) -> None:
