@@ -79,7 +79,12 @@ class WorkdirError(LlamarecError):
 
 
 class TrainingDivergedError(LlamarecError):
-    """The training loss became NaN or infinite: the run stops rather than save broken weights."""
+    """The training loss became NaN or infinite: the run stops rather than save broken weights. ``untrained``: it
+    was so before any update (the model itself, not the learning rate)."""
+
+    def __init__(self, message: str, untrained: bool = False):
+        super().__init__(message)
+        self.untrained = untrained
 
 
 class ModelError(LlamarecError):

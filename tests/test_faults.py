@@ -139,6 +139,26 @@ def test_more_uniform_negatives_than_items_is_one_line(chain, workdir):
 # --- runs that diverge -----------------------------------------------------------------------------------------------
 
 
+def test_a_retriever_whose_loss_is_not_finite_before_any_update_is_not_told_to_lower_the_lr(
+    chain, workdir, monkeypatch
+):
+    """lr 1e-5 cannot fix a model that gives NaN at its first step: the advice blamed the learning rate."""
+    from llamarec_cli.retrieval.lru import LRURec
+    from llamarec_cli.stages.retrieve_train import train_retriever
+
+    train_queries = LRURec.train_queries
+    monkeypatch.setattr(
+        LRURec,
+        "train_queries",
+        lambda self, windows: tuple(
+            (t * float("nan") if t.is_floating_point() else t) for t in train_queries(self, windows)
+        ),
+    )
+    with pytest.raises(TrainingDivergedError, match="at step 1.*before any update.*'lrurec' itself") as raised:
+        train_retriever("chain", workdir=workdir, device="cpu", flags=FAST_RETRIEVER)
+    assert "--lr" not in str(raised.value)
+
+
 def test_a_diverging_retriever_stops_and_keeps_the_old_checkpoint(chain, workdir):
     from llamarec_cli.retrieval.checkpoint import partial_dir, retriever_dir
     from llamarec_cli.stages.retrieve_train import train_retriever

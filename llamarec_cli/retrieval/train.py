@@ -169,7 +169,8 @@ def fit(
         value = (accelerator.reduce(loss.detach(), reduction="mean") if processes > 1 else loss).item()
         if not math.isfinite(value):  # stop before the broken weights reach a validation or a checkpoint
             raise TrainingDivergedError(
-                f"The training loss became {value} at step {progress.step + 1}: the run diverged (lr {config.lr})."
+                f"The training loss became {value} at step {progress.step + 1}: the run diverged (lr {config.lr}).",
+                untrained=progress.step == 0,  # the first loss comes before any update
             )
         optimizer.step()
         return value

@@ -141,9 +141,15 @@ def train_retriever(
         except TrainingDivergedError as exc:
             if main:
                 shutil.rmtree(partial, ignore_errors=True)  # resuming it would only diverge again
+            advice = (
+                f"The loss was not finite before any update, so no learning rate helps: the retriever '{retriever}' "
+                "itself gives non-finite numbers (its train_queries or item_table)."
+                if exc.untrained
+                else f"Try a lower learning rate: {rerun_command(dataset_name, retriever, workdir)} "
+                f"--lr {config.lr / 10:g}"
+            )
             raise TrainingDivergedError(
-                f"{exc} Nothing was saved; the previous checkpoint, if any, is unchanged. "
-                f"Try a lower learning rate: {rerun_command(dataset_name, retriever, workdir)} --lr {config.lr / 10:g}"
+                f"{exc} Nothing was saved; the previous checkpoint, if any, is unchanged. {advice}"
             ) from None
         if result.interrupted:
             log(f"Stopped after {result.steps} steps as asked; continue with --resume.")
