@@ -124,9 +124,14 @@ class Bag(Retriever):
         return queries, targets
 
     def queries(self, histories):
-        return self.items(histories[:, -1])
+        queries = self.items(histories[:, -1])
+        return queries[:, :-1] if self.broken == "narrow queries" else queries
 
     def item_table(self):
+        if self.broken == "short table":
+            return self.items.weight[:-1], None
+        if self.broken == "wrong bias":
+            return self.items.weight, torch.zeros(3)
         return self.items.weight, None
 
 
@@ -154,6 +159,23 @@ def bag_registered():
 def test_a_broken_train_queries_is_named_not_a_deep_traceback(broken, message, bag_registered, workdir, monkeypatch):
     monkeypatch.setattr(Bag, "broken", broken)
     with pytest.raises(ConfigError, match=f"Bag.train_queries {message}"):
+        check_retriever("bag-test", workdir)
+
+
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        ("short table", "Bag.item_table must return a table of N \\+ 1 = 41 rows .* got \\(40, 8\\)"),
+        ("wrong bias", "Bag.item_table must return a bias of N \\+ 1 = 41 values, or None; got \\(3,\\)"),
+        ("narrow queries", "Bag.queries must return one query per history, as wide as the item table"),
+    ],
+)  # fmt: skip
+def test_a_broken_item_table_or_queries_is_named_not_a_deep_traceback(
+    broken, message, bag_registered, workdir, monkeypatch
+):
+    """A table one row short failed with "index 3650 is out of bounds" deep in a loss, in check_retriever too."""
+    monkeypatch.setattr(Bag, "broken", broken)
+    with pytest.raises(ConfigError, match=message):
         check_retriever("bag-test", workdir)
 
 

@@ -107,6 +107,54 @@ class Retriever(nn.Module):
                 )
         return queries, targets.long()  # the losses' cross-entropy needs int64
 
+    def checked_item_table(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``item_table``, its shapes checked: a table one row short failed deep in a loss with an index error."""
+        table, bias = self.item_table()
+        name, rows = f"{type(self).__name__}.item_table", self.num_items + 1
+        if not torch.is_tensor(table) or table.dim() != 2 or table.size(0) != rows:
+            got = tuple(table.shape) if torch.is_tensor(table) else type(table).__name__
+            raise ConfigError(f"{name} must return a table of N + 1 = {rows} rows (row 0: padding) x d; got {got}.")
+        if bias is not None and (not torch.is_tensor(bias) or tuple(bias.shape) != (rows,)):
+            got = tuple(bias.shape) if torch.is_tensor(bias) else type(bias).__name__
+            raise ConfigError(f"{name} must return a bias of N + 1 = {rows} values, or None; got {got}.")
+        return table, bias
+
+    def checked_training_inputs(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+        """What every loss over the item table takes: queries, targets, table and bias, checked (also that the
+        queries are as wide as the table)."""
+        queries, targets = self.checked_train_queries(windows)
+        table, bias = self.checked_item_table()
+        if queries.size(1) != table.size(1):
+            raise ConfigError(
+                f"{type(self).__name__}.train_queries returned queries {queries.size(1)} wide; the item table is "
+                f"{table.size(1)} wide."
+            )
+        return queries, targets, table, bias
+
+    def checked_queries(self, histories: torch.Tensor, width: int) -> torch.Tensor:
+        """``queries``, its shape checked against the histories (B) and the item table's width (d)."""
+        queries = self.queries(histories)
+        expected = (histories.size(0), width)
+        if not torch.is_tensor(queries) or tuple(queries.shape) != expected:
+            got = tuple(queries.shape) if torch.is_tensor(queries) else type(queries).__name__
+            raise ConfigError(
+                f"{type(self).__name__}.queries must return one query per history, as wide as the item table "
+                f"({expected[0]} x {expected[1]}); got {got}."
+            )
+        return queries
+
+    def checked_score(self, histories: torch.Tensor) -> torch.Tensor:
+        """``score``, its shape checked: B x (N + 1)."""
+        scores = self.score(histories)
+        expected = (histories.size(0), self.num_items + 1)
+        if not torch.is_tensor(scores) or tuple(scores.shape) != expected:
+            got = tuple(scores.shape) if torch.is_tensor(scores) else type(scores).__name__
+            raise ConfigError(
+                f"{type(self).__name__}.score must return B x (N + 1) scores ({expected[0]} x {expected[1]}, column "
+                f"0 the padding); got {got}."
+            )
+        return scores
+
     @classmethod
     def has_item_table(cls) -> bool:
         """Whether this retriever scores by queries and an item table (and so supports every loss)."""
@@ -116,11 +164,12 @@ class Retriever(nn.Module):
     def loss(self, windows: torch.Tensor) -> torch.Tensor:
         """Mean training loss of B x L training windows (item ids 1..N, left-padded with 0): by default the full
         softmax over the item table."""
-        return full_softmax(*self.checked_train_queries(windows), *self.item_table())
+        return full_softmax(*self.checked_training_inputs(windows))
 
     def score(self, histories: torch.Tensor) -> torch.Tensor:
         """B x (N + 1) scores for the next item after each history (B x L, left-padded); column 0 is padding."""
-        return item_logits(self.queries(histories), *self.item_table())
+        table, bias = self.checked_item_table()
+        return item_logits(self.checked_queries(histories, table.size(1)), table, bias)
 
     def no_decay(self, name: str, param: nn.Parameter) -> bool:
         """Parameters AdamW must not decay: biases and LayerNorm weights (override for other norms)."""

@@ -71,13 +71,13 @@ def _rank_batch(model, histories: list[list[int]], targets: torch.Tensor, k: int
     inputs = pad_left([h[-model.config.max_len :] for h in histories]).to(device)
     seen = pad_left(histories).to(device)  # 0 (the padding id) is masked like a seen item
     if model.has_item_table():
-        table, bias = model.item_table()
-        queries = model.queries(inputs)
+        table, bias = model.checked_item_table()
+        queries = model.checked_queries(inputs, table.size(1))
         target_scores = (queries * table[targets]).sum(dim=1) + (0 if bias is None else bias[targets])
         target_scores = target_scores.float()
         total = table.size(0)
     else:
-        scores = model.score(inputs).float()
+        scores = model.checked_score(inputs).float()
         target_scores, total = scores.gather(1, targets[:, None]).squeeze(1), scores.size(1)
     broken = target_scores.isnan() | target_scores.isposinf()
     seen_target = (seen == targets[:, None]).any(dim=1) | (targets == 0)  # 0: the padding id (serving passes it)
@@ -163,7 +163,7 @@ def ranked_batches(model, data: EvalSet, device, k: int = 0) -> Iterator[tuple[l
         scratch = {}
         if model.has_item_table():
             with torch.no_grad():
-                table, bias = model.item_table()
+                table, bias = model.checked_item_table()
             if bf16_search.worth_it(table):
                 scratch["bf16_table"] = bf16_search.prepare(table, bias)
                 size = bf16_search.ROWS

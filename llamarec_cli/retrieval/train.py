@@ -107,8 +107,7 @@ class Objective(torch.nn.Module):
         model, loss = self.model, self.model.config.loss
         if loss == "full":
             return model.loss(windows)
-        queries, labels = model.checked_train_queries(windows)
-        table, bias = model.item_table()
+        queries, labels, table, bias = model.checked_training_inputs(windows)
         if loss == "chunked":
             return chunked_softmax(queries, labels, table, bias)
         return self.sampled(queries, labels, table, bias)
