@@ -534,3 +534,47 @@ def test_a_huge_split_is_refused_before_it_is_read(tmp_path):
     with pytest.raises(DataFormatError, match="is 5.0 GiB; a split JSON above 4 GiB is not read") as info:
         read_split(path)
     assert one_line(info.value).startswith(f"{path}")
+
+
+@pytest.mark.parametrize(
+    "interactions, titles, message",
+    [
+        (None, None, "read_interactions must return a polars DataFrame with columns user, item, timestamp; got None"),
+        ({"user": [1], "item": ["a"]}, None, "read_interactions returned no timestamp column"),
+        ({"user": [1, None], "item": ["a", "b"], "timestamp": [1, 2]}, None, "returned rows without a user"),
+        ({"user": [1], "item": ["a"], "timestamp": ["2020"]}, None, "returned String timestamps; they must be int"),
+        ("ok", {"item": [1, 2], "title": ["A", "B"]}, "read_titles returned items of type Int64"),
+        ("ok", {"item": ["a", "b"]}, "read_titles returned no title column"),
+    ],
+)  # fmt: skip
+def test_a_dataset_plugins_bad_table_is_one_line_naming_the_method(workdir, interactions, titles, message):
+    """They failed deep in the pipeline (AttributeError, polars errors), or asked to report a llamarec bug."""
+    import polars as pl
+
+    from llamarec_cli import DatasetSpec, hookimpl, plugins
+    from llamarec_cli.errors import LlamarecError
+    from llamarec_cli.stages.preprocess import preprocess
+
+    good = pl.DataFrame(
+        [(u, i, u * 10 + n) for u in range(6) for n, i in enumerate("abcdef")],
+        schema=["user", "item", "timestamp"],
+        orient="row",
+    )
+    spec = DatasetSpec(
+        name="badtables",
+        description="a plugin's dataset",
+        read_interactions=lambda files: good if interactions == "ok" else (interactions and pl.DataFrame(interactions)),
+        read_titles=lambda files, needed: pl.DataFrame(titles or {"item": list("abcdef"), "title": list("ABCDEF")}),
+    )
+
+    class Plugin:
+        @hookimpl
+        def register_datasets(self, register):
+            register(spec)
+
+    plugins.register_plugin(Plugin(), name="badtables-plugin")
+    try:
+        with pytest.raises(LlamarecError, match=f"Dataset 'badtables': .*{message}"):
+            preprocess("badtables", workdir=workdir)
+    finally:
+        plugins.unregister_plugin("badtables-plugin")

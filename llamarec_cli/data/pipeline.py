@@ -95,13 +95,31 @@ def _where(files: RawFiles) -> str:
     return f" (read: {', '.join(str(path) for path in files.values())})" if files else ""
 
 
-def build_tables(spec: DatasetSpec, files: RawFiles) -> Tables:
-    raw = spec.read_interactions(files)
-    missing = {"user", "item", "timestamp"} - set(raw.columns)
+def checked_frame(value, spec: DatasetSpec, method: str, columns: tuple[str, ...]) -> pl.DataFrame:
+    """What a dataset's ``method`` returned, refused in one line that names it unless it is a polars DataFrame with
+    ``columns``, none of them missing a value: a plugin's bad table otherwise failed deep in the pipeline."""
+    where = f"Dataset '{spec.name}': {method}"
+    if not isinstance(value, pl.DataFrame):
+        raise LlamarecError(f"{where} must return a polars DataFrame with columns {', '.join(columns)}; got "
+                            f"{type(value).__name__}.")  # fmt: skip
+    missing = [c for c in columns if c not in value.columns]
     if missing:
-        raise LlamarecError(f"Dataset '{spec.name}': read_interactions returned no {', '.join(sorted(missing))}.")
+        raise LlamarecError(f"{where} returned no {', '.join(missing)} column (it has: {', '.join(value.columns)}).")
+    nulls = [c for c in columns if value[c].null_count()]
+    if nulls:
+        raise LlamarecError(f"{where} returned rows without a {' or '.join(nulls)}: drop or fill them.")
+    return value.select(columns)
+
+
+def build_tables(spec: DatasetSpec, files: RawFiles) -> Tables:
+    raw = checked_frame(spec.read_interactions(files), spec, "read_interactions", ("user", "item", "timestamp"))
     if raw.height == 0:
         raise LlamarecError(f"Dataset '{spec.name}' has no interactions.")
+    if not raw["timestamp"].dtype.is_integer():
+        raise LlamarecError(
+            f"Dataset '{spec.name}': read_interactions returned {raw['timestamp'].dtype} timestamps; they must be "
+            "integers (e.g. seconds since 1970)."
+        )
     frame = raw.select("user", "item", pl.col("timestamp").cast(pl.Int64))
     k = spec.min_interactions
 
@@ -116,7 +134,15 @@ def build_tables(spec: DatasetSpec, files: RawFiles) -> Tables:
         )
     if merged(superset):
         superset = _core(frame.with_columns(u=exact_codes("user"), i=exact_codes("item")), k)
-    titles = spec.read_titles(files, set(superset["item"].unique().to_list()))
+    titles = checked_frame(
+        spec.read_titles(files, set(superset["item"].unique().to_list())), spec, "read_titles", ("item", "title")
+    )
+    if titles["item"].dtype != frame["item"].dtype or titles["title"].dtype != pl.String:
+        raise LlamarecError(
+            f"Dataset '{spec.name}': read_titles returned items of type {titles['item'].dtype} and titles of type "
+            f"{titles['title'].dtype}; the items must be of read_interactions' type ({frame['item'].dtype}) and "
+            "the titles strings."
+        )
     titles = (
         titles.select("item", pl.col("title").str.strip_chars())
         .filter(pl.col("title") != "")
