@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--agreement-prompts", type=int, default=200)
     args = parser.parse_args()
 
-    from llamarec_cli.precision import cpu_model, cpu_probe, matrix_features
+    from llamarec_cli.precision import cpu_model, matrix_features
     from llamarec_cli.ranking import attention
     from llamarec_cli.ranking.models import load_model
 
@@ -163,7 +163,8 @@ def main() -> None:
         f"{torch.get_num_threads()} threads",
         "rounds": args.rounds,
         "requests": args.requests,
-        "probe": {k: v for k, v in cpu_probe().items() if k != "file"} | {"blocks_chosen": attention.pays_here()},
+        "probe": {k: v for k, v in attention.probed_times().items() if k != "file"}
+        | {"blocks_chosen": attention.pays_here()},
         "timings": timings(loaded.model, loaded.tokenizer, dataset.titles, examples, args.lengths, args.rounds),
         "agreement": agreement_on_real_prompts(args.workdir, args.ranker, args.agreement_prompts),
     }

@@ -152,7 +152,13 @@ def _registry(kind: str, hook_name: str, make_register) -> Registry:
 def datasets() -> Registry:
     def make_register(registry, plugin):
         def register(spec):
-            registry.add(getattr(spec, "name", None), spec, plugin)
+            from .data.spec import DatasetSpec
+
+            if not isinstance(spec, DatasetSpec):
+                raise PluginError(
+                    f"Plugin '{plugin}' registered a dataset as {type(spec).__name__}, not a llamarec_cli.DatasetSpec."
+                )
+            registry.add(spec.name, spec, plugin)
 
         return register
 
@@ -165,9 +171,12 @@ def retrievers() -> Registry:
             from .retrieval.contract import Retriever, RetrieverConfig
 
             if not (isinstance(retriever, type) and issubclass(retriever, Retriever)):
+                what = (
+                    retriever.__name__ if isinstance(retriever, type) else f"an instance of {type(retriever).__name__}"
+                )
                 raise PluginError(
-                    f"Plugin '{plugin}' registered retriever '{name}' as {retriever!r}, "
-                    f"which is not a subclass of llamarec_cli.Retriever."
+                    f"Plugin '{plugin}' registered retriever {name!r:.60} as {what}, which is not a subclass of "
+                    "llamarec_cli.Retriever (register the class itself)."
                 )
             if not (isinstance(retriever.Config, type) and issubclass(retriever.Config, RetrieverConfig)):
                 raise PluginError(f"Retriever '{name}' of plugin '{plugin}': its Config is not a RetrieverConfig.")

@@ -21,7 +21,6 @@ from . import settings
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 FAST_ENOUGH = 2.0  # bf16 / fp32 multiply rate above which bf16 pays for its conversions on a CPU
 PROBE_FILE = "cpu-dtype.json"
-PROBED = ("fp32_gflops", "bf16_gflops", "attention_sdpa_ms", "attention_blocks_ms")
 
 
 @dataclass(frozen=True)
@@ -58,8 +57,15 @@ def choose_dtype(requested: str, device) -> DtypeChoice:
 
 
 def cpu_probe() -> dict:
-    """This machine's fp32 and bf16 matrix-multiply rates (GFLOP/s) and bf16 attention times (ms), measured once and
-    cached."""
+    """This machine's fp32 and bf16 matrix-multiply rates (GFLOP/s), measured once and cached."""
+    return cached_measurements(
+        {"fp32_gflops": lambda: matmul_gflops("fp32"), "bf16_gflops": lambda: matmul_gflops("bf16")}
+    )
+
+
+def cached_measurements(measures: dict) -> dict:
+    """Each of ``measures`` (name -> a function measuring a positive number on this machine) from the cache of this
+    machine's probes, measured and added to it when missing (ranking/attention.py adds its timings here too)."""
     path = settings.cache_dir() / PROBE_FILE
     key = machine_key()
     try:
@@ -68,16 +74,10 @@ def cpu_probe() -> dict:
         cached = {}
     if not isinstance(cached, dict):
         cached = {}
-    entry = cached.get(key)
-    if not (isinstance(entry, dict) and all(_positive(entry.get(field)) for field in PROBED)):
-        from .ranking.attention import attention_ms
-
-        entry = {
-            "fp32_gflops": matmul_gflops("fp32"),
-            "bf16_gflops": matmul_gflops("bf16"),
-            "attention_sdpa_ms": attention_ms("sdpa"),  # which bf16 attention scores faster (ranking/attention.py)
-            "attention_blocks_ms": attention_ms("blocks"),
-        }
+    entry = cached.get(key) if isinstance(cached.get(key), dict) else {}
+    missing = {name: measure for name, measure in measures.items() if not _positive(entry.get(name))}
+    if missing:
+        entry = entry | {name: measure() for name, measure in missing.items()}
         cached[key] = entry
         try:  # a read-only cache only costs the probe again next time
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def cpu_probe() -> dict:
             tmp.replace(path)
         except OSError:
             pass
-    return entry | {"file": str(path)}
+    return {name: entry[name] for name in measures} | {"file": str(path)}
 
 
 def _positive(value) -> bool:

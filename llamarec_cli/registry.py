@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from .errors import DuplicateNameError, UnknownNameError
+from .errors import DuplicateNameError, PluginError, UnknownNameError
+from .layout import PLAIN_NAME
 
 T = TypeVar("T")
 
@@ -17,7 +18,12 @@ class Registry(Generic[T]):
 
     def add(self, name: str, item: T, plugin: str) -> None:
         if not isinstance(name, str) or not name:
-            raise DuplicateNameError(f"Plugin '{plugin}' registered a {self.kind} without a name.")
+            raise PluginError(f"Plugin '{plugin}' registered a {self.kind} without a name (got {name!r:.60}).")
+        if not PLAIN_NAME.fullmatch(name):  # it names folders in the work directory: nothing outside it
+            raise PluginError(
+                f"Plugin '{plugin}' registered a {self.kind} named {name!r:.60}: a name is letters, digits, '.', "
+                "'_' and '-', starting with a letter or digit."
+            )
         if name in self._items:
             raise DuplicateNameError(
                 f"{self.kind.capitalize()} '{name}' is registered by both plugin '{self._owners[name]}' and "

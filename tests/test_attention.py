@@ -65,7 +65,8 @@ def test_the_blocks_compute_attention_as_the_fused_kernel_does(small_blocks, key
 
 
 def test_training_decoding_and_fp32_keep_the_fused_kernel(small_blocks, monkeypatch):
-    """Gradients (rank-train's steps), one query (decoding) and fp32 go to SDPA unchanged."""
+    """Gradients (rank-train's steps), one query (decoding), non-causal or windowed attention and fp32 go to SDPA
+    unchanged."""
     from transformers.integrations import sdpa_attention
 
     q, k, v = (t.bfloat16() for t in qkv(kv_heads=4))
@@ -76,6 +77,11 @@ def test_training_decoding_and_fp32_keep_the_fused_kernel(small_blocks, monkeypa
     with torch.no_grad():
         decoding = attention.blockwise_attention(module, q[:, :, -1:], k, v, None)[0]
         assert torch.equal(decoding, sdpa_attention.sdpa_attention_forward(module, q[:, :, -1:], k, v, None)[0])
+        for extra in ({"is_causal": False}, {"sliding_window": 16}):  # other attentions than causal: SDPA's
+            assert torch.equal(
+                attention.blockwise_attention(module, q, k, v, None, **extra)[0],
+                sdpa_attention.sdpa_attention_forward(module, q, k, v, None, **extra)[0],
+            )
         q32, k32, v32 = qkv(kv_heads=4)
         assert torch.equal(
             attention.blockwise_attention(module, q32, k32, v32, None)[0],

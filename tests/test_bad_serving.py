@@ -252,7 +252,25 @@ def test_a_ranker_is_not_served_beside_a_retrained_retriever(chain_with_candidat
     train_ranker("chain", workdir=workdir, config=fast_config(tiny_llama_dir), device="cpu")
     Recommender("chain", workdir=workdir, device="cpu")  # as trained: served
     train_retriever("chain", workdir=workdir, device="cpu", flags={"hidden": 16, "max_epochs": 2, "seed": 3})
-    with pytest.raises(ArtifactError, match="earlier training.*Rerun: llamarec candidates chain"):
+    message = "Retriever 'lrurec' of chain was retrained after ranker 'default' learned beside it"
+    with pytest.raises(ArtifactError, match=f"{message}.*llamarec candidates chain.*llamarec rank-train chain --set"):
         Recommender("chain", workdir=workdir, device="cpu")
     result = CliRunner().invoke(build_app(), ["serve-shell", "chain", "-w", str(workdir), "--user", "u3"])
-    assert result.exit_code != 0 and "earlier training" in result.output
+    assert result.exit_code != 0 and message in " ".join(result.output.split())
+
+
+def test_serving_needs_no_candidates_file(chain_with_candidates, workdir, tiny_llama_dir):
+    """A replica holds the dataset, the retriever and the ranker (docs/serving.md); candidates exported again
+    (another k, same retriever) do not stop it either."""
+    from conftest import fast_config
+
+    from llamarec_cli.serving.recommender import Recommender
+    from llamarec_cli.stages.candidates import candidates_paths, export_candidates
+    from llamarec_cli.stages.rank_train import train_ranker
+
+    train_ranker("chain", workdir=workdir, config=fast_config(tiny_llama_dir), device="cpu")
+    export_candidates("chain", workdir=workdir, k=5, device="cpu")
+    Recommender("chain", workdir=workdir, device="cpu")
+    for path in candidates_paths(workdir, "chain", "lrurec"):
+        path.unlink()
+    assert Recommender("chain", workdir=workdir, device="cpu").recommend([1, 2, 3]).ranked

@@ -327,4 +327,8 @@ def test_evaluate_without_a_ranker_refuses_the_rankers_options(chain_with_candid
     )
     assert result.exit_code == 2, result.output
     assert "--template, --dtype are for the ranker" in " ".join(result.output.split())
-    assert invoke("evaluate", "chain", "-w", str(workdir), "--ranker", "none").exit_code == 0
+    templates = str(Path(__file__).parents[1] / "templates")  # exported for every command: not refused
+    result = invoke(
+        "evaluate", "chain", "-w", str(workdir), "--ranker", "none", env={"LLAMAREC_TEMPLATES_DIR": templates}
+    )
+    assert result.exit_code == 0, result.output

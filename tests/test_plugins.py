@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from llamarec_cli import DatasetSpec, hookimpl, plugins
 from llamarec_cli.cli import build_app
-from llamarec_cli.errors import DuplicateNameError, UnknownNameError
+from llamarec_cli.errors import DuplicateNameError, PluginError, UnknownNameError
 from llamarec_cli.stages.preprocess import preprocess
 
 USERS = 6
@@ -225,3 +225,46 @@ def test_a_plugin_that_does_not_fit_the_hooks_is_one_line_naming_it(installed_pl
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: {message}"), lines
+
+
+@pytest.mark.parametrize(
+    "name, retriever, message",
+    [
+        ("../../escape", None, "registered a retriever named '../../escape': a name is letters, digits"),
+        (3, None, "registered a retriever without a name \\(got 3\\)"),
+        ("bag", "instance", "registered retriever 'bag' as an instance of Bag, which is not a subclass"),
+    ],
+)
+def test_a_plugin_registering_a_bad_name_or_an_instance_is_refused_when_registered(name, retriever, message):
+    """A name with '../' was listed, and refused only when a command used it (it names folders in the work
+    directory); an instance printed its whole repr."""
+    from llamarec_cli.retrieval.lru import LRURec
+
+    class Bag(LRURec):
+        pass
+
+    class Plugin:
+        @hookimpl
+        def register_retrievers(self, register):
+            register(name, Bag(Bag.Config(), 10) if retriever == "instance" else Bag)
+
+    plugins.register_plugin(Plugin(), name="bad-names")
+    try:
+        with pytest.raises(PluginError, match=f"Plugin 'bad-names' {message}"):
+            plugins.retrievers()
+    finally:
+        plugins.unregister_plugin("bad-names")
+
+
+def test_a_dataset_that_is_not_a_spec_is_named():
+    class Plugin:
+        @hookimpl
+        def register_datasets(self, register):
+            register("notaspec")
+
+    plugins.register_plugin(Plugin(), name="not-a-spec")
+    try:
+        with pytest.raises(PluginError, match="Plugin 'not-a-spec' registered a dataset as str, not a llamarec_cli"):
+            plugins.datasets()
+    finally:
+        plugins.unregister_plugin("not-a-spec")

@@ -82,6 +82,13 @@ def test_small_split_imports(tmp_path, workdir):
     assert dataset.manifest["config"]["source"] == "split"
 
 
+def test_users_a_umap_leaves_out_are_known_by_their_numbers(tmp_path, workdir):
+    """With an empty umap no user had an id: every --user was refused, and the refusal itself failed (None in the
+    sample of users it names)."""
+    dataset = preprocess("beauty", workdir=workdir, from_split=write(tmp_path, small_split(umap={"A": 1})))
+    assert dataset.require_user("A") == 1 and dataset.require_user("2") == 2
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [

@@ -171,6 +171,7 @@ def main() -> None:
         report_usage_error(exc)
         code = exc.exit_code
     except typer.Abort:  # Ctrl-D at a prompt
+        print("Aborted.", file=sys.stderr)
         code = 1
     except LlamarecError as exc:  # raised while loading plugins, before any command runs
         if settings.debug():

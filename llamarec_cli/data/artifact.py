@@ -106,7 +106,7 @@ class Dataset:
         """``user_id``, or one line naming the dataset's size and some of its users."""
         internal = self.user_id(user)
         if internal is None:
-            sample = ", ".join(self.users["original_id"].head(3).to_list())
+            sample = ", ".join(self.users["original_id"].drop_nulls().head(3).to_list()) or "none with an id"
             raise UnknownUserError(
                 f"No user '{as_typed(str(user))}' in {self.name} ({self.users.height:,} users, e.g. {sample})."
             )

@@ -251,7 +251,8 @@ def read_split(path: Path) -> Tables:
         schema={"item": ID, "original_id": pl.String, "title": pl.String},
     )
     user_table = pl.DataFrame(
-        {"user": sorted(users), "original_id": [umap.get(u) for u in sorted(users)]},
+        # a user 'umap' leaves out is known by its number: serve-shell --user and serve find users by these ids
+        {"user": sorted(users), "original_id": [umap.get(u, str(u)) for u in sorted(users)]},
         schema={"user": ID, "original_id": pl.String},
     )
     return Tables(interactions, items, user_table)

@@ -5,9 +5,9 @@ PyTorch's fused CPU attention kernel is slow in bf16 on a CPU without AMX: one 9
 multiply at about 520. Done as multiplies (QK^T, softmax, PV) a block of query rows at a time, attention runs at the
 multiply rate and skips the key blocks the causal mask hides entirely, a bf16 PV pass and the scores rounded to bf16
 before the softmax, as transformers' own eager attention does in bf16. It serves passes without gradients (scoring,
-rank-train's validations); training and decoding keep SDPA. Whether it is faster depends on the CPU (PyTorch's fused
-kernel uses AMX where there is some), so the CPU probe of precision.py times both once per machine, and the blocks are
-used only where they are clearly faster (``benchmarks/results/efficiency.md``)."""
+rank-train's validations); training and decoding keep SDPA. Whether it is faster depends on the CPU (PyTorch's
+fused kernel uses AMX where there is some), so both are timed once per machine, cached beside precision.py's probe,
+and the blocks are used only where they are clearly faster (``benchmarks/results/attention.md``)."""
 
 from __future__ import annotations
 
@@ -23,10 +23,17 @@ FASTER = 0.8  # the blocks are used where they take at most this share of the fu
 
 def pays_here() -> bool:
     """Whether bf16 scoring on this CPU should use the blocks: measured once per machine (precision.cpu_probe)."""
-    from ..precision import cpu_probe
-
-    probe = cpu_probe()
+    probe = probed_times()
     return probe["attention_blocks_ms"] <= FASTER * probe["attention_sdpa_ms"]
+
+
+def probed_times() -> dict:
+    """One bf16 attention's time (ms) each way on this machine, measured once and cached with the dtype probe."""
+    from ..precision import cached_measurements
+
+    return cached_measurements(
+        {"attention_sdpa_ms": lambda: attention_ms("sdpa"), "attention_blocks_ms": lambda: attention_ms("blocks")}
+    )
 
 
 def attention_ms(kind: str, tokens: int = 1024, heads: int = 9, dim: int = 64, rounds: int = 3) -> float:
@@ -72,7 +79,8 @@ def blockwise_attention(module, query, key, value, attention_mask, dropout=0.0, 
         or query.dtype != torch.bfloat16
         or queries < MIN_QUERIES
         or dropout
-        or kwargs.get("position_bias") is not None
+        or any(kwargs.get(extra) is not None for extra in ("position_bias", "softcap", "s_aux", "sliding_window"))
+        or kwargs.get("is_causal", getattr(module, "is_causal", True)) is False
         or (attention_mask is not None and attention_mask.dtype != torch.bool)
     ):
         return sdpa_attention_forward(

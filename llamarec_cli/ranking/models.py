@@ -332,8 +332,8 @@ def load_model(
             local_files_only=offline,
         )
     model.eval()
-    if torch_device.type == "cpu" and dtype == "bf16":
-        from . import attention
+    if torch_device.type == "cpu" and dtype == "bf16" and model.config._attn_implementation == "sdpa":
+        from . import attention  # (a model loaded with eager attention, e.g. for its logit soft-capping, keeps it)
 
         if attention.pays_here():
             model.set_attn_implementation(attention.register())

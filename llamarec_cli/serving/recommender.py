@@ -125,7 +125,7 @@ class Recommender:
         templates_dir: Path | None = None,
     ):
         from ..data.artifact import load_dataset
-        from ..stages.evaluate import load_ranker, ranked_candidates, ranker_plan
+        from ..stages.evaluate import check_served_retriever, load_ranker, ranker_plan
         from ..stages.retrieve_train import load_retriever
         from ..training import resolve_device
 
@@ -136,7 +136,7 @@ class Recommender:
             workdir, self.dataset, ranker, adapter, retriever, fusion
         )
         if trained:  # retrieval is live here, but a retrained retriever is not the one the ranker learned beside
-            ranked_candidates(workdir, self.dataset, retriever, ranker, trained)
+            check_served_retriever(workdir, self.dataset, retriever, ranker, trained)
         self.retriever_name = retriever
         self.retriever, _ = load_retriever(workdir, self.dataset, retriever, device)
         self.device = next(self.retriever.parameters()).device

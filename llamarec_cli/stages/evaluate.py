@@ -10,12 +10,14 @@ The report goes to ``<workdir>/<dataset>/reports/evaluate-<ranker>.{json,md}``.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import settings
 from ..artifacts import verify_files
 from ..data.artifact import Dataset, load_dataset
 from ..errors import ArtifactError, ConfigError
@@ -24,9 +26,10 @@ from ..files import sha256_of, write_json
 from ..layout import Workdir
 from ..ranking.examples import valid_subset
 from ..ranking.fusion import fused_ranks, order, resolve_alpha
+from ..retrieval.checkpoint import retriever_dir
 from ..training import resolve_device
 from ..workspace import ensure_writable
-from .candidates import load_candidates
+from .candidates import candidates_paths, load_candidates
 from .rank_train import (
     load_ranker_manifest,
     rank_train_command,
@@ -102,6 +105,30 @@ def ranked_candidates(workdir: Path, dataset, retriever: str, ranker: str, train
         rerun = rank_train_command(dataset.name, ranker, workdir, trained["config"])
         check_candidates_unchanged(trained, manifest, dataset.name, ranker, rerun)
     return candidates, manifest
+
+
+def check_served_retriever(workdir: Path, dataset, retriever: str, ranker: str, trained: dict) -> None:
+    """serve and serve-shell retrieve live, without the candidates: the retriever's weights must be the ones the
+    trained ranker learned beside. Its manifest records their sha256; an older one's candidates manifest does, when
+    it is still the one the ranker trained on (else nothing can tell, and nothing is refused)."""
+    expected = trained.get("retriever_weights_sha256")
+    if expected is None:
+        try:
+            candidates = json.loads(candidates_paths(workdir, dataset.name, retriever)[1].read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if not isinstance(candidates, dict) or candidates.get("file_sha256") != trained["candidates_sha256"]:
+            return
+        expected = candidates.get("retriever_weights_sha256")
+    if expected is not None and expected != sha256_of(
+        retriever_dir(workdir, dataset.name, retriever) / "model.safetensors"
+    ):
+        raise ArtifactError(
+            f"Retriever '{retriever}' of {dataset.name} was retrained after ranker '{ranker}' learned beside it: "
+            f"its α and what it learned belong to the old one. Export the new candidates and train the ranker "
+            f"again: {settings.command_for(f'llamarec candidates {dataset.name} --retriever {retriever}', workdir)}"
+            f", then {rank_train_command(dataset.name, ranker, workdir, trained['config'])}"
+        )
 
 
 def fused_name(alpha: float) -> str:
@@ -280,8 +307,7 @@ def evaluate(
         check_unused_without_ranker(
             adapter=adapter,
             model=model,
-            template=template,
-            templates_dir=templates_dir,
+            template=template,  # (not --templates-dir: LLAMAREC_TEMPLATES_DIR may give it for every command)
             quantization=quantization,
             dtype=dtype,
         )

@@ -341,7 +341,11 @@ def _train_ranker(
         fusion_users = fusion_examples(val, val_examples, config)
         fusion = _fusion(config, fusion_users, trainer.fusion_scores(fusion_users))
     manifest = _manifest(dataset, loaded, template, k, trainer, len(val.examples), stopped, interrupted)
-    manifest |= {"candidates_sha256": candidates_sha, "fusion": fusion}  # the sha load_candidates checked
+    manifest |= {
+        "candidates_sha256": candidates_sha,  # the sha load_candidates checked
+        "retriever_weights_sha256": candidates_manifest["retriever_weights_sha256"],  # what serving retrieves with
+        "fusion": fusion,
+    }
     if interrupted:
         return manifest
 
