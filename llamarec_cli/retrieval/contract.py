@@ -112,11 +112,11 @@ class Retriever(nn.Module):
         table, bias = self.item_table()
         name, rows = f"{type(self).__name__}.item_table", self.num_items + 1
         if not torch.is_tensor(table) or table.dim() != 2 or table.size(0) != rows:
-            got = tuple(table.shape) if torch.is_tensor(table) else type(table).__name__
-            raise ConfigError(f"{name} must return a table of N + 1 = {rows} rows (row 0: padding) x d; got {got}.")
+            raise ConfigError(
+                f"{name} must return a table of N + 1 = {rows} rows (row 0: padding) x d; got {_shape(table)}."
+            )
         if bias is not None and (not torch.is_tensor(bias) or tuple(bias.shape) != (rows,)):
-            got = tuple(bias.shape) if torch.is_tensor(bias) else type(bias).__name__
-            raise ConfigError(f"{name} must return a bias of N + 1 = {rows} values, or None; got {got}.")
+            raise ConfigError(f"{name} must return a bias of N + 1 = {rows} values, or None; got {_shape(bias)}.")
         return table, bias
 
     def checked_training_inputs(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
@@ -136,10 +136,9 @@ class Retriever(nn.Module):
         queries = self.queries(histories)
         expected = (histories.size(0), width)
         if not torch.is_tensor(queries) or tuple(queries.shape) != expected:
-            got = tuple(queries.shape) if torch.is_tensor(queries) else type(queries).__name__
             raise ConfigError(
                 f"{type(self).__name__}.queries must return one query per history, as wide as the item table "
-                f"({expected[0]} x {expected[1]}); got {got}."
+                f"({expected[0]} x {expected[1]}); got {_shape(queries)}."
             )
         return queries
 
@@ -148,10 +147,9 @@ class Retriever(nn.Module):
         scores = self.score(histories)
         expected = (histories.size(0), self.num_items + 1)
         if not torch.is_tensor(scores) or tuple(scores.shape) != expected:
-            got = tuple(scores.shape) if torch.is_tensor(scores) else type(scores).__name__
             raise ConfigError(
                 f"{type(self).__name__}.score must return B x (N + 1) scores ({expected[0]} x {expected[1]}, column "
-                f"0 the padding); got {got}."
+                f"0 the padding); got {_shape(scores)}."
             )
         return scores
 
@@ -199,6 +197,11 @@ class Retriever(nn.Module):
             model = cls(config, meta["num_items"])
             model.load_state_dict(weights)
         return model.to(device)
+
+
+def _shape(value) -> str:
+    """What a plugin method returned, for an error: a tensor's shape, else the type's name."""
+    return str(tuple(value.shape)) if torch.is_tensor(value) else type(value).__name__
 
 
 def _without_meta_tensors(model: nn.Module) -> bool:
