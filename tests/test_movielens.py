@@ -122,6 +122,20 @@ def test_movie_without_a_title_is_refused(tmp_path, workdir):
         preprocess("ml-100k", workdir=workdir, raw_dir=folder)
 
 
+@pytest.mark.parametrize(
+    "ratings, movies, message",
+    [
+        (small_ratings() + "1,1,4.0,1\n", small_movies(), r"ratings\.csv, line 27: user 1's rating of movie 1 again"),
+        (small_ratings(), small_movies() + "1,Duplicate,Comedy\n", r"movies\.csv, line 7: movie 1 again"),
+    ],
+)  # fmt: skip
+def test_a_repeated_movie_or_rating_is_refused_with_both_lines(tmp_path, workdir, ratings, movies, message):
+    """A repeated movie silently replaced its title; a repeated rating counted twice."""
+    folder = write_ml(tmp_path / "raw", ratings, movies)
+    with pytest.raises(DataFormatError, match=message + r" \(first on line 2\): keep one"):
+        preprocess("ml-100k", workdir=workdir, raw_dir=folder)
+
+
 @pytest.mark.parametrize("content", ["", "userId,movieId,rating,timestamp\n"])
 def test_empty_ratings_file_is_refused(tmp_path, workdir, content):
     folder = write_ml(tmp_path / "raw", "", small_movies())

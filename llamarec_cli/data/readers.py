@@ -179,9 +179,21 @@ RATINGS_HEADER = ("userId", "movieId", "rating", "timestamp")
 MOVIES_HEADER = ("movieId", "title", "genres")
 
 
+def _refuse_repeats(frame: pl.DataFrame, keys: list[str], path: Path, what) -> None:
+    """MovieLens lists each movie, and each user's rating of a movie, once: a repeated row (a file appended to twice,
+    an edited copy) would silently replace a title or count an interaction twice. ``what(row)``: the repeated thing."""
+    repeated = frame.with_row_index("row").filter(pl.struct(keys).is_duplicated())
+    if repeated.height:
+        first = repeated.row(0, named=True)
+        lines = repeated.filter(pl.all_horizontal(pl.col(k) == first[k] for k in keys))["row"].to_list()
+        raise DataFormatError(path, f"{what(first)} again (first on line {lines[0] + 2}): keep one", lines[1] + 2)
+
+
 def read_movielens_ratings(path: Path) -> pl.DataFrame:
     schema = {"user": pl.Int64, "item": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}
-    return read_csv(path, schema, header=RATINGS_HEADER, what="ratings").select("user", "item", "timestamp")
+    frame = read_csv(path, schema, header=RATINGS_HEADER, what="ratings")
+    _refuse_repeats(frame, ["user", "item"], path, lambda r: f"user {r['user']}'s rating of movie {r['item']}")
+    return frame.select("user", "item", "timestamp")
 
 
 _YEAR = r"\s*\((\d{4})\)\s*$"
@@ -195,6 +207,7 @@ def read_movielens_titles(path: Path) -> pl.DataFrame:
     """
     schema = {"item": pl.Int64, "title": pl.String, "genres": pl.String}
     frame = read_csv(path, schema, header=MOVIES_HEADER, what="movies")
+    _refuse_repeats(frame, ["item"], path, lambda r: f"movie {r['item']}")
     empty = frame.with_row_index("row").filter(pl.col("title").str.strip_chars() == "")
     if empty.height:
         row = empty.row(0, named=True)
