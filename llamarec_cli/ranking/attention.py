@@ -22,7 +22,7 @@ FASTER = 0.8  # the blocks are used where they take at most this share of the fu
 
 
 def pays_here() -> bool:
-    """Whether bf16 scoring on this CPU should use the blocks: measured once per machine (precision.cpu_probe)."""
+    """Whether bf16 scoring on this CPU should use the blocks: measured once per machine (``probed_times``)."""
     probe = probed_times()
     return probe["attention_blocks_ms"] <= FASTER * probe["attention_sdpa_ms"]
 
