@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import settings
-from ..ranking.config import RankerConfig
+from ..ranking.config import RankerConfig, resolve_ranker_config
 from .config_flags import config_flags
 from .options import DatasetName, Device, Json, TemplatesDir, TrustRemoteCode, Workdir
 from .output import print_json, stderr, stdout
@@ -20,17 +20,6 @@ EPILOG = (
     "llamarec rank-train games --negatives retrieved   ·   "
     "accelerate launch -m llamarec_cli rank-train beauty (several GPUs)"
 )
-
-
-def resolve_ranker_config(dataset: str, flags: dict):
-    """Config defaults < the dataset's suggestions (batch size) < the user's flags."""
-    from .. import plugins
-    from ..ranking.config import RankerConfig
-    from ..retrieval.contract import build_config
-
-    registry = plugins.datasets()
-    dataset_defaults = dict(registry.get(dataset).ranking_defaults) if dataset in registry else {}
-    return build_config(RankerConfig, [("dataset", dataset_defaults), ("flag", flags)])
 
 
 @config_flags(

@@ -137,3 +137,13 @@ class RankerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def resolve_ranker_config(dataset: str, flags: dict) -> tuple[RankerConfig, dict[str, str]]:
+    """Config defaults < the dataset's suggestions (batch size) < the user's flags; and where each value came from."""
+    from .. import plugins
+    from ..config import build_config
+
+    registry = plugins.datasets()
+    dataset_defaults = dict(registry.get(dataset).ranking_defaults) if dataset in registry else {}
+    return build_config(RankerConfig, [("dataset", dataset_defaults), ("flag", flags)])

@@ -135,10 +135,11 @@ class Recommender:
         retriever, self.alpha, self.alpha_source, trained = ranker_plan(
             workdir, self.dataset, ranker, adapter, retriever, fusion
         )
-        if trained:  # retrieval is live here, but a retrained retriever is not the one the ranker learned beside
-            check_served_retriever(workdir, self.dataset, retriever, ranker, trained)
         self.retriever_name = retriever
-        self.retriever, _ = load_retriever(workdir, self.dataset, retriever, device)
+        self.retriever, retriever_manifest = load_retriever(workdir, self.dataset, retriever, device)
+        if trained:  # retrieval is live here, but a retrained retriever is not the one the ranker learned beside
+            weights = retriever_manifest["files"]["model.safetensors"]  # the sha256 load_retriever checked
+            check_served_retriever(workdir, self.dataset, retriever, weights, ranker, trained)
         self.device = next(self.retriever.parameters()).device
         self.k = candidates
         self.titles = self.dataset.titles

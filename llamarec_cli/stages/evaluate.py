@@ -26,7 +26,6 @@ from ..files import sha256_of, write_json
 from ..layout import Workdir
 from ..ranking.examples import valid_subset
 from ..ranking.fusion import fused_ranks, order, resolve_alpha
-from ..retrieval.checkpoint import retriever_dir
 from ..training import resolve_device
 from ..workspace import ensure_writable
 from .candidates import candidates_paths, load_candidates
@@ -107,10 +106,11 @@ def ranked_candidates(workdir: Path, dataset, retriever: str, ranker: str, train
     return candidates, manifest
 
 
-def check_served_retriever(workdir: Path, dataset, retriever: str, ranker: str, trained: dict) -> None:
-    """serve and serve-shell retrieve live, without the candidates: the retriever's weights must be the ones the
-    trained ranker learned beside. Its manifest records their sha256; an older one's candidates manifest does, when
-    it is still the one the ranker trained on (else nothing can tell, and nothing is refused)."""
+def check_served_retriever(workdir: Path, dataset, retriever: str, weights: str, ranker: str, trained: dict) -> None:
+    """serve and serve-shell retrieve live, without the candidates: the retriever's weights (``weights``: their
+    sha256, as load_retriever checked it) must be the ones the trained ranker learned beside. Its manifest records
+    that sha256; an older one's candidates manifest does, when it is still the one the ranker trained on (else
+    nothing can tell, and nothing is refused)."""
     expected = trained.get("retriever_weights_sha256")
     if expected is None:
         try:
@@ -120,9 +120,7 @@ def check_served_retriever(workdir: Path, dataset, retriever: str, ranker: str, 
         if not isinstance(candidates, dict) or candidates.get("file_sha256") != trained["candidates_sha256"]:
             return
         expected = candidates.get("retriever_weights_sha256")
-    if expected is not None and expected != sha256_of(
-        retriever_dir(workdir, dataset.name, retriever) / "model.safetensors"
-    ):
+    if expected is not None and expected != weights:
         raise ArtifactError(
             f"Retriever '{retriever}' of {dataset.name} was retrained after ranker '{ranker}' learned beside it: "
             f"its α and what it learned belong to the old one. Export the new candidates and train the ranker "

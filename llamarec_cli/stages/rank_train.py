@@ -45,7 +45,7 @@ from ..evaluation.metrics import MetricSums
 from ..files import replace_dir, sha256_of, write_json
 from ..layout import Workdir
 from ..precision import DtypeChoice, choose_dtype
-from ..ranking.config import RankerConfig
+from ..ranking.config import RankerConfig, resolve_ranker_config
 from ..ranking.examples import Subset, shuffle_candidates, training_examples, valid_subset
 from ..ranking.fusion import GRID, choose_alpha, fused_ranks, rank, retriever_log_probabilities
 from ..ranking.prompts import IGNORE, Example, PromptEncoder, pad_id, pad_left
@@ -780,15 +780,10 @@ def _resumed_dtype(partial: Path, config: RankerConfig, device: torch.device) ->
 def rank_train_command(dataset: str, name: str, workdir: Path | None, trained: dict | None = None) -> str:
     """The command that trains ranker ``name``; given the ``trained`` config (a manifest's), with every setting of it
     that the defaults would not give: copied as is, a bare command would train Llama 2 7B on lrurec's candidates."""
-    from .. import plugins
-
     named = "" if name == "default" else f" --name {name}"
     settings_given = ""
     if trained:
-        registry = plugins.datasets()
-        defaults = RankerConfig().to_dict() | (
-            dict(registry.get(dataset).ranking_defaults) if dataset in registry else {}
-        )
+        defaults = resolve_ranker_config(dataset, {})[0].to_dict()
         changed = {k: v for k, v in trained.items() if k in defaults and v != defaults[k] and v is not None}
         settings_given = "".join(f" --set {shlex.quote(f'{k}={_as_setting(v)}')}" for k, v in changed.items())
     return settings.command_for(f"llamarec rank-train {dataset}{named}{settings_given}", workdir)
